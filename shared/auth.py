@@ -1,0 +1,193 @@
+"""Token verification for every service: RS256 JWTs checked against auth_service's JWKS (cached)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import structlog
+from fastapi import Request
+from jose import jwt
+from jose.exceptions import JWTError
+
+from shared.errors import Forbidden, ServiceUnavailable, Unauthorized
+from shared.registry_client import RegistryClient
+from shared.settings import ServiceSettings
+
+log = structlog.get_logger(__name__)
+
+ALGORITHMS = ["RS256"]  # the only algorithm accepted: no "none", no HS256 with a public key
+AUTH_APP = "AUTH-SERVICE"
+
+
+@dataclass(frozen=True)
+class Identity:
+    subject: str
+    roles: frozenset[str] = field(default_factory=frozenset)
+    email: str = ""
+    token: str = ""
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.roles
+
+    @property
+    def is_service(self) -> bool:
+        return "service" in self.roles
+
+    @property
+    def is_privileged(self) -> bool:
+        """Admins and the fleet's own services may act on any customer's records."""
+        return self.is_admin or self.is_service
+
+    def may_access(self, owner_id: str) -> bool:
+        return self.is_privileged or self.subject == owner_id
+
+
+class TokenVerifier:
+    def __init__(self, settings: ServiceSettings, registry: RegistryClient | None = None) -> None:
+        self.settings = settings
+        self.registry = registry
+        self._keys: dict[str, dict[str, Any]] = {}
+        self._fetched_at = 0.0
+        self._lock = asyncio.Lock()
+        self._static_keys: dict[str, dict[str, Any]] | None = None
+
+    def use_keys(self, jwks: dict[str, Any]) -> None:
+        """Pin the key set (auth_service verifies with its own keys, tests with theirs)."""
+        self._static_keys = {k["kid"]: k for k in jwks.get("keys", [])}
+
+    def _jwks_url(self) -> str:
+        if self.settings.auth_jwks_url:
+            return self.settings.auth_jwks_url
+        if self.registry is None:
+            raise ServiceUnavailable("No JWKS source is configured.")
+        return f"{self.registry.choose(AUTH_APP).base_url}/jwks"
+
+    async def _refresh(self, force: bool) -> None:
+        async with self._lock:
+            fresh = time.monotonic() - self._fetched_at < self.settings.jwks_cache_secs
+            # A forced refresh (unknown kid) is still throttled, so forged kids cannot flood auth_service.
+            if self._keys and ((fresh and not force) or time.monotonic() - self._fetched_at < 5):
+                return
+            try:
+                async with httpx.AsyncClient(timeout=5) as client:
+                    response = await client.get(self._jwks_url())
+                    response.raise_for_status()
+                    keys = response.json().get("keys", [])
+            except (httpx.HTTPError, ValueError) as exc:
+                if self._keys:
+                    log.warning("jwks refresh failed, keeping cached keys", error=repr(exc))
+                    return
+                raise ServiceUnavailable("The token keys cannot be fetched from auth_service.") from exc
+            self._keys = {k["kid"]: k for k in keys if "kid" in k}
+            self._fetched_at = time.monotonic()
+
+    async def _key_for(self, kid: str) -> dict[str, Any]:
+        if self._static_keys is not None:
+            key = self._static_keys.get(kid)
+            if key is None:
+                raise Unauthorized("The token was signed with an unknown key.")
+            return key
+        await self._refresh(force=False)
+        if kid not in self._keys:
+            await self._refresh(force=True)
+        if kid not in self._keys:
+            raise Unauthorized("The token was signed with an unknown key.")
+        return self._keys[kid]
+
+    async def verify(self, token: str) -> Identity:
+        try:
+            header = jwt.get_unverified_header(token)
+        except JWTError as exc:
+            raise Unauthorized("The token is malformed.") from exc
+        if header.get("alg") not in ALGORITHMS:
+            raise Unauthorized("The token's algorithm is not accepted.")
+        key = await self._key_for(str(header.get("kid", "")))
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=ALGORITHMS,
+                audience=self.settings.jwt_audience,
+                issuer=self.settings.jwt_issuer,
+                options={"require_exp": True, "require_sub": True},
+            )
+        except JWTError as exc:
+            raise Unauthorized(f"The token is not valid: {exc}.") from exc
+        if claims.get("typ") != "access":
+            raise Unauthorized("Only access tokens are accepted.")
+        return Identity(
+            subject=str(claims["sub"]),
+            roles=frozenset(claims.get("roles", [])),
+            email=str(claims.get("email", "")),
+            token=token,
+        )
+
+
+def bearer_token(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("A bearer token is required.")
+    return token.strip()
+
+
+async def require_identity(request: Request) -> Identity:
+    """FastAPI dependency: the verified caller, or 401."""
+    verifier: TokenVerifier = request.app.state.verifier
+    identity = await verifier.verify(bearer_token(request))
+    request.state.identity = identity
+    return identity
+
+
+async def require_admin(request: Request) -> Identity:
+    identity = await require_identity(request)
+    if not identity.is_admin:
+        raise Forbidden("This operation needs the admin role.")
+    return identity
+
+
+async def require_privileged(request: Request) -> Identity:
+    """Admins or the fleet's own services (saga steps)."""
+    identity = await require_identity(request)
+    if not identity.is_privileged:
+        raise Forbidden("This operation is reserved to the fleet's services and admins.")
+    return identity
+
+
+class ServiceTokens:
+    """Client-credentials tokens for service-to-service calls, renewed before they expire."""
+
+    def __init__(self, settings: ServiceSettings, registry: RegistryClient) -> None:
+        self.settings = settings
+        self.registry = registry
+        self._token = ""
+        self._expires_at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def token(self) -> str:
+        if self._token and time.time() < self._expires_at - 30:
+            return self._token
+        async with self._lock:
+            if self._token and time.time() < self._expires_at - 30:
+                return self._token
+            base = self.registry.choose(AUTH_APP).base_url
+            async with httpx.AsyncClient(timeout=10) as client:
+                response = await client.post(
+                    f"{base}/api/auth/token",
+                    data={
+                        "grant_type": "client_credentials",
+                        "client_id": self.settings.service_client_id or self.settings.app_name.lower(),
+                        "client_secret": self.settings.service_client_secret,
+                    },
+                )
+            if response.status_code != 200:
+                raise ServiceUnavailable(f"auth_service refused the service credentials ({response.status_code}).")
+            body = response.json()
+            self._token = body["access_token"]
+            self._expires_at = time.time() + int(body.get("expires_in", 300))
+            return self._token

@@ -1,0 +1,139 @@
+"""The Idempotency-Key header (IETF draft), once for every service: store the first answer, replay it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fastapi import Request
+from fastapi.encoders import jsonable_encoder
+from sqlalchemy import JSON, Column, DateTime, Integer, MetaData, String, Table, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.responses import JSONResponse
+
+from shared.auth import Identity
+from shared.db import Database
+from shared.errors import PROBLEM_JSON, Conflict, DomainError, InvalidRequest, domain_problem
+
+HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+
+
+def idempotency_table(metadata: MetaData) -> Table:
+    """Each service adds this table to its own metadata, so its migrations create it."""
+    return Table(
+        "idempotency_records",
+        metadata,
+        Column("scope", String(200), primary_key=True),
+        Column("key", String(200), primary_key=True),
+        Column("fingerprint", String(64), nullable=False),
+        Column("status_code", Integer, nullable=False),
+        Column("body", JSON, nullable=True),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+    )
+
+
+records = idempotency_table(MetaData())
+Work = Callable[[AsyncSession], Awaitable[Any]]
+
+
+class _AlreadyRecorded(Exception):
+    pass
+
+
+def _fingerprint(request: Request, body: bytes) -> str:
+    digest = hashlib.sha256()
+    for part in (request.method.encode(), request.url.path.encode(), request.url.query.encode(), body):
+        digest.update(part)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _response(status_code: int, body: Any, replayed: bool = False) -> JSONResponse:
+    media_type = PROBLEM_JSON if status_code >= 400 else "application/json"
+    headers = {REPLAYED_HEADER: "true"} if replayed else None
+    return JSONResponse(body, status_code=status_code, media_type=media_type, headers=headers)
+
+
+async def _insert(session: AsyncSession, scope: str, key: str, fingerprint: str, status_code: int,
+                  body: Any) -> None:
+    try:
+        async with session.begin_nested():
+            await session.execute(insert(records).values(
+                scope=scope, key=key, fingerprint=fingerprint, status_code=status_code, body=body,
+                created_at=datetime.now(UTC)))
+    except IntegrityError as exc:
+        raise _AlreadyRecorded from exc
+
+
+async def _replay(db: Database, scope: str, key: str, fingerprint: str, ttl_secs: int) -> JSONResponse | None:
+    async with db.transaction() as session:
+        row = (await session.execute(
+            select(records).where(records.c.scope == scope, records.c.key == key))).one_or_none()
+        if row is None:
+            return None
+        created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
+        if created < datetime.now(UTC) - timedelta(seconds=ttl_secs):
+            await session.execute(delete(records).where(records.c.scope == scope, records.c.key == key))
+            return None
+    if row.fingerprint != fingerprint:
+        raise InvalidRequest(f"The {HEADER} {key!r} was already used with a different request.")
+    return _response(row.status_code, row.body, replayed=True)
+
+
+async def run_idempotent(request: Request, identity: Identity, work: Work, status_code: int = 200) -> JSONResponse:
+    """Run `work` in one transaction; with an Idempotency-Key, store its answer with it and replay later.
+
+    The key's record is written in the same transaction as the work, so a crash never leaves one
+    without the other. A concurrent duplicate waits on the record's primary key and then replays.
+    Refusals (4xx) are stored too: a declined card stays declined. 5xx answers are not stored, so
+    the caller may retry them.
+    """
+    db: Database = request.app.state.db
+    key = request.headers.get(HEADER)
+    if key is None:
+        async with db.transaction() as session:
+            result = await work(session)
+        return _response(status_code, jsonable_encoder(result))
+    key = key.strip().strip('"')
+    if not key or len(key) > 200:
+        raise InvalidRequest(f"The {HEADER} header must be 1 to 200 characters.")
+    fingerprint = _fingerprint(request, await request.body())
+    ttl = request.app.state.settings.idempotency_ttl_secs
+    scope = identity.subject
+    replay = await _replay(db, scope, key, fingerprint, ttl)
+    if replay is not None:
+        return replay
+    try:
+        async with db.transaction() as session:
+            # A placeholder first: a concurrent duplicate blocks here until this transaction ends.
+            await _insert(session, scope, key, fingerprint, 0, None)
+            result = await work(session)
+            payload = jsonable_encoder(result)
+            await session.execute(update(records).where(records.c.scope == scope, records.c.key == key)
+                                  .values(status_code=status_code, body=payload))
+        return _response(status_code, payload)
+    except _AlreadyRecorded:
+        pass
+    except DomainError as exc:
+        if exc.status >= 500:
+            raise
+        problem = domain_problem(exc)
+        try:
+            async with db.transaction() as session:
+                await _insert(session, scope, key, fingerprint, exc.status, _body_of(problem))
+            return problem
+        except _AlreadyRecorded:
+            pass
+    replay = await _replay(db, scope, key, fingerprint, ttl)
+    if replay is None:
+        raise Conflict("The request with this key is still being processed.")
+    return replay
+
+
+def _body_of(response: JSONResponse) -> Any:
+    return json.loads(bytes(response.body))

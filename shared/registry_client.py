@@ -1,0 +1,105 @@
+"""Registration with Eureka through py-eureka-client, and discovery of UP instances with round-robin."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import structlog
+from py_eureka_client.eureka_client import EurekaClient
+
+from shared.errors import ServiceUnavailable
+from shared.settings import ServiceSettings
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Instance:
+    instance_id: str
+    base_url: str
+
+
+def _on_eureka_error(error_type: str, exception: Exception) -> None:
+    # A plain function: py-eureka-client never awaits an async on_error.
+    log.warning("eureka error", error_type=error_type, error=repr(exception))
+
+
+class RegistryClient:
+    """One per process: registers this instance (if it has a port) and keeps a local copy of the registry."""
+
+    def __init__(self, settings: ServiceSettings, register: bool = True, discover: bool = True) -> None:
+        self.settings = settings
+        self.enabled = bool(settings.eureka_server_url)
+        self._register = register
+        self._discover = discover
+        self._client: EurekaClient | None = None
+        self._cursors: dict[str, itertools.count[int]] = {}
+        self._static: dict[str, list[Instance]] = {}
+
+    async def start(self) -> None:
+        if not self.enabled:
+            return
+        s = self.settings
+        base = f"http://{s.instance_host}:{s.port}"
+        self._client = EurekaClient(
+            eureka_server=s.eureka_server_url,
+            app_name=s.app_name,
+            instance_host=s.instance_host,
+            instance_ip=s.instance_host,
+            instance_port=s.port,
+            renewal_interval_in_secs=s.eureka_renewal_interval_secs,
+            duration_in_secs=s.eureka_lease_duration_secs,
+            home_page_url=f"{base}/",
+            status_page_url=f"{base}/health",
+            health_check_url=f"{base}/health",
+            should_register=self._register,
+            should_discover=self._discover,
+            on_error=_on_eureka_error,
+        )
+        await self._client.start()
+        log.info("registry client started", app=s.app_name, port=s.port, registry=s.eureka_server_url)
+
+    async def stop(self) -> None:
+        client, self._client = self._client, None
+        if client is None:
+            return
+        await client.stop()
+        # py-eureka-client bug: once its heartbeat timer has fired, stop() leaves the heartbeat thread
+        # running, and it re-registers the instance as UP one interval later. Turning both duties off
+        # makes the leaked loop a no-op until the process exits.
+        client._EurekaClient__should_register = False  # type: ignore[attr-defined]
+        client._EurekaClient__should_discover = False  # type: ignore[attr-defined]
+        log.info("registry client stopped", app=self.settings.app_name)
+
+    def set_static(self, app_name: str, base_urls: list[str]) -> None:
+        """Fixed instances for an app (tests without a registry, or a pinned dependency)."""
+        self._static[app_name.upper()] = [Instance(u, u.rstrip("/")) for u in base_urls]
+
+    def instances(self, app_name: str) -> list[Instance]:
+        """The UP instances of an app, as this process last saw them."""
+        name = app_name.upper()
+        if name in self._static:
+            return self._static[name]
+        if self._client is None or not self._discover:
+            return []
+        applications = self._client.applications
+        app = applications.get_application(name) if applications is not None else None
+        if app is None:
+            return []
+        found = []
+        for inst in app.up_instances:
+            port = inst.port.port if inst.port and inst.port.enabled else None
+            if port is None:
+                continue
+            found.append(Instance(inst.instanceId, f"http://{inst.ipAddr or inst.hostName}:{port}"))
+        return found
+
+    def choose(self, app_name: str, exclude: frozenset[str] = frozenset()) -> Instance:
+        """Round-robin over the UP instances; 503 when there is none."""
+        candidates = [i for i in self.instances(app_name) if i.instance_id not in exclude]
+        if not candidates:
+            raise ServiceUnavailable(f"No UP instance of {app_name.upper()} is registered.",
+                                     service=app_name.upper())
+        cursor = self._cursors.setdefault(app_name.upper(), itertools.count())
+        return candidates[next(cursor) % len(candidates)]

@@ -1,0 +1,91 @@
+"""The app factory every service uses: logging, errors, metrics, health, database, registry, auth."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import structlog
+from fastapi import APIRouter, FastAPI, Request
+from starlette.responses import JSONResponse
+
+from shared.auth import TokenVerifier
+from shared.db import Database
+from shared.errors import install_error_handlers
+from shared.logging import configure_logging, request_logging_middleware
+from shared.metrics import metrics_endpoint, metrics_middleware
+from shared.migrations import upgrade_to_head
+from shared.registry_client import RegistryClient
+from shared.settings import ServiceSettings
+
+log = structlog.get_logger(__name__)
+
+Hook = Callable[[FastAPI], Awaitable[None]]
+
+
+def create_service_app(
+    settings: ServiceSettings,
+    *,
+    title: str,
+    routers: list[APIRouter],
+    package_dir: Path | None = None,
+    on_startup: Hook | None = None,
+    on_shutdown: Hook | None = None,
+    discover: bool = True,
+) -> FastAPI:
+    """Build a service. `package_dir` holds the service's `migrations/`; None means no database."""
+    service = settings.app_name.lower()
+    configure_logging(service, settings.log_level, settings.log_json)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if package_dir is not None:
+            if settings.run_migrations:
+                await asyncio.to_thread(upgrade_to_head, package_dir, settings.database_url)
+            app.state.db = Database(settings.database_url, settings.db_pool_size)
+        registry = RegistryClient(settings, discover=discover)
+        app.state.registry = registry
+        app.state.verifier = TokenVerifier(settings, registry)
+        if on_startup is not None:
+            await on_startup(app)
+        await registry.start()
+        log.info("service started", port=settings.port)
+        try:
+            yield
+        finally:
+            # Leave the registry first, so no new traffic arrives while the rest shuts down.
+            await registry.stop()
+            if on_shutdown is not None:
+                await on_shutdown(app)
+            if package_dir is not None:
+                await app.state.db.dispose()
+            log.info("service stopped")
+
+    app = FastAPI(title=title, lifespan=lifespan)
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.middleware("http")(metrics_middleware(service))
+    app.middleware("http")(request_logging_middleware(service))
+
+    @app.get("/health", tags=["health"], include_in_schema=False)
+    async def health() -> dict[str, str]:
+        return {"status": "UP"}
+
+    @app.get("/ready", tags=["health"], include_in_schema=False)
+    async def ready(request: Request) -> JSONResponse:
+        checks: dict[str, str] = {}
+        if package_dir is not None:
+            try:
+                await request.app.state.db.ping()
+                checks["database"] = "UP"
+            except Exception as exc:  # any failure means not ready
+                checks["database"] = f"DOWN: {type(exc).__name__}"
+        status = "UP" if all(v == "UP" for v in checks.values()) else "DOWN"
+        return JSONResponse({"status": status, "checks": checks}, status_code=200 if status == "UP" else 503)
+
+    app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
+    for router in routers:
+        app.include_router(router)
+    return app

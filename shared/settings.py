@@ -1,0 +1,60 @@
+"""The settings every service shares, read from the environment by pydantic-settings."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Clearly-marked development default: services refuse it when ENV=production.
+DEV_SERVICE_CLIENT_SECRET = "dev-only-service-secret-change-me"
+
+
+class ServiceSettings(BaseSettings):
+    """Base class of every service's settings; each service sets its own defaults for name and port."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore")
+
+    env: Literal["development", "test", "production"] = "development"
+    app_name: str = "SERVICE"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # The address other services reach this instance at (registered in Eureka).
+    instance_host: str = "127.0.0.1"
+
+    database_url: str = ""
+    db_pool_size: int = 10
+    run_migrations: bool = True
+
+    # Empty disables registration and discovery (used by in-process unit tests).
+    eureka_server_url: str = "http://127.0.0.1:8761/eureka"
+    eureka_renewal_interval_secs: int = 30
+    eureka_lease_duration_secs: int = 90
+
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    # How services verify tokens: JWKS of AUTH-SERVICE (resolved from the registry) unless set.
+    auth_jwks_url: str = ""
+    jwt_issuer: str = "customer-service-auth"
+    jwt_audience: str = "customer-service"
+    jwks_cache_secs: int = 300
+
+    # Service-to-service credentials (client credentials grant at auth_service).
+    service_client_id: str = ""
+    service_client_secret: str = DEV_SERVICE_CLIENT_SECRET
+
+    idempotency_ttl_secs: int = 24 * 3600
+
+    @model_validator(mode="after")
+    def _refuse_dev_defaults_in_production(self) -> ServiceSettings:
+        if self.env == "production":
+            if self.service_client_secret == DEV_SERVICE_CLIENT_SECRET:
+                raise ValueError("SERVICE_CLIENT_SECRET must be configured when ENV=production")
+            if not self.database_url:
+                raise ValueError("DATABASE_URL must be configured when ENV=production")
+        return self
+
+    def default_sqlite_url(self, service: str) -> str:
+        return f"sqlite+aiosqlite:///var/{service}.db"
