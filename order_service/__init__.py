@@ -1,0 +1,1 @@
+"""order_service: customer orders and their priced lines."""

@@ -1,0 +1,45 @@
+"""Request/response pieces that several services share: money, addresses, pages."""
+
+from __future__ import annotations
+
+from typing import Annotated, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+CountryCode = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
+Sku = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+NonEmptyText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+# Money is an integer count of the currency's minor unit (cents), never a float.
+MinorUnits = Annotated[int, Field(ge=0, le=10**12, strict=True)]
+Quantity = Annotated[int, Field(gt=0, le=10_000, strict=True)]
+
+
+class StrictModel(BaseModel):
+    """Request bodies: unknown fields are refused rather than silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Address(StrictModel):
+    name: NonEmptyText
+    line1: NonEmptyText
+    line2: Annotated[str, StringConstraints(max_length=200)] | None = None
+    city: NonEmptyText
+    postal_code: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=16)]
+    country: CountryCode
+
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+class PageParams(BaseModel):
+    limit: int = Field(default=50, ge=1, le=500)
+    offset: int = Field(default=0, ge=0)
