@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse
 from shared.auth import TokenVerifier
 from shared.db import Database
 from shared.errors import install_error_handlers
+from shared.faults import FaultInjector
 from shared.logging import configure_logging, request_logging_middleware
 from shared.metrics import metrics_endpoint, metrics_middleware
 from shared.migrations import upgrade_to_head
@@ -67,6 +68,10 @@ def create_service_app(
     app.state.settings = settings
     install_error_handlers(app)
     app.middleware("http")(metrics_middleware(service))
+    if settings.fault_injection:
+        faults = FaultInjector()
+        app.middleware("http")(faults.middleware())
+        app.include_router(faults.router())
     app.middleware("http")(request_logging_middleware(service))
 
     @app.get("/health", tags=["health"], include_in_schema=False)

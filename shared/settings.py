@@ -47,11 +47,16 @@ class ServiceSettings(BaseSettings):
 
     idempotency_ttl_secs: int = 24 * 3600
 
+    # Tests and drills only: POST /_faults makes matching requests fail or slow down.
+    fault_injection: bool = False
+
     @model_validator(mode="after")
     def _refuse_dev_defaults_in_production(self) -> ServiceSettings:
         if self.env == "production":
             if self.service_client_secret == DEV_SERVICE_CLIENT_SECRET:
                 raise ValueError("SERVICE_CLIENT_SECRET must be configured when ENV=production")
+            if self.fault_injection:
+                raise ValueError("FAULT_INJECTION cannot be enabled when ENV=production")
             if not self.database_url:
                 raise ValueError("DATABASE_URL must be configured when ENV=production")
         return self

@@ -1,0 +1,208 @@
+"""Start the fleet as real uvicorn processes on free ports, against real PostgreSQL databases."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN_DSN = os.environ.get("TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_URL_BASE = os.environ.get("TEST_PG_URL_BASE", "postgresql+asyncpg://postgres@127.0.0.1:5432")
+
+# package → Eureka app name; the order the fleet starts in.
+SERVICES = {
+    "auth_service": "AUTH-SERVICE",
+    "order_service": "ORDER-SERVICE",
+    "inventory_service": "INVENTORY-SERVICE",
+    "payment_service": "PAYMENT-SERVICE",
+    "carrier_service": "CARRIER-SERVICE",
+    "shipment_service": "SHIPMENT-SERVICE",
+    "saga_orchestrator": "SAGA-ORCHESTRATOR",
+    "gateway": "GATEWAY",
+}
+NO_DATABASE = {"gateway"}
+ADMIN_EMAIL = "admin@fleet.test"
+ADMIN_PASSWORD = "fleet-admin-password"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def recreate_databases(names: list[str]) -> None:
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        for name in names:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    package: str
+    port: int
+    env: dict[str, str]
+    log_path: Path
+    popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", self.package],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+        if not self.alive():
+            return
+        assert self.popen is not None
+        os.killpg(self.popen.pid, sig)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(5)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@dataclass
+class Fleet:
+    workdir: Path
+    db_prefix: str = "cs_test"
+    processes: dict[str, ServiceProcess] = field(default_factory=dict)
+    registry: ServiceProcess | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def registry_url(self) -> str:
+        assert self.registry is not None
+        return f"{self.registry.url}/eureka"
+
+    @property
+    def gateway_url(self) -> str:
+        return self.processes["gateway"].url
+
+    def database_url(self, package: str) -> str:
+        return f"{PG_URL_BASE}/{self.db_prefix}_{package}"
+
+    def start_registry(self) -> None:
+        env = {**os.environ, "PORT": str(free_port()), "EVICTION_INTERVAL_SECS": "1", "PYTHONUNBUFFERED": "1"}
+        self.registry = ServiceProcess("registry", "registry", int(env["PORT"]), env, self.workdir / "registry.log")
+        self.registry.start()
+        wait_http(f"{self.registry.url}/health", self.registry)
+
+    def service_env(self, package: str, port: int, **overrides: str) -> dict[str, str]:
+        env = {
+            **os.environ,
+            "ENV": "test",
+            "PORT": str(port),
+            "EUREKA_SERVER_URL": self.registry_url,
+            "EUREKA_RENEWAL_INTERVAL_SECS": "1",
+            "EUREKA_LEASE_DURATION_SECS": "3",
+            "FAULT_INJECTION": "true",
+            "BOOTSTRAP_ADMIN_EMAIL": ADMIN_EMAIL,
+            "BOOTSTRAP_ADMIN_PASSWORD": ADMIN_PASSWORD,
+            "LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
+        }
+        if package not in NO_DATABASE:
+            env["DATABASE_URL"] = self.database_url(package)
+        env.update(overrides)
+        return env
+
+    def start(self, package: str, name: str | None = None, wait: bool = True, **env: str) -> ServiceProcess:
+        """Start one instance (name defaults to the package; use another name for a second instance)."""
+        name = name or package
+        port = free_port()
+        proc = ServiceProcess(name, package, port, self.service_env(package, port, **env), self.workdir / f"{name}.log")
+        self.processes[name] = proc
+        proc.start()
+        if wait:
+            self.wait_up(proc)
+        return proc
+
+    def restart(self, name: str, wait: bool = True) -> ServiceProcess:
+        proc = self.processes[name]
+        proc.stop()
+        proc.start()
+        if wait:
+            self.wait_up(proc)
+        return proc
+
+    def wait_up(self, proc: ServiceProcess, timeout: float = 60) -> None:
+        wait_http(f"{proc.url}/health", proc, timeout)
+        self.wait_registered(SERVICES[proc.package], proc.port, timeout)
+
+    def wait_registered(self, app: str, port: int | None = None, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if port in self.registered_ports(app) or (port is None and self.registered_ports(app)):
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"{app} (port {port}) did not register within {timeout}s")
+
+    def wait_deregistered(self, app: str, port: int, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if port not in self.registered_ports(app):
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"{app} (port {port}) is still registered after {timeout}s")
+
+    def registered_ports(self, app: str) -> set[int]:
+        response = httpx.get(f"{self.registry_url}/apps/{app}", headers={"Accept": "application/json"}, timeout=5)
+        if response.status_code != 200:
+            return set()
+        instances = response.json()["application"]["instance"]
+        if isinstance(instances, dict):
+            instances = [instances]
+        return {int(i["port"]["$"]) for i in instances if i["status"] == "UP"}
+
+    def stop_all(self) -> None:
+        for proc in reversed(list(self.processes.values())):
+            proc.stop()
+        if self.registry is not None:
+            self.registry.stop()
+
+
+def wait_http(url: str, proc: ServiceProcess, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited during start-up:\n{proc.logs()[-4000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{proc.name} did not answer {url} within {timeout}s:\n{proc.logs()[-4000:]}")
