@@ -1,0 +1,137 @@
+"""order_service rules, through its HTTP API on real PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from order_service.app import create_app
+from order_service.settings import Settings
+from tests.inprocess import ADMIN, SERVICE, bearer, fresh_database_url, running_app
+
+ADDRESS = {"name": "Ada", "line1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "DE"}
+
+
+@pytest.fixture(scope="module")
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    settings = Settings(database_url=fresh_database_url("cs_unit_order"), eureka_server_url="")
+    async with running_app(create_app, settings) as (_, client):
+        yield client
+
+
+async def new_order(client: httpx.AsyncClient, customer: str = "cust-1") -> dict:
+    response = await client.post("/api/orders", json={"customer_id": customer, "currency": "EUR",
+                                                      "shipping_address": ADDRESS}, headers=SERVICE)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def test_create_add_lines_confirm(client: httpx.AsyncClient) -> None:
+    order = await new_order(client)
+    assert order["status"] == "PENDING"
+    response = await client.post(f"/api/orders/{order['id']}/lines", headers=SERVICE, json={
+        "lines": [{"sku": "SKU-1", "quantity": 2, "unit_price_minor": 1250}, {"sku": "SKU-2", "quantity": 1,
+                                                                              "unit_price_minor": 99}]})
+    assert response.status_code == 200, response.text
+    assert response.json()["total_minor"] == 2599
+    confirmed = await client.post(f"/api/orders/{order['id']}/confirm", headers=SERVICE)
+    assert confirmed.status_code == 200 and confirmed.json()["status"] == "CONFIRMED"
+    more = await client.post(f"/api/orders/{order['id']}/lines", headers=SERVICE,
+                             json={"lines": [{"sku": "SKU-3", "quantity": 1, "unit_price_minor": 1}]})
+    assert more.status_code == 409
+    assert more.headers["content-type"] == "application/problem+json"
+
+
+async def test_confirm_cancelled_is_conflict(client: httpx.AsyncClient) -> None:
+    order = await new_order(client)
+    cancelled = await client.post(f"/api/orders/{order['id']}/cancel", json={"reason": "test"}, headers=SERVICE)
+    assert cancelled.json()["status"] == "CANCELLED" and cancelled.json()["cancel_reason"] == "test"
+    assert (await client.post(f"/api/orders/{order['id']}/confirm", headers=SERVICE)).status_code == 409
+
+
+async def test_remove_lines_then_cancel(client: httpx.AsyncClient) -> None:
+    order = await new_order(client)
+    added = await client.post(f"/api/orders/{order['id']}/lines", headers=SERVICE,
+                              json={"lines": [{"sku": "SKU-1", "quantity": 3, "unit_price_minor": 10}]})
+    line_id = added.json()["lines"][0]["id"]
+    removed = await client.delete(f"/api/orders/{order['id']}/lines/{line_id}", headers=SERVICE)
+    assert removed.status_code == 200 and removed.json()["lines"] == []
+    assert (await client.delete(f"/api/orders/{order['id']}/lines", headers=SERVICE)).status_code == 200
+
+
+async def test_customer_sees_only_own_orders(client: httpx.AsyncClient) -> None:
+    mine = await client.post("/api/orders", json={"currency": "EUR"}, headers=bearer("alice"))
+    assert mine.status_code == 201 and mine.json()["customer_id"] == "alice"
+    theirs = await new_order(client, "bob")
+    assert (await client.get(f"/api/orders/{theirs['id']}", headers=bearer("alice"))).status_code == 404
+    listing = (await client.get("/api/orders", headers=bearer("alice"))).json()
+    assert {o["customer_id"] for o in listing["items"]} == {"alice"}
+    forged = await client.post("/api/orders", json={"customer_id": "bob"}, headers=bearer("alice"))
+    assert forged.status_code == 403
+    lines = await client.post(f"/api/orders/{mine.json()['id']}/lines", headers=bearer("alice"),
+                              json={"lines": [{"sku": "X", "quantity": 1, "unit_price_minor": 0}]})
+    assert lines.status_code == 403
+
+
+async def test_list_filters_and_pagination(client: httpx.AsyncClient) -> None:
+    for _ in range(3):
+        await new_order(client, "paged")
+    page = (await client.get("/api/orders", params={"customer_id": "paged", "limit": 2}, headers=ADMIN)).json()
+    assert page["total"] == 3 and len(page["items"]) == 2
+    pending = (await client.get("/api/orders", params={"customer_id": "paged", "status": "CONFIRMED"},
+                                headers=ADMIN)).json()
+    assert pending["total"] == 0
+
+
+@pytest.mark.parametrize("body", [
+    {},
+    {"customer_id": "c", "currency": "euro"},
+    {"customer_id": "c", "currency": 5},
+    {"customer_id": "c", "shipping_address": {"name": "x"}},
+    {"customer_id": "c", "unknown": 1},
+])
+async def test_bad_create_bodies_are_422(client: httpx.AsyncClient, body: dict) -> None:
+    response = await client.post("/api/orders", json=body, headers=SERVICE)
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+@pytest.mark.parametrize("lines", [[], [{"sku": "A", "quantity": -1, "unit_price_minor": 1}],
+                                   [{"sku": "A", "quantity": 1, "unit_price_minor": 1.5}],
+                                   [{"sku": "A", "quantity": "2", "unit_price_minor": 1}]])
+async def test_bad_lines_are_422(client: httpx.AsyncClient, lines: list) -> None:
+    order = await new_order(client)
+    response = await client.post(f"/api/orders/{order['id']}/lines", json={"lines": lines}, headers=SERVICE)
+    assert response.status_code == 422, response.text
+
+
+async def test_unknown_order_404_and_no_token_401(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/api/orders/nope", headers=SERVICE)).status_code == 404
+    response = await client.get("/api/orders/nope")
+    assert response.status_code == 401 and response.headers["content-type"] == "application/problem+json"
+
+
+async def test_idempotency_replay_and_mismatch(client: httpx.AsyncClient) -> None:
+    headers = {**SERVICE, "Idempotency-Key": "order-key-1"}
+    body = {"customer_id": "idem", "currency": "EUR"}
+    first = await client.post("/api/orders", json=body, headers=headers)
+    again = await client.post("/api/orders", json=body, headers=headers)
+    assert first.status_code == again.status_code == 201
+    assert first.json()["id"] == again.json()["id"]
+    assert again.headers.get("idempotent-replayed") == "true"
+    listing = (await client.get("/api/orders", params={"customer_id": "idem"}, headers=ADMIN)).json()
+    assert listing["total"] == 1
+    other = await client.post("/api/orders", json={**body, "currency": "USD"}, headers=headers)
+    assert other.status_code == 422
+
+
+async def test_idempotent_refusal_is_replayed(client: httpx.AsyncClient) -> None:
+    order = await new_order(client)
+    await client.post(f"/api/orders/{order['id']}/cancel", headers=SERVICE)
+    headers = {**SERVICE, "Idempotency-Key": f"confirm-{order['id']}"}
+    first = await client.post(f"/api/orders/{order['id']}/confirm", headers=headers)
+    again = await client.post(f"/api/orders/{order['id']}/confirm", headers=headers)
+    assert first.status_code == again.status_code == 409
+    assert again.headers.get("idempotent-replayed") == "true"
