@@ -1,0 +1,34 @@
+# The two commands a new user needs: `make up` (the fleet) and `make test` (the suite).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: up test lint seed clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## Start the whole fleet locally (SQLite under var/, the local registry); Ctrl-C stops it.
+up: $(STAMP)
+	$(BIN)/python -m customer_cli up
+
+## Load the demo catalogue and carriers into var/.
+seed: $(STAMP)
+	$(BIN)/python -m customer_cli seed
+
+## The full test suite (needs PostgreSQL on 127.0.0.1:5432, user postgres).
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy .
+
+clean:
+	rm -rf var

@@ -1,0 +1,189 @@
+"""The local runner: every component of the fleet as its own process, SQLite under var/, the local registry."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import httpx
+
+# Component → (default port, needs a database). Started in this order; the gateway last.
+COMPONENTS: dict[str, tuple[int, bool]] = {
+    "registry": (8761, False),
+    "auth_service": (8001, True),
+    "order_service": (8002, True),
+    "inventory_service": (8003, True),
+    "payment_service": (8004, True),
+    "carrier_service": (8005, True),
+    "shipment_service": (8006, True),
+    "saga_orchestrator": (8007, True),
+    "gateway": (8080, False),
+}
+SEEDS = ["inventory_service.seed", "carrier_service.seed"]
+# Clearly-marked development defaults for local mode only (auth_service refuses them in production).
+DEMO_ADMIN_EMAIL = "admin@example.com"
+DEMO_ADMIN_PASSWORD = "admin-password-dev"
+
+
+def _die_with_parent() -> None:
+    """In the child: ask Linux to SIGTERM it when the runner dies, even by SIGKILL (no orphans)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    os.setsid()
+
+
+@dataclass
+class Component:
+    name: str
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+class LocalFleet:
+    def __init__(self, root: Path, var: Path, port_offset: int = 0, log: Callable[[str], None] = print) -> None:
+        self.root = root
+        self.var = var
+        self.port_offset = port_offset
+        self.log = log
+        self.components = [Component(name, port + port_offset) for name, (port, _) in COMPONENTS.items()]
+        self.stopping = False
+
+    @property
+    def registry_url(self) -> str:
+        return f"{self.components[0].url}/eureka"
+
+    @property
+    def gateway_url(self) -> str:
+        return self.components[-1].url
+
+    def env_for(self, name: str, port: int) -> dict[str, str]:
+        env = {
+            **os.environ,
+            "PORT": str(port),
+            "PYTHONUNBUFFERED": "1",
+            "EUREKA_SERVER_URL": self.registry_url,
+            "EUREKA_RENEWAL_INTERVAL_SECS": os.environ.get("EUREKA_RENEWAL_INTERVAL_SECS", "5"),
+            "EUREKA_LEASE_DURATION_SECS": os.environ.get("EUREKA_LEASE_DURATION_SECS", "15"),
+            "BOOTSTRAP_ADMIN_EMAIL": os.environ.get("BOOTSTRAP_ADMIN_EMAIL", DEMO_ADMIN_EMAIL),
+            "BOOTSTRAP_ADMIN_PASSWORD": os.environ.get("BOOTSTRAP_ADMIN_PASSWORD", DEMO_ADMIN_PASSWORD),
+        }
+        if COMPONENTS[name][1]:
+            env["DATABASE_URL"] = f"sqlite+aiosqlite:///{self.var / f'{name}.db'}"
+        return env
+
+    def _spawn(self, module: str, env: dict[str, str], log_name: str) -> subprocess.Popen[bytes]:
+        log_file = (self.var / "logs" / f"{log_name}.log").open("ab")
+        try:
+            return subprocess.Popen(
+                [sys.executable, "-m", module], cwd=self.root, env=env, stdout=log_file,
+                stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+            )
+        finally:
+            log_file.close()
+
+    def seed(self) -> None:
+        for module in SEEDS:
+            service = module.split(".")[0]
+            port = COMPONENTS[service][0] + self.port_offset
+            process = self._spawn(module, self.env_for(service, port), f"{service}-seed")
+            if process.wait(120) != 0:
+                raise RuntimeError(f"{module} failed; see {self.var / 'logs' / f'{service}-seed.log'}")
+
+    def start(self, timeout: float = 90) -> None:
+        (self.var / "logs").mkdir(parents=True, exist_ok=True)
+        self.seed()
+        for component in self.components:
+            component.process = self._spawn(component.name, self.env_for(component.name, component.port),
+                                            component.name)
+            if component.name in ("registry", "auth_service"):
+                self._wait_healthy(component, timeout)
+        for component in self.components:
+            self._wait_healthy(component, timeout)
+        self._wait_routable(timeout)
+
+    def _wait_healthy(self, component: Component, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if component.process is not None and component.process.poll() is not None:
+                raise RuntimeError(f"{component.name} exited; see {self.var / 'logs' / f'{component.name}.log'}")
+            try:
+                if httpx.get(f"{component.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"{component.name} did not become healthy in {timeout}s")
+
+    def _wait_routable(self, timeout: float) -> None:
+        """Ready when the gateway can reach auth and the catalogue through the registry."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.gateway_url}/api/inventory/products", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(f"the gateway could not route requests within {timeout}s")
+
+    def stop(self, timeout: float = 15) -> None:
+        self.stopping = True
+        running = [c for c in reversed(self.components) if c.process is not None and c.process.poll() is None]
+        for component in running:
+            assert component.process is not None
+            try:
+                os.killpg(component.process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout
+        for component in running:
+            assert component.process is not None
+            try:
+                component.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(component.process.pid, signal.SIGKILL)
+                component.process.wait(5)
+
+    def run_until_interrupted(self) -> int:
+        """Block until SIGINT/SIGTERM or a component dies; then stop everything."""
+        exit_code = 0
+
+        def _interrupt(_signum: int, _frame: FrameType | None) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            self.start()
+            self.log(f"The fleet is up. Gateway: {self.gateway_url}  (registry: {self.components[0].url}, "
+                     f"logs: {self.var / 'logs'}). Press Ctrl-C to stop.")
+            while True:
+                dead = [c for c in self.components if c.process is not None and c.process.poll() is not None]
+                if dead:
+                    self.log(f"{dead[0].name} exited unexpectedly; stopping the fleet.")
+                    exit_code = 1
+                    break
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            self.log("Stopping the fleet…")
+        except (RuntimeError, TimeoutError) as exc:
+            self.log(f"The fleet could not start: {exc}")
+            exit_code = 1
+        finally:
+            self.stop()
+            self.log("Stopped.")
+        return exit_code
