@@ -1,0 +1,1 @@
+"""Eureka-REST-protocol service registry kept in memory, for local and test runs."""

@@ -1,0 +1,220 @@
+"""HTTP routes of the Eureka REST protocol (under /eureka) and the health checks.
+
+Routes only parse, call InstanceRegistry and shape the answer: XML by default (py-eureka-client
+parses nothing else), JSON when the request's Accept contains "json", as the real server does.
+All handlers are `async def` so that they run on the event loop, the registry's only thread.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+from xml.etree.ElementTree import Element
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from registry import schemas
+from registry.service import InstanceNotFound, InstanceRegistry, InstanceStatus
+
+router = APIRouter()
+eureka = APIRouter(prefix="/eureka", tags=["eureka"])
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+# Epoch milliseconds of the client's last change to its registration.
+LastDirtyTimestamp = Annotated[int | None, Query(alias="lastDirtyTimestamp")]
+
+
+def problem(status: int, title: str, detail: str = "", errors: list[schemas.FieldError] | None = None) -> Response:
+    """An RFC 9457 problem+json answer."""
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status}
+    if detail:
+        body["detail"] = detail
+    if errors:
+        body["errors"] = [error.model_dump() for error in errors]
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE)
+
+
+def not_found(exc: InstanceNotFound) -> Response:
+    return problem(404, "Not Found", f"no such instance: {exc}")
+
+
+def get_registry(request: Request) -> InstanceRegistry:
+    registry: InstanceRegistry = request.app.state.registry
+    return registry
+
+
+def wants_json(request: Request) -> bool:
+    return "json" in request.headers.get("accept", "").lower()
+
+
+def negotiated(request: Request, xml: Element, as_json: dict[str, Any]) -> Response:
+    if wants_json(request):
+        return JSONResponse(as_json)
+    return Response(schemas.to_xml(xml), media_type=schemas.XML_MEDIA_TYPE)
+
+
+def parse_status(value: str | None, parameter: str) -> InstanceStatus | Response:
+    try:
+        return InstanceStatus((value or "").strip().upper())
+    except ValueError:
+        allowed = ", ".join(status.value for status in InstanceStatus)
+        return problem(400, "Bad Request", f"{parameter} must be one of {allowed}, not {value!r}")
+
+
+# ---------- health ----------
+
+
+@router.get("/health", tags=["health"])
+@router.get("/actuator/health", tags=["health"], include_in_schema=False)
+async def health() -> dict[str, str]:
+    return {"status": "UP"}
+
+
+# ---------- registration and leases ----------
+
+
+@eureka.post("/apps/{app}", status_code=204)
+async def register_instance(app: str, request: Request, registry: InstanceRegistry = Depends(get_registry)) -> Response:
+    try:
+        body = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return problem(400, "Bad Request", 'the body must be JSON: {"instance": {...}}')
+    try:
+        info = schemas.parse_registration(body, path_app=app)
+    except schemas.RegistrationError as exc:
+        return problem(400, "Bad Request", exc.detail, exc.errors)
+    registry.register(info)
+    return Response(status_code=204)
+
+
+@eureka.put("/apps/{app}/{instance_id}")
+async def send_heartbeat(
+    app: str,
+    instance_id: str,
+    status: str | None = None,
+    last_dirty_timestamp: LastDirtyTimestamp = None,
+    registry: InstanceRegistry = Depends(get_registry),
+) -> Response:
+    # `status` is accepted and ignored, as by the real server (see InstanceRegistry.renew).
+    try:
+        registry.renew(app, instance_id, last_dirty_timestamp=last_dirty_timestamp)
+    except InstanceNotFound as exc:
+        return not_found(exc)
+    return Response(status_code=200)
+
+
+@eureka.delete("/apps/{app}/{instance_id}")
+async def cancel_instance(app: str, instance_id: str, registry: InstanceRegistry = Depends(get_registry)) -> Response:
+    try:
+        registry.cancel(app, instance_id)
+    except InstanceNotFound as exc:
+        return not_found(exc)
+    return Response(status_code=200)
+
+
+@eureka.put("/apps/{app}/{instance_id}/status")
+async def override_status(
+    app: str,
+    instance_id: str,
+    value: str | None = None,
+    last_dirty_timestamp: LastDirtyTimestamp = None,
+    registry: InstanceRegistry = Depends(get_registry),
+) -> Response:
+    status = parse_status(value, "value")
+    if isinstance(status, Response):
+        return status
+    if status == InstanceStatus.UNKNOWN:
+        return problem(400, "Bad Request", "to remove an override, DELETE it")
+    try:
+        registry.override_status(app, instance_id, status, last_dirty_timestamp=last_dirty_timestamp)
+    except InstanceNotFound as exc:
+        return not_found(exc)
+    return Response(status_code=200)
+
+
+@eureka.delete("/apps/{app}/{instance_id}/status")
+async def remove_status_override(
+    app: str,
+    instance_id: str,
+    value: str | None = None,
+    last_dirty_timestamp: LastDirtyTimestamp = None,
+    registry: InstanceRegistry = Depends(get_registry),
+) -> Response:
+    new_status = None
+    if value is not None:
+        parsed = parse_status(value, "value")
+        if isinstance(parsed, Response):
+            return parsed
+        new_status = parsed
+    try:
+        registry.remove_status_override(app, instance_id, new_status, last_dirty_timestamp=last_dirty_timestamp)
+    except InstanceNotFound as exc:
+        return not_found(exc)
+    return Response(status_code=200)
+
+
+# ---------- queries ----------
+# /apps/delta is declared before /apps/{app} so that "delta" is not taken for an app name.
+
+
+@eureka.get("/apps")
+@eureka.get("/apps/", include_in_schema=False)
+async def get_applications(request: Request, registry: InstanceRegistry = Depends(get_registry)) -> Response:
+    view = registry.applications()
+    return negotiated(request, schemas.applications_element(view), schemas.applications_json(view))
+
+
+@eureka.get("/apps/delta")
+async def get_delta(request: Request, registry: InstanceRegistry = Depends(get_registry)) -> Response:
+    view = registry.delta()
+    return negotiated(request, schemas.applications_element(view), schemas.applications_json(view))
+
+
+@eureka.get("/apps/{app}")
+async def get_application(app: str, request: Request, registry: InstanceRegistry = Depends(get_registry)) -> Response:
+    application = registry.application(app)
+    if application is None:
+        return problem(404, "Not Found", f"no such application: {app.upper()}")
+    return negotiated(
+        request,
+        schemas.application_element(application),
+        {"application": schemas.application_json(application)},
+    )
+
+
+@eureka.get("/apps/{app}/{instance_id}")
+async def get_app_instance(
+    app: str, instance_id: str, request: Request, registry: InstanceRegistry = Depends(get_registry)
+) -> Response:
+    try:
+        instance = registry.instance(app, instance_id)
+    except InstanceNotFound as exc:
+        return not_found(exc)
+    return negotiated(request, schemas.instance_element(instance), {"instance": schemas.instance_json(instance)})
+
+
+@eureka.get("/instances/{instance_id}")
+async def get_instance(
+    instance_id: str, request: Request, registry: InstanceRegistry = Depends(get_registry)
+) -> Response:
+    try:
+        instance = registry.find_instance(instance_id)
+    except InstanceNotFound as exc:
+        return not_found(exc)
+    return negotiated(request, schemas.instance_element(instance), {"instance": schemas.instance_json(instance)})
+
+
+@eureka.get("/vips/{vip}")
+async def get_vip(vip: str, request: Request, registry: InstanceRegistry = Depends(get_registry)) -> Response:
+    view = registry.by_vip(vip)
+    return negotiated(request, schemas.applications_element(view), schemas.applications_json(view))
+
+
+@eureka.get("/svips/{vip}")
+async def get_secure_vip(vip: str, request: Request, registry: InstanceRegistry = Depends(get_registry)) -> Response:
+    view = registry.by_vip(vip, secure=True)
+    return negotiated(request, schemas.applications_element(view), schemas.applications_json(view))
+
+
+router.include_router(eureka)
