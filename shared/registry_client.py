@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import socket
 from dataclasses import dataclass
 
 import structlog
@@ -41,12 +42,14 @@ class RegistryClient:
         if not self.enabled:
             return
         s = self.settings
-        base = f"http://{s.instance_host}:{s.port}"
+        # In a container INSTANCE_HOST is left empty: advertise the container's own address.
+        host = s.instance_host or socket.gethostbyname(socket.gethostname())
+        base = f"http://{host}:{s.port}"
         self._client = EurekaClient(
             eureka_server=s.eureka_server_url,
             app_name=s.app_name,
-            instance_host=s.instance_host,
-            instance_ip=s.instance_host,
+            instance_host=host,
+            instance_ip=host,
             instance_port=s.port,
             renewal_interval_in_secs=s.eureka_renewal_interval_secs,
             duration_in_secs=s.eureka_lease_duration_secs,

@@ -1,0 +1,22 @@
+# One image for every component; each container runs its own `python -m <package>`.
+FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+# Dependencies in their own layer: it changes only when pyproject.toml does.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml','rb'))['project']['dependencies']))" \
+        > requirements.txt \
+    && pip install -r requirements.txt
+COPY . .
+RUN pip install --no-deps .
+
+FROM python:3.11-slim
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HOST=0.0.0.0 INSTANCE_HOST=""
+RUN useradd --create-home --uid 10001 app
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /home/app
+USER app
+EXPOSE 8080
+CMD ["python", "-m", "gateway"]
