@@ -1,0 +1,20 @@
+"""carrier_service app factory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from carrier_service.api import router
+from carrier_service.settings import Settings
+from shared.service_app import create_service_app
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    return create_service_app(
+        settings or Settings(),
+        title="carrier_service",
+        routers=[router],
+        package_dir=Path(__file__).parent,
+    )

@@ -1,0 +1,101 @@
+"""carrier_service tables: carriers, the countries each serves, and carrier assignments of orders."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime
+
+from sqlalchemy import BigInteger, Boolean, Date, DateTime, ForeignKey, Index, Integer, String, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from shared.db import new_metadata
+from shared.idempotency import idempotency_table
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _uuid() -> str:
+    return str(uuid.uuid4())
+
+
+class Base(DeclarativeBase):
+    metadata = new_metadata()
+
+
+idempotency_records = idempotency_table(Base.metadata)
+
+
+class AssignmentStatus:
+    ASSIGNED = "ASSIGNED"
+    RELEASED = "RELEASED"
+    ALL = (ASSIGNED, RELEASED)
+
+
+class Carrier(Base):
+    __tablename__ = "carriers"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=_uuid)
+    code: Mapped[str] = mapped_column(String(32), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    max_weight_grams: Mapped[int] = mapped_column(Integer)
+    daily_capacity: Mapped[int] = mapped_column(Integer)
+    base_price_minor: Mapped[int] = mapped_column(BigInteger)
+    price_per_kg_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
+    country_rows: Mapped[list[CarrierCountry]] = relationship(
+        back_populates="carrier", cascade="all, delete-orphan", lazy="selectin", order_by="CarrierCountry.country"
+    )
+
+    @property
+    def countries(self) -> list[str]:
+        return [row.country for row in self.country_rows]
+
+    def price_for(self, weight_grams: int) -> int:
+        """Base price plus the per-kg price for every started kilogram (integer math, no floats)."""
+        started_kg = -(-weight_grams // 1000)
+        return self.base_price_minor + started_kg * self.price_per_kg_minor
+
+
+class CarrierCountry(Base):
+    """One row per country a carrier serves, so "who serves DE" is an indexed lookup."""
+
+    __tablename__ = "carrier_countries"
+
+    carrier_id: Mapped[str] = mapped_column(ForeignKey("carriers.id", ondelete="CASCADE"), primary_key=True)
+    country: Mapped[str] = mapped_column(String(2), primary_key=True, index=True)
+    carrier: Mapped[Carrier] = relationship(back_populates="country_rows")
+
+
+class CarrierAssignment(Base):
+    __tablename__ = "carrier_assignments"
+    __table_args__ = (
+        # Capacity is counted per carrier, per UTC day, among live assignments.
+        Index("ix_carrier_assignments_load", "carrier_id", "service_day", "status"),
+        # An order has at most one live assignment; released ones may pile up.
+        Index(
+            "uq_carrier_assignments_live_order",
+            "order_id",
+            unique=True,
+            postgresql_where=text("status = 'ASSIGNED'"),
+            sqlite_where=text("status = 'ASSIGNED'"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=_uuid)
+    order_id: Mapped[str] = mapped_column(String(64), index=True)
+    carrier_id: Mapped[str] = mapped_column(ForeignKey("carriers.id"))
+    carrier_code: Mapped[str] = mapped_column(String(32))
+    country: Mapped[str] = mapped_column(String(2))
+    weight_grams: Mapped[int] = mapped_column(Integer)
+    price_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    status: Mapped[str] = mapped_column(String(16), default=AssignmentStatus.ASSIGNED)
+    # The UTC day whose capacity this assignment uses.
+    service_day: Mapped[date] = mapped_column(Date)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    released_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

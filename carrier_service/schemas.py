@@ -1,0 +1,109 @@
+"""carrier_service request and response bodies."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+from shared.schemas import CountryCode, Currency, MinorUnits, NonEmptyText, StrictModel
+
+CarrierCode = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9][A-Z0-9_-]{0,31}$")]
+OrderId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")]
+# A parcel (and a carrier's limit) is at most 100 t: keeps price arithmetic far inside 64-bit integers.
+Grams = Annotated[int, Field(gt=0, le=100_000_000, strict=True)]
+Capacity = Annotated[int, Field(ge=0, le=1_000_000, strict=True)]
+Countries = Annotated[list[CountryCode], Field(min_length=1, max_length=250)]
+
+
+def _unique_countries(countries: list[str] | None) -> list[str] | None:
+    return None if countries is None else sorted(set(countries))
+
+
+class CarrierCreate(StrictModel):
+    code: CarrierCode
+    name: NonEmptyText
+    countries: Countries
+    max_weight_grams: Grams
+    daily_capacity: Capacity
+    base_price_minor: MinorUnits
+    price_per_kg_minor: MinorUnits
+    currency: Currency = "EUR"
+    active: bool = True
+
+    _countries = field_validator("countries")(_unique_countries)
+
+
+class CarrierUpdate(StrictModel):
+    """Only the fields sent change; the code is the carrier's identity and cannot change."""
+
+    name: NonEmptyText | None = None
+    countries: Countries | None = None
+    max_weight_grams: Grams | None = None
+    daily_capacity: Capacity | None = None
+    base_price_minor: MinorUnits | None = None
+    price_per_kg_minor: MinorUnits | None = None
+    currency: Currency | None = None
+    active: bool | None = None
+
+    _countries = field_validator("countries")(_unique_countries)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            nulls = sorted(key for key, value in data.items() if value is None)
+            if nulls:
+                raise ValueError(f"fields cannot be null: {', '.join(nulls)}")
+        return data
+
+    def changes(self) -> dict[str, Any]:
+        return self.model_dump(exclude_unset=True)
+
+
+class CarrierOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    code: str
+    name: str
+    countries: list[str]
+    max_weight_grams: int
+    daily_capacity: int
+    base_price_minor: int
+    price_per_kg_minor: int
+    currency: str
+    active: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class AssignmentRequest(StrictModel):
+    order_id: OrderId
+    country: CountryCode
+    weight_grams: Grams
+
+
+class AssignmentOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    order_id: str
+    carrier_id: str
+    carrier_code: str
+    country: str
+    weight_grams: int
+    price_minor: int
+    currency: str
+    status: str
+    created_at: datetime
+    released_at: datetime | None
+
+
+class ReleaseOut(BaseModel):
+    """RELEASED when this call freed a live assignment, NONE when the order held none."""
+
+    order_id: str
+    status: Literal["RELEASED", "NONE"]
+    assignment: AssignmentOut | None = None

@@ -1,0 +1,177 @@
+"""carrier_service domain rules: the cheapest active carrier that serves, carries and has room today wins."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from carrier_service.models import AssignmentStatus, Carrier, CarrierAssignment, CarrierCountry
+from carrier_service.schemas import AssignmentRequest, CarrierCreate, CarrierUpdate
+from shared.errors import Conflict, NotFound
+
+
+def utc_today() -> date:
+    """The capacity day; a function of its own so tests can move the clock."""
+    return datetime.now(UTC).date()
+
+
+def _country_rows(countries: list[str]) -> list[CarrierCountry]:
+    return [CarrierCountry(country=country) for country in countries]
+
+
+async def create_carrier(session: AsyncSession, data: CarrierCreate) -> Carrier:
+    if (await session.execute(select(Carrier.id).where(Carrier.code == data.code))).first() is not None:
+        raise Conflict(f"A carrier with code {data.code} already exists.", code=data.code)
+    carrier = Carrier(**data.model_dump(exclude={"countries"}), country_rows=_country_rows(data.countries))
+    session.add(carrier)
+    try:
+        async with session.begin_nested():
+            await session.flush()
+    except IntegrityError as exc:  # a concurrent create of the same code won the race
+        raise Conflict(f"A carrier with code {data.code} already exists.", code=data.code) from exc
+    return carrier
+
+
+async def get_carrier(session: AsyncSession, carrier_id: str, for_update: bool = False) -> Carrier:
+    query = select(Carrier).where(Carrier.id == carrier_id)
+    if for_update:
+        query = query.with_for_update()
+    carrier = (await session.execute(query)).scalar_one_or_none()
+    if carrier is None:
+        raise NotFound(f"Carrier {carrier_id} does not exist.")
+    return carrier
+
+
+async def update_carrier(session: AsyncSession, carrier_id: str, data: CarrierUpdate) -> Carrier:
+    carrier = await get_carrier(session, carrier_id, for_update=True)
+    changes = data.changes()
+    countries = changes.pop("countries", None)
+    for field, value in changes.items():
+        setattr(carrier, field, value)
+    if countries is not None and countries != carrier.countries:
+        carrier.country_rows.clear()
+        await session.flush()  # delete the old rows before inserting the same keys again
+        carrier.country_rows.extend(_country_rows(countries))
+    await session.flush()
+    await session.refresh(carrier)
+    return carrier
+
+
+async def list_carriers(
+    session: AsyncSession, country: str | None, active: bool | None, limit: int, offset: int
+) -> tuple[list[Carrier], int]:
+    query = select(Carrier)
+    if country:
+        query = query.where(Carrier.id.in_(select(CarrierCountry.carrier_id).where(CarrierCountry.country == country)))
+    if active is not None:
+        query = query.where(Carrier.active.is_(active))
+    total = (await session.execute(select(func.count()).select_from(query.subquery()))).scalar_one()
+    rows = await session.execute(query.order_by(Carrier.code).limit(limit).offset(offset))
+    return list(rows.scalars()), int(total)
+
+
+async def _live_assignment(session: AsyncSession, order_id: str, for_update: bool = False) -> CarrierAssignment | None:
+    query = select(CarrierAssignment).where(
+        CarrierAssignment.order_id == order_id, CarrierAssignment.status == AssignmentStatus.ASSIGNED
+    )
+    if for_update:
+        query = query.with_for_update()
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def _lock_carriers_serving(session: AsyncSession, country: str) -> list[Carrier]:
+    """Lock every active carrier serving the country, in id order so concurrent assignments cannot deadlock.
+
+    Holding these row locks while counting today's load is what keeps capacity from being overbooked:
+    a concurrent assignment to the same carrier waits here until this transaction commits, then counts again.
+    """
+    query = (
+        select(Carrier)
+        .join(CarrierCountry, CarrierCountry.carrier_id == Carrier.id)
+        .where(CarrierCountry.country == country, Carrier.active.is_(True))
+        .order_by(Carrier.id)
+        .with_for_update(of=Carrier)
+    )
+    return list((await session.execute(query)).scalars())
+
+
+async def _load_today(session: AsyncSession, carrier_ids: list[str], day: date) -> dict[str, int]:
+    rows = await session.execute(
+        select(CarrierAssignment.carrier_id, func.count())
+        .where(
+            CarrierAssignment.carrier_id.in_(carrier_ids),
+            CarrierAssignment.service_day == day,
+            CarrierAssignment.status == AssignmentStatus.ASSIGNED,
+        )
+        .group_by(CarrierAssignment.carrier_id)
+    )
+    return {carrier_id: int(count) for carrier_id, count in rows.tuples()}
+
+
+def _no_carrier(detail: str, code: str, **extra: object) -> Conflict:
+    return Conflict(f"No carrier fits: {detail}.", reason=detail, code=code, **extra)
+
+
+async def assign_carrier(session: AsyncSession, data: AssignmentRequest) -> CarrierAssignment:
+    existing = await _live_assignment(session, data.order_id)
+    if existing is not None:
+        raise Conflict(f"Order {data.order_id} already has carrier {existing.carrier_code} assigned.",
+                       code="already_assigned", assignment_id=existing.id)
+    serving = await _lock_carriers_serving(session, data.country)
+    if not serving:
+        raise _no_carrier(f"no carrier serves country {data.country}", "country_not_served")
+    fitting = [carrier for carrier in serving if carrier.max_weight_grams >= data.weight_grams]
+    if not fitting:
+        raise _no_carrier(f"parcel of {data.weight_grams} g exceeds every carrier's limit", "overweight")
+    day = utc_today()
+    load = await _load_today(session, [carrier.id for carrier in fitting], day)
+    with_room = [carrier for carrier in fitting if load.get(carrier.id, 0) < carrier.daily_capacity]
+    if not with_room:
+        raise _no_carrier(f"all carriers serving {data.country} are at capacity today", "at_capacity")
+    chosen = min(with_room, key=lambda carrier: (carrier.price_for(data.weight_grams), carrier.code))
+    assignment = CarrierAssignment(
+        order_id=data.order_id,
+        carrier_id=chosen.id,
+        carrier_code=chosen.code,
+        country=data.country,
+        weight_grams=data.weight_grams,
+        price_minor=chosen.price_for(data.weight_grams),
+        currency=chosen.currency,
+        status=AssignmentStatus.ASSIGNED,
+        service_day=day,
+    )
+    session.add(assignment)
+    try:
+        async with session.begin_nested():
+            await session.flush()
+    except IntegrityError as exc:  # a concurrent assignment of the same order committed first
+        raise Conflict(f"Order {data.order_id} already has a carrier assigned.", code="already_assigned") from exc
+    return assignment
+
+
+async def release_assignment(session: AsyncSession, order_id: str) -> CarrierAssignment | None:
+    """Release the order's live assignment; None when it holds none (released already, or never assigned)."""
+    assignment = await _live_assignment(session, order_id, for_update=True)
+    if assignment is None:
+        return None
+    assignment.status = AssignmentStatus.RELEASED
+    assignment.released_at = datetime.now(UTC)
+    await session.flush()
+    return assignment
+
+
+async def get_assignment(session: AsyncSession, order_id: str) -> CarrierAssignment:
+    """The order's live assignment, else its most recent released one."""
+    query = (
+        select(CarrierAssignment)
+        .where(CarrierAssignment.order_id == order_id)
+        .order_by((CarrierAssignment.status == AssignmentStatus.ASSIGNED).desc(), CarrierAssignment.created_at.desc())
+        .limit(1)
+    )
+    assignment = (await session.execute(query)).scalar_one_or_none()
+    if assignment is None:
+        raise NotFound(f"Order {order_id} has no carrier assignment.")
+    return assignment

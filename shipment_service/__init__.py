@@ -1,0 +1,1 @@
+"""shipment_service: shipments, their tracking numbers and status history."""

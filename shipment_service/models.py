@@ -1,0 +1,85 @@
+"""shipment_service tables: shipments and the history of their statuses."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from shared.db import new_metadata
+from shared.idempotency import idempotency_table
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _uuid() -> str:
+    return str(uuid.uuid4())
+
+
+class Base(DeclarativeBase):
+    metadata = new_metadata()
+
+
+idempotency_records = idempotency_table(Base.metadata)
+
+
+class ShipmentStatus:
+    CREATED = "CREATED"
+    DISPATCHED = "DISPATCHED"
+    IN_TRANSIT = "IN_TRANSIT"
+    DELIVERED = "DELIVERED"
+    CANCELLED = "CANCELLED"
+    ALL = (CREATED, DISPATCHED, IN_TRANSIT, DELIVERED, CANCELLED)
+    # The only moves a shipment makes: one step forward, or cancelled before it leaves.
+    NEXT: dict[str, frozenset[str]] = {
+        CREATED: frozenset({DISPATCHED, CANCELLED}),
+        DISPATCHED: frozenset({IN_TRANSIT}),
+        IN_TRANSIT: frozenset({DELIVERED}),
+        DELIVERED: frozenset(),
+        CANCELLED: frozenset(),
+    }
+
+
+class Shipment(Base):
+    __tablename__ = "shipments"
+    __table_args__ = (
+        # At most one live shipment per order; cancelled ones may pile up.
+        Index(
+            "uq_shipments_live_order",
+            "order_id",
+            unique=True,
+            postgresql_where=text("status <> 'CANCELLED'"),
+            sqlite_where=text("status <> 'CANCELLED'"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=_uuid)
+    order_id: Mapped[str] = mapped_column(String(64), index=True)
+    customer_id: Mapped[str] = mapped_column(String(64), index=True)
+    carrier_code: Mapped[str] = mapped_column(String(32))
+    address: Mapped[dict[str, Any]] = mapped_column(JSON)
+    tracking_number: Mapped[str] = mapped_column(String(32), unique=True)
+    status: Mapped[str] = mapped_column(String(16), index=True, default=ShipmentStatus.CREATED)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
+    history: Mapped[list[ShipmentStatusChange]] = relationship(
+        back_populates="shipment", cascade="all, delete-orphan", lazy="selectin",
+        order_by="ShipmentStatusChange.position",
+    )
+
+
+class ShipmentStatusChange(Base):
+    __tablename__ = "shipment_status_history"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=_uuid)
+    shipment_id: Mapped[str] = mapped_column(ForeignKey("shipments.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    note: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    shipment: Mapped[Shipment] = relationship(back_populates="history")
