@@ -1,0 +1,1 @@
+"""inventory_service: the product catalogue, stock levels and per-order allocations."""

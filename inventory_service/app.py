@@ -1,0 +1,20 @@
+"""inventory_service app factory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from inventory_service.api import router
+from inventory_service.settings import Settings
+from shared.service_app import create_service_app
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    return create_service_app(
+        settings or Settings(),
+        title="inventory_service",
+        routers=[router],
+        package_dir=Path(__file__).parent,
+    )

@@ -1,0 +1,98 @@
+"""inventory_service tables: products with their stock, and the allocations held for orders."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from sqlalchemy import BigInteger, CheckConstraint, DateTime, ForeignKey, Integer, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from shared.db import new_metadata
+from shared.idempotency import idempotency_table
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _uuid() -> str:
+    return str(uuid.uuid4())
+
+
+class Base(DeclarativeBase):
+    metadata = new_metadata()
+
+
+idempotency_records = idempotency_table(Base.metadata)
+
+
+class Product(Base):
+    __tablename__ = "products"
+    # The database itself refuses an oversold or negative stock, whatever the code above it does.
+    __table_args__ = (
+        CheckConstraint("on_hand >= 0", name="on_hand_not_negative"),
+        CheckConstraint("reserved >= 0", name="reserved_not_negative"),
+        CheckConstraint("reserved <= on_hand", name="reserved_within_on_hand"),
+        CheckConstraint("weight_grams > 0", name="weight_positive"),
+        CheckConstraint("unit_price_minor >= 0", name="price_not_negative"),
+    )
+
+    sku: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    unit_price_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    weight_grams: Mapped[int] = mapped_column(Integer)
+    on_hand: Mapped[int] = mapped_column(BigInteger, default=0)
+    reserved: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
+
+    @property
+    def available(self) -> int:
+        return self.on_hand - self.reserved
+
+
+class AllocationStatus:
+    ALLOCATED = "ALLOCATED"
+    RELEASED = "RELEASED"
+    # What a release answers when the order never held stock.
+    NONE = "NONE"
+
+
+class Allocation(Base):
+    """The stock one order holds; at most one per order, ever (order_id is unique)."""
+
+    __tablename__ = "allocations"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=_uuid)
+    order_id: Mapped[str] = mapped_column(String(64), unique=True)
+    status: Mapped[str] = mapped_column(String(16), default=AllocationStatus.ALLOCATED)
+    currency: Mapped[str | None] = mapped_column(String(3), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    released_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    lines: Mapped[list[AllocationLine]] = relationship(
+        back_populates="allocation", cascade="all, delete-orphan", lazy="selectin", order_by="AllocationLine.sku"
+    )
+
+    @property
+    def total_minor(self) -> int:
+        return sum(line.quantity * line.unit_price_minor for line in self.lines)
+
+    @property
+    def total_weight_grams(self) -> int:
+        return sum(line.quantity * line.weight_grams for line in self.lines)
+
+
+class AllocationLine(Base):
+    """One sku of an allocation, with the price and weight it had when it was allocated."""
+
+    __tablename__ = "allocation_lines"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=_uuid)
+    allocation_id: Mapped[str] = mapped_column(ForeignKey("allocations.id", ondelete="CASCADE"), index=True)
+    sku: Mapped[str] = mapped_column(String(64))
+    quantity: Mapped[int] = mapped_column(Integer)
+    unit_price_minor: Mapped[int] = mapped_column(BigInteger)
+    weight_grams: Mapped[int] = mapped_column(Integer)
+    allocation: Mapped[Allocation] = relationship(back_populates="lines")

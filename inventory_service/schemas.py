@@ -1,0 +1,100 @@
+"""inventory_service request and response bodies."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from shared.schemas import Currency, MinorUnits, NonEmptyText, Quantity, Sku, StrictModel
+
+# The same shape as shared.schemas.Sku, for path and query parameters.
+SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+# Order ids are UUIDs from order_service; anything id-like up to the column's 64 characters is accepted.
+ORDER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9:._-]{0,63}$"
+
+OrderId = Annotated[str, StringConstraints(pattern=ORDER_ID_PATTERN)]
+WeightGrams = Annotated[int, Field(gt=0, le=1_000_000, strict=True, description="Grams per unit, at most 1 t.")]
+StockLevel = Annotated[int, Field(ge=0, le=1_000_000_000, strict=True)]
+RestockQuantity = Annotated[int, Field(gt=0, le=1_000_000, strict=True)]
+
+
+class ProductCreate(StrictModel):
+    sku: Sku
+    name: NonEmptyText
+    unit_price_minor: MinorUnits
+    currency: Currency = "EUR"
+    weight_grams: WeightGrams
+    on_hand: StockLevel = 0
+
+
+class ProductUpdate(StrictModel):
+    """Catalogue fields only; stock changes through restock and allocations."""
+
+    name: NonEmptyText | None = None
+    unit_price_minor: MinorUnits | None = None
+    weight_grams: WeightGrams | None = None
+
+    @model_validator(mode="after")
+    def _something_to_change(self) -> ProductUpdate:
+        if self.name is None and self.unit_price_minor is None and self.weight_grams is None:
+            raise ValueError("Give at least one of name, unit_price_minor, weight_grams.")
+        return self
+
+
+class Restock(StrictModel):
+    quantity: RestockQuantity
+
+
+class AllocationLineIn(StrictModel):
+    sku: Sku
+    quantity: Quantity
+
+
+class AllocationCreate(StrictModel):
+    order_id: OrderId
+    lines: list[AllocationLineIn] = Field(min_length=1, max_length=100)
+
+
+class ProductOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    sku: str
+    name: str
+    unit_price_minor: int
+    currency: str
+    weight_grams: int
+    on_hand: int
+    reserved: int
+    available: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class AllocationLineOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    sku: str
+    quantity: int
+    unit_price_minor: int
+    weight_grams: int
+
+
+class AllocationOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    order_id: str
+    status: Literal["ALLOCATED", "RELEASED"]
+    lines: list[AllocationLineOut]
+    total_weight_grams: int
+    total_minor: int
+    currency: str | None
+    created_at: datetime
+    released_at: datetime | None
+
+
+class ReleaseOut(BaseModel):
+    order_id: str
+    status: Literal["RELEASED", "NONE"]

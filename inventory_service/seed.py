@@ -1,0 +1,88 @@
+"""`python -m inventory_service.seed`: load the demo catalogue into DATABASE_URL (safe to run again)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from sqlalchemy.engine import make_url
+
+from inventory_service.models import Product
+from inventory_service.settings import Settings
+from shared.db import Database
+from shared.logging import configure_logging
+from shared.migrations import upgrade_to_head
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class SeedProduct:
+    sku: str
+    name: str
+    unit_price_minor: int  # euro cents
+    weight_grams: int
+    on_hand: int
+
+
+CATALOGUE = (
+    SeedProduct("KB-MECH-87", "Tenkeyless mechanical keyboard, brown switches", 8999, 920, 120),
+    SeedProduct("MS-WL-02", "Wireless ergonomic mouse", 3499, 110, 300),
+    SeedProduct("MON-27-QHD", "27-inch QHD IPS monitor", 27900, 6400, 35),
+    SeedProduct("HP-ANC-300", "Over-ear noise-cancelling headphones", 19950, 255, 80),
+    SeedProduct("CAB-USBC-2M", "USB-C to USB-C cable, 2 m, 100 W", 1299, 60, 1000),
+    SeedProduct("DOCK-USBC-11", "USB-C docking station, 11 ports", 12900, 480, 60),
+    SeedProduct("CHAIR-ERGO-1", "Ergonomic office chair, mesh back", 34900, 18500, 15),
+    SeedProduct("DESK-LAMP-LED", "LED desk lamp with dimmer", 4590, 1300, 150),
+    SeedProduct("NB-A5-DOT", "A5 dotted notebook, 192 pages", 1450, 340, 500),
+    SeedProduct("MUG-CER-350", "Ceramic mug, 350 ml", 990, 380, 400),
+    SeedProduct("BAG-LAP-15", "15-inch laptop backpack", 6990, 1150, 90),
+    SeedProduct("SSD-EXT-1TB", "Portable SSD, 1 TB, USB 3.2", 10990, 58, 200),
+)
+
+
+async def seed_catalogue(db: Database, catalogue: tuple[SeedProduct, ...] = CATALOGUE) -> tuple[int, int]:
+    """Upsert by sku: new products get their stock; existing ones get catalogue fields only.
+
+    Stock of an existing product is left alone, so seeding again never breaks reserved <= on_hand.
+    Returns (created, updated).
+    """
+    created = updated = 0
+    async with db.transaction() as session:
+        for item in catalogue:
+            product = await session.get(Product, item.sku)
+            if product is None:
+                session.add(Product(sku=item.sku, name=item.name, unit_price_minor=item.unit_price_minor,
+                                    currency="EUR", weight_grams=item.weight_grams, on_hand=item.on_hand,
+                                    reserved=0))
+                created += 1
+            else:
+                product.name = item.name
+                product.unit_price_minor = item.unit_price_minor
+                product.currency = "EUR"
+                product.weight_grams = item.weight_grams
+                updated += 1
+    return created, updated
+
+
+async def _seed(database_url: str) -> tuple[int, int]:
+    db = Database(database_url)
+    try:
+        return await seed_catalogue(db)
+    finally:
+        await db.dispose()
+
+
+def main() -> None:
+    settings = Settings()
+    configure_logging("inventory_service", settings.log_level, settings.log_json)
+    upgrade_to_head(Path(__file__).parent, settings.database_url)
+    created, updated = asyncio.run(_seed(settings.database_url))
+    database = make_url(settings.database_url).render_as_string(hide_password=True)
+    log.info("catalogue seeded", created=created, updated=updated, database=database)
+
+
+if __name__ == "__main__":
+    main()
