@@ -61,9 +61,9 @@ async def upsert_carriers(session: AsyncSession, carriers: list[dict[str, Any]])
 
 
 async def seed(settings: Settings) -> None:
-    await asyncio.to_thread(upgrade_to_head, Path(__file__).parent, settings.database_url)
-    db = Database(settings.database_url, pool_size=1)
+    db = Database(settings.database_url, pool_size=1)  # first: it creates the SQLite file's folder
     try:
+        await asyncio.to_thread(upgrade_to_head, Path(__file__).parent, settings.database_url)
         async with db.transaction() as session:
             created, updated = await upsert_carriers(session, DEMO_CARRIERS)
     finally:

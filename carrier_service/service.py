@@ -108,7 +108,7 @@ async def _load_today(session: AsyncSession, carrier_ids: list[str], day: date) 
         )
         .group_by(CarrierAssignment.carrier_id)
     )
-    return {carrier_id: int(count) for carrier_id, count in rows.tuples()}
+    return {carrier_id: int(count) for carrier_id, count in rows.all()}
 
 
 def _no_carrier(detail: str, code: str, **extra: object) -> Conflict:
