@@ -1,0 +1,37 @@
+"""auth_service app factory: on start, a signing key (and the bootstrap admin) must exist."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from auth_service.api import public_router, router
+from auth_service.keys import KeyRing, ensure_signing_key
+from auth_service.service import AuthService
+from auth_service.settings import Settings
+from shared.service_app import create_service_app
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    async def on_startup(app: FastAPI) -> None:
+        db = app.state.db
+        async with db.transaction() as session:
+            await ensure_signing_key(session, settings)
+        # auth_service verifies tokens with its own keys, straight from its database, never over HTTP.
+        keyring = KeyRing(db, settings, app.state.verifier)
+        await keyring.load()
+        auth = AuthService(db, settings, keyring, app.state.verifier)
+        await auth.ensure_bootstrap_admin()
+        app.state.auth = auth
+
+    return create_service_app(
+        settings,
+        title="auth_service",
+        routers=[router, public_router],
+        package_dir=Path(__file__).parent,
+        on_startup=on_startup,
+        discover=False,
+    )

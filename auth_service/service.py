@@ -1,0 +1,341 @@
+"""auth_service domain rules: accounts, login with brute-force protection, refresh-token rotation, revocation.
+
+`AuthService` is the one door the routes use. It owns its transactions because some refusals must still be
+recorded (a failed login, a reused refresh token revoking its family) before the refusal is raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import math
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from jose import jwt
+from pwdlib import PasswordHash
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from auth_service.keys import KeyRing, list_signing_keys, rotate_signing_key
+from auth_service.models import (
+    LoginFailure,
+    RefreshFamily,
+    RefreshToken,
+    RevokedToken,
+    Role,
+    SigningKey,
+    User,
+    now_utc,
+)
+from auth_service.schemas import MIN_PASSWORD_LENGTH, normalize_email
+from auth_service.settings import Settings
+from shared.auth import Identity, TokenVerifier
+from shared.db import Database
+from shared.errors import Conflict, NotFound, TooManyRequests, Unauthorized
+
+log = structlog.get_logger(__name__)
+
+BAD_CREDENTIALS = "The email or password is not correct."
+BAD_REFRESH = "The refresh token is not valid."
+_hasher = PasswordHash.recommended()
+
+
+def aware(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every time here is UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _sha256(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+async def hash_password(password: str) -> str:
+    # Argon2 takes tens of milliseconds of CPU: keep it off the event loop.
+    return await asyncio.to_thread(_hasher.hash, password)
+
+
+async def _verify_password(password: str, password_hash: str) -> tuple[bool, str | None]:
+    return await asyncio.to_thread(_hasher.verify_and_update, password, password_hash)
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+
+
+@dataclass(frozen=True)
+class VerifiedToken:
+    identity: Identity
+    jti: str
+    expires_at: datetime
+
+
+class AuthService:
+    def __init__(self, db: Database, settings: Settings, keyring: KeyRing, verifier: TokenVerifier) -> None:
+        self.db = db
+        self.settings = settings
+        self.keyring = keyring
+        self.verifier = verifier
+        # jti → expiry of tokens revoked through this instance: answered without a database round trip.
+        # Revocations made by other instances are still found by the indexed lookup.
+        self._revoked_here: dict[str, datetime] = {}
+        self._dummy_hash = ""
+
+    # --- accounts -------------------------------------------------------------------------------
+
+    async def register(self, email: str, password: str, full_name: str | None) -> User:
+        password_hash = await hash_password(password)
+        async with self.db.transaction() as session:
+            if await _user_by_email(session, email) is not None:
+                raise Conflict("An account with this email already exists.")
+            user = User(email=email, password_hash=password_hash, full_name=full_name, roles=[Role.CUSTOMER])
+            try:
+                async with session.begin_nested():
+                    session.add(user)
+                    await session.flush()
+            except IntegrityError as exc:  # a concurrent registration of the same address won
+                raise Conflict("An account with this email already exists.") from exc
+            return user
+
+    async def get_user(self, user_id: str) -> User:
+        async with self.db.transaction() as session:
+            user = await session.get(User, user_id)
+        if user is None:
+            raise NotFound("The caller is not a user account.")
+        return user
+
+    async def ensure_bootstrap_admin(self) -> None:
+        """Startup: make sure the configured admin account exists and has the admin role.
+
+        An existing account keeps its password: the setting bootstraps, it does not reset.
+        """
+        raw_email, password = self.settings.bootstrap_admin_email, self.settings.bootstrap_admin_password
+        if not (raw_email and password):
+            if raw_email or password:
+                log.warning("bootstrap admin ignored: set both BOOTSTRAP_ADMIN_EMAIL and BOOTSTRAP_ADMIN_PASSWORD")
+            return
+        if len(password) < MIN_PASSWORD_LENGTH:
+            raise ValueError(f"BOOTSTRAP_ADMIN_PASSWORD must have at least {MIN_PASSWORD_LENGTH} characters")
+        email = normalize_email(raw_email)
+        password_hash = await hash_password(password)
+        for _ in range(2):  # a second pass if another instance created the account meanwhile
+            async with self.db.transaction() as session:
+                user = await _user_by_email(session, email)
+                if user is not None:
+                    if Role.ADMIN not in user.roles:
+                        user.roles = [*user.roles, Role.ADMIN]
+                    return
+                try:
+                    async with session.begin_nested():
+                        session.add(User(email=email, password_hash=password_hash, full_name="Administrator",
+                                         roles=[Role.ADMIN]))
+                        await session.flush()
+                    log.info("bootstrap admin created", email=email)
+                    return
+                except IntegrityError:
+                    continue
+
+    # --- login ----------------------------------------------------------------------------------
+
+    async def login(self, raw_email: str, password: str, address: str) -> TokenPair:
+        email = raw_email.strip().lower()
+        account_key, address_key = f"account:{email}", f"address:{address}"
+        async with self.db.transaction() as session:
+            await self._refuse_if_throttled(session, account_key, address_key)
+            user = await _user_by_email(session, email)
+        # An unknown address costs the same hashing as a wrong password, so timing does not reveal accounts.
+        valid, new_hash = await _verify_password(password, user.password_hash if user else await self._dummy())
+        if user is None or not valid:
+            async with self.db.transaction() as session:
+                failures = await self._record_failure(session, account_key, address_key)
+            # Slow down guessing before the hard refusal starts.
+            await asyncio.sleep(min(2.0, self.settings.login_failure_delay_secs * max(0, failures - 2)))
+            raise Unauthorized(BAD_CREDENTIALS)
+        async with self.db.transaction() as session:
+            await session.execute(delete(LoginFailure).where(LoginFailure.key == account_key))
+            if new_hash is not None:  # the hashing parameters were raised since this hash was made
+                stored = await session.get(User, user.id)
+                if stored is not None:
+                    stored.password_hash = new_hash
+            return await self._issue_pair(session, user)
+
+    async def _dummy(self) -> str:
+        if not self._dummy_hash:
+            self._dummy_hash = await hash_password(secrets.token_urlsafe(16))
+        return self._dummy_hash
+
+    async def _refuse_if_throttled(self, session: AsyncSession, account_key: str, address_key: str) -> None:
+        s = self.settings
+        for key, limit in ((account_key, s.login_max_failures_per_account),
+                           (address_key, s.login_max_failures_per_address)):
+            retry_after = await self._retry_after(session, key, limit)
+            if retry_after is not None:
+                raise TooManyRequests("Too many failed logins; try again later.", retry_after=retry_after)
+
+    async def _retry_after(self, session: AsyncSession, key: str, limit: int) -> int | None:
+        """Seconds until fewer than `limit` failures remain in the sliding window, or None when not locked."""
+        now = now_utc()
+        window = timedelta(seconds=self.settings.login_failure_window_secs)
+        rows = await session.execute(
+            select(LoginFailure.failed_at)
+            .where(LoginFailure.key == key, LoginFailure.failed_at > now - window)
+            .order_by(LoginFailure.failed_at.desc())
+            .limit(limit)
+        )
+        recent = [aware(moment) for moment in rows.scalars()]
+        if len(recent) < limit:
+            return None
+        # The limit-th most recent failure leaving the window is what lets the next attempt in.
+        return max(1, math.ceil((recent[-1] + window - now).total_seconds()))
+
+    async def _record_failure(self, session: AsyncSession, account_key: str, address_key: str) -> int:
+        """Returns how many failures the account has in the window, this one included."""
+        now = now_utc()
+        since = now - timedelta(seconds=self.settings.login_failure_window_secs)
+        await session.execute(delete(LoginFailure).where(LoginFailure.failed_at <= since))
+        session.add_all([LoginFailure(key=account_key, failed_at=now), LoginFailure(key=address_key, failed_at=now)])
+        await session.flush()
+        rows = await session.execute(
+            select(LoginFailure.id).where(LoginFailure.key == account_key, LoginFailure.failed_at > since)
+        )
+        return len(rows.all())
+
+    # --- refresh tokens -------------------------------------------------------------------------
+
+    async def _issue_pair(self, session: AsyncSession, user: User, family_id: str | None = None) -> TokenPair:
+        if family_id is None:
+            family = RefreshFamily(user_id=user.id)
+            session.add(family)
+            await session.flush()
+            family_id = family.id
+        access = await self.keyring.mint(user.id, list(user.roles), user.email, self.settings.access_token_ttl_secs)
+        refresh = secrets.token_urlsafe(32)
+        session.add(RefreshToken(
+            token_hash=_sha256(refresh), family_id=family_id, access_jti=access.jti,
+            expires_at=now_utc() + timedelta(seconds=self.settings.refresh_token_ttl_secs),
+        ))
+        await session.flush()
+        return TokenPair(access.token, refresh, access.expires_in)
+
+    async def refresh(self, refresh_token: str) -> TokenPair:
+        """Rotate: the presented token is spent and a new pair issued in the same family.
+
+        Presenting a spent token means it was copied: the whole family is revoked, the thief's copy and the
+        legitimate one alike, and the user logs in again.
+        """
+        reused_family: str | None = None
+        async with self.db.transaction() as session:
+            token = await _refresh_token_by_hash(session, _sha256(refresh_token))
+            if token is None:
+                raise Unauthorized(BAD_REFRESH)
+            # The family row lock serializes rotations and revocations of one family across instances.
+            family = (await session.execute(
+                select(RefreshFamily).where(RefreshFamily.id == token.family_id).with_for_update()
+            )).scalar_one()
+            token = (await session.execute(
+                select(RefreshToken).where(RefreshToken.id == token.id).execution_options(populate_existing=True)
+            )).scalar_one()
+            if family.revoked_at is not None:
+                raise Unauthorized("The refresh token has been revoked.")
+            if token.used_at is not None:
+                family.revoked_at, family.revoked_reason = now_utc(), "reuse"
+                reused_family = family.id
+            elif aware(token.expires_at) <= now_utc():
+                raise Unauthorized("The refresh token has expired.")
+            else:
+                user = await session.get(User, family.user_id)
+                if user is None:
+                    raise Unauthorized(BAD_REFRESH)
+                token.used_at = now_utc()
+                return await self._issue_pair(session, user, family.id)
+        # Committed above: the revocation stands although the request is refused.
+        log.warning("refresh token reused; family revoked", family_id=reused_family)
+        raise Unauthorized("The refresh token was already used; the session has been revoked.")
+
+    # --- access tokens --------------------------------------------------------------------------
+
+    async def validate(self, token: str) -> VerifiedToken:
+        """Signature, issuer, audience, expiry and type by the shared verifier; then revocation (one lookup)."""
+        await self.keyring.reload_for(token)
+        identity = await self.verifier.verify(token)
+        claims = jwt.get_unverified_claims(token)  # signature already verified above
+        jti = str(claims.get("jti") or "")
+        if not jti:
+            raise Unauthorized("The token has no id (jti).")
+        if await self._is_revoked(jti):
+            raise Unauthorized("The token has been revoked.")
+        return VerifiedToken(identity, jti, datetime.fromtimestamp(int(claims["exp"]), UTC))
+
+    async def _is_revoked(self, jti: str) -> bool:
+        if jti in self._revoked_here:
+            return True
+        async with self.db.sessions() as session:
+            found = await session.scalar(select(RevokedToken.jti).where(RevokedToken.jti == jti))
+        return found is not None
+
+    async def logout(self, caller: VerifiedToken, refresh_token: str | None) -> None:
+        """Revoke the access token until it expires, and the refresh family it belongs to."""
+        now = now_utc()
+        async with self.db.transaction() as session:
+            if await session.get(RevokedToken, caller.jti) is None:
+                try:
+                    async with session.begin_nested():
+                        session.add(RevokedToken(jti=caller.jti, expires_at=caller.expires_at))
+                        await session.flush()
+                except IntegrityError:
+                    pass  # a concurrent logout with the same token
+            if refresh_token:
+                token = await _refresh_token_by_hash(session, _sha256(refresh_token))
+            else:
+                token = (await session.execute(
+                    select(RefreshToken).where(RefreshToken.access_jti == caller.jti).limit(1)
+                )).scalar_one_or_none()
+            if token is not None:
+                family = (await session.execute(
+                    select(RefreshFamily).where(RefreshFamily.id == token.family_id).with_for_update()
+                )).scalar_one()
+                # Someone else's refresh token is left alone: a caller ends only their own sessions.
+                if family.user_id == caller.identity.subject and family.revoked_at is None:
+                    family.revoked_at, family.revoked_reason = now, "logout"
+            await session.execute(delete(RevokedToken).where(RevokedToken.expires_at < now))
+        self._revoked_here[caller.jti] = caller.expires_at
+        self._revoked_here = {jti: exp for jti, exp in self._revoked_here.items() if exp > now}
+
+    # --- services -------------------------------------------------------------------------------
+
+    async def issue_service_token(self, client_id: str, client_secret: str) -> tuple[str, int]:
+        known = client_id in self.settings.service_client_ids
+        secret_ok = hmac.compare_digest(client_secret.encode(), self.settings.service_client_secret.encode())
+        if not (known and secret_ok):
+            raise Unauthorized("The client credentials are not valid.")
+        minted = await self.keyring.mint(f"service:{client_id}", [Role.SERVICE], "",
+                                         self.settings.access_token_ttl_secs)
+        return minted.token, minted.expires_in
+
+    # --- signing keys ---------------------------------------------------------------------------
+
+    async def rotate_keys(self) -> SigningKey:
+        async with self.db.transaction() as session:
+            key = await rotate_signing_key(session, self.settings)
+        await self.keyring.load()
+        return key
+
+    async def signing_keys(self) -> list[SigningKey]:
+        async with self.db.transaction() as session:
+            return await list_signing_keys(session)
+
+
+async def _user_by_email(session: AsyncSession, email: str) -> User | None:
+    return (await session.execute(select(User).where(User.email == email))).scalar_one_or_none()
+
+
+async def _refresh_token_by_hash(session: AsyncSession, token_hash: str) -> RefreshToken | None:
+    query = select(RefreshToken).where(RefreshToken.token_hash == token_hash)
+    return (await session.execute(query)).scalar_one_or_none()

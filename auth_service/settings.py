@@ -1,0 +1,58 @@
+"""auth_service settings (environment variables, see shared.settings)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import field_validator, model_validator
+from pydantic_settings import NoDecode
+
+from shared.settings import ServiceSettings
+
+# The local runner's demo admin password: fine on a laptop, refused in production.
+DEV_ADMIN_PASSWORD = "admin-password-dev"
+
+DEFAULT_SERVICE_CLIENT_IDS = [
+    "saga-orchestrator", "gateway", "inventory-service", "order-service", "payment-service",
+    "carrier-service", "shipment-service",
+]
+
+
+class Settings(ServiceSettings):
+    app_name: str = "AUTH-SERVICE"
+    port: int = 8001
+
+    access_token_ttl_secs: int = 900
+    refresh_token_ttl_secs: int = 14 * 24 * 3600
+
+    # A PEM private key (PKCS#8 or PKCS#1) to sign with; otherwise keys live in the database.
+    jwt_private_key_pem: str = ""
+    # How often an instance re-reads the key table (to pick up a rotation made by another instance).
+    signing_keys_reload_secs: int = 30
+
+    # Comma-separated in the environment: SERVICE_CLIENT_IDS=saga-orchestrator,gateway
+    service_client_ids: Annotated[list[str], NoDecode] = DEFAULT_SERVICE_CLIENT_IDS
+
+    bootstrap_admin_email: str = ""
+    bootstrap_admin_password: str = ""
+
+    # Brute-force protection: failed logins counted per account and per client address in a sliding window.
+    login_failure_window_secs: int = 900
+    login_max_failures_per_account: int = 5
+    login_max_failures_per_address: int = 20
+    # Each failure beyond the second waits this much longer before it is answered (capped at 2 s).
+    login_failure_delay_secs: float = 0.25
+
+    @field_validator("service_client_ids", mode="before")
+    @classmethod
+    def _split_client_ids(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _auth_defaults(self) -> Settings:
+        self.database_url = self.database_url or self.default_sqlite_url("auth_service")
+        if self.env == "production" and self.bootstrap_admin_password == DEV_ADMIN_PASSWORD:
+            raise ValueError("BOOTSTRAP_ADMIN_PASSWORD must not be the development demo password when ENV=production")
+        return self
