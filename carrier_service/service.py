@@ -26,9 +26,10 @@ async def create_carrier(session: AsyncSession, data: CarrierCreate) -> Carrier:
     if (await session.execute(select(Carrier.id).where(Carrier.code == data.code))).first() is not None:
         raise Conflict(f"A carrier with code {data.code} already exists.", code=data.code)
     carrier = Carrier(**data.model_dump(exclude={"countries"}), country_rows=_country_rows(data.countries))
-    session.add(carrier)
     try:
+        # Added inside the savepoint: begin_nested() flushes what is pending before the savepoint starts.
         async with session.begin_nested():
+            session.add(carrier)
             await session.flush()
     except IntegrityError as exc:  # a concurrent create of the same code won the race
         raise Conflict(f"A carrier with code {data.code} already exists.", code=data.code) from exc
@@ -143,9 +144,9 @@ async def assign_carrier(session: AsyncSession, data: AssignmentRequest) -> Carr
         status=AssignmentStatus.ASSIGNED,
         service_day=day,
     )
-    session.add(assignment)
     try:
         async with session.begin_nested():
+            session.add(assignment)
             await session.flush()
     except IntegrityError as exc:  # a concurrent assignment of the same order committed first
         raise Conflict(f"Order {data.order_id} already has a carrier assigned.", code="already_assigned") from exc

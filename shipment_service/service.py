@@ -54,9 +54,10 @@ async def create_shipment(session: AsyncSession, data: ShipmentCreate) -> Shipme
             history=[],
         )
         _record(shipment, ShipmentStatus.CREATED, None)
-        session.add(shipment)
         try:
+            # Added inside the savepoint: begin_nested() flushes what is pending before the savepoint starts.
             async with session.begin_nested():
+                session.add(shipment)
                 await session.flush()
             return shipment
         except IntegrityError:
