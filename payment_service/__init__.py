@@ -1,0 +1,1 @@
+"""payment_service: card payments through a simulated processor, and refunds."""

@@ -1,0 +1,20 @@
+"""payment_service app factory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from payment_service.api import router
+from payment_service.settings import Settings
+from shared.service_app import create_service_app
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    return create_service_app(
+        settings or Settings(),
+        title="payment_service",
+        routers=[router],
+        package_dir=Path(__file__).parent,
+    )

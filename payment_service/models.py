@@ -1,0 +1,107 @@
+"""payment_service tables: payments, their refunds, every charge attempt, and which orders are settled."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from sqlalchemy import BigInteger, CheckConstraint, DateTime, ForeignKey, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from shared.db import new_metadata
+from shared.idempotency import idempotency_table
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _uuid() -> str:
+    return str(uuid.uuid4())
+
+
+class Base(DeclarativeBase):
+    metadata = new_metadata()
+
+
+idempotency_records = idempotency_table(Base.metadata)
+
+
+class PaymentStatus:
+    CAPTURED = "CAPTURED"
+    PARTIALLY_REFUNDED = "PARTIALLY_REFUNDED"
+    REFUNDED = "REFUNDED"
+    ALL = (CAPTURED, PARTIALLY_REFUNDED, REFUNDED)
+
+
+class Payment(Base):
+    """A captured charge; at most one per order. Declines are ChargeAttempts, never Payments."""
+
+    __tablename__ = "payments"
+    __table_args__ = (
+        CheckConstraint("amount_minor > 0", name="amount_positive"),
+        CheckConstraint("refunded_minor >= 0", name="refunded_not_negative"),
+        CheckConstraint("refunded_minor <= amount_minor", name="refunded_within_amount"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=_uuid)
+    order_id: Mapped[str] = mapped_column(String(64), unique=True)
+    customer_id: Mapped[str] = mapped_column(String(64), index=True)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    status: Mapped[str] = mapped_column(String(24), index=True, default=PaymentStatus.CAPTURED)
+    refunded_minor: Mapped[int] = mapped_column(BigInteger, default=0)
+    processor_reference: Mapped[str] = mapped_column(String(64))
+    card_brand: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
+    refunds: Mapped[list[Refund]] = relationship(
+        back_populates="payment", cascade="all, delete-orphan", lazy="selectin", order_by="Refund.created_at"
+    )
+
+
+class Refund(Base):
+    __tablename__ = "refunds"
+    __table_args__ = (CheckConstraint("amount_minor > 0", name="amount_positive"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=_uuid)
+    payment_id: Mapped[str] = mapped_column(ForeignKey("payments.id", ondelete="CASCADE"), index=True)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    payment: Mapped[Payment] = relationship(back_populates="refunds")
+
+
+class ChargeAttempt(Base):
+    """Every call to the processor, whatever it answered (tok_flaky counts these)."""
+
+    __tablename__ = "charge_attempts"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=_uuid)
+    order_id: Mapped[str] = mapped_column(String(64), index=True)
+    customer_id: Mapped[str] = mapped_column(String(64))
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    payment_token: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16))  # CAPTURED | DECLINED | UNAVAILABLE
+    code: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class SettledBy:
+    PAYMENT = "PAYMENT"
+    COMPENSATION = "COMPENSATION"
+
+
+class SettledOrder(Base):
+    """Which of a capture and a compensation got to an order first; the other is refused.
+
+    Both insert here, so on PostgreSQL they wait on the same primary key: a charge still in flight
+    when the saga compensates either commits first (and is refunded) or is refused afterwards.
+    """
+
+    __tablename__ = "settled_orders"
+
+    order_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    claimed_by: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)

@@ -1,0 +1,79 @@
+"""payment_service request and response bodies."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from shared.schemas import Currency, NonEmptyText, StrictModel
+
+# Order ids are UUIDs from order_service; anything id-like up to the column's 64 characters is accepted.
+ORDER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9:._-]{0,63}$"
+# Customer ids are auth_service user ids: printable, at most 64 characters.
+CUSTOMER_ID_PATTERN = r"^[^\x00-\x1f\x7f]{1,64}$"
+PAYMENT_ID_PATTERN = r"^[A-Za-z0-9-]{1,36}$"
+
+OrderId = Annotated[str, StringConstraints(pattern=ORDER_ID_PATTERN)]
+CustomerId = Annotated[str, StringConstraints(pattern=CUSTOMER_ID_PATTERN)]
+PaymentToken = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_]{1,64}$")]
+# A charge or refund is at least one minor unit; integers only (1.5 or "150" are refused).
+PositiveMinorUnits = Annotated[int, Field(ge=1, le=10**12, strict=True)]
+
+
+class PaymentCreate(StrictModel):
+    order_id: OrderId
+    customer_id: CustomerId
+    amount_minor: PositiveMinorUnits
+    currency: Currency
+    payment_token: PaymentToken = Field(description="A test card token, e.g. tok_visa (see payment_service.processor).")
+
+
+class RefundCreate(StrictModel):
+    amount_minor: PositiveMinorUnits
+    reason: NonEmptyText | None = None
+
+
+class RefundOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    payment_id: str
+    amount_minor: int
+    reason: str | None
+    created_at: datetime
+
+
+class RefundReceipt(RefundOut):
+    """A new refund with the state of its payment after it."""
+
+    payment_status: str
+    payment_refunded_minor: int
+
+
+class PaymentOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    order_id: str
+    customer_id: str
+    status: str
+    amount_minor: int
+    refunded_minor: int
+    currency: str
+    processor_reference: str
+    card_brand: str
+    refunds: list[RefundOut]
+    created_at: datetime
+    updated_at: datetime
+
+
+class OrderRefundOut(BaseModel):
+    """The saga's compensation: the order's payment refunded in full, or NONE when it was never charged."""
+
+    order_id: str
+    status: Literal["REFUNDED", "NONE"]
+    payment_id: str | None = None
+    amount_minor: int = 0
+    refunded_minor: int = 0
