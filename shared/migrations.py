@@ -9,7 +9,7 @@ from pathlib import Path
 from alembic import command, context
 from alembic.config import Config
 from sqlalchemy import MetaData, text
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -23,6 +23,9 @@ def alembic_config(package_dir: Path, database_url: str) -> Config:
 
 def upgrade_to_head(package_dir: Path, database_url: str) -> None:
     """Blocking; call it in a worker thread (alembic's async env runs its own event loop)."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     command.upgrade(alembic_config(package_dir, database_url), "head")
 
 
