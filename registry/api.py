@@ -16,27 +16,24 @@ from fastapi.responses import JSONResponse
 
 from registry import schemas
 from registry.service import InstanceNotFound, InstanceRegistry, InstanceStatus
+from shared.errors import problem
 
 router = APIRouter()
 eureka = APIRouter(prefix="/eureka", tags=["eureka"])
 
-PROBLEM_MEDIA_TYPE = "application/problem+json"
 # Epoch milliseconds of the client's last change to its registration.
 LastDirtyTimestamp = Annotated[int | None, Query(alias="lastDirtyTimestamp")]
 
 
-def problem(status: int, title: str, detail: str = "", errors: list[schemas.FieldError] | None = None) -> Response:
-    """An RFC 9457 problem+json answer."""
-    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status}
-    if detail:
-        body["detail"] = detail
+def bad_request(detail: str, errors: list[schemas.FieldError] | None = None) -> Response:
+    """400 problem+json: the protocol's answer to malformed input (not FastAPI's 422)."""
     if errors:
-        body["errors"] = [error.model_dump() for error in errors]
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE)
+        return problem(400, "Bad request", detail, "bad-request", errors=[error.model_dump() for error in errors])
+    return problem(400, "Bad request", detail, "bad-request")
 
 
 def not_found(exc: InstanceNotFound) -> Response:
-    return problem(404, "Not Found", f"no such instance: {exc}")
+    return problem(404, "Not found", f"no such instance: {exc}", "not-found")
 
 
 def get_registry(request: Request) -> InstanceRegistry:
@@ -59,7 +56,7 @@ def parse_status(value: str | None, parameter: str) -> InstanceStatus | Response
         return InstanceStatus((value or "").strip().upper())
     except ValueError:
         allowed = ", ".join(status.value for status in InstanceStatus)
-        return problem(400, "Bad Request", f"{parameter} must be one of {allowed}, not {value!r}")
+        return bad_request(f"{parameter} must be one of {allowed}, not {value!r}")
 
 
 # ---------- health ----------
@@ -79,11 +76,11 @@ async def register_instance(app: str, request: Request, registry: InstanceRegist
     try:
         body = json.loads(await request.body())
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return problem(400, "Bad Request", 'the body must be JSON: {"instance": {...}}')
+        return bad_request('the body must be JSON: {"instance": {...}}')
     try:
         info = schemas.parse_registration(body, path_app=app)
     except schemas.RegistrationError as exc:
-        return problem(400, "Bad Request", exc.detail, exc.errors)
+        return bad_request(exc.detail, exc.errors)
     registry.register(info)
     return Response(status_code=204)
 
@@ -125,7 +122,7 @@ async def override_status(
     if isinstance(status, Response):
         return status
     if status == InstanceStatus.UNKNOWN:
-        return problem(400, "Bad Request", "to remove an override, DELETE it")
+        return bad_request("to remove an override, DELETE it")
     try:
         registry.override_status(app, instance_id, status, last_dirty_timestamp=last_dirty_timestamp)
     except InstanceNotFound as exc:
@@ -175,7 +172,7 @@ async def get_delta(request: Request, registry: InstanceRegistry = Depends(get_r
 async def get_application(app: str, request: Request, registry: InstanceRegistry = Depends(get_registry)) -> Response:
     application = registry.application(app)
     if application is None:
-        return problem(404, "Not Found", f"no such application: {app.upper()}")
+        return problem(404, "Not found", f"no such application: {app.upper()}", "not-found")
     return negotiated(
         request,
         schemas.application_element(application),

@@ -12,8 +12,10 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from registry import api
+from registry.schemas import FieldError
 from registry.service import InstanceRegistry
 from registry.settings import RegistrySettings
+from shared.errors import problem
 
 log = structlog.get_logger("registry")
 
@@ -63,13 +65,13 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
     async def bad_parameters(request: Request, exc: RequestValidationError) -> Response:
         # The protocol answers 400 to malformed input (e.g. a non-numeric lastDirtyTimestamp).
         errors = [
-            api.schemas.FieldError(field=".".join(str(part) for part in error["loc"]), message=error["msg"])
+            FieldError(field=".".join(str(part) for part in error["loc"]), message=error["msg"])
             for error in exc.errors()
         ]
-        return api.problem(400, "Bad Request", "invalid request parameters", errors)
+        return api.bad_request("invalid request parameters", errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        return api.problem(exc.status_code, str(exc.detail))
+        return problem(exc.status_code, str(exc.detail), str(exc.detail))
 
     return app

@@ -25,6 +25,9 @@ import httpx
 import pytest
 from py_eureka_client.eureka_client import EurekaClient, WalkNodeException
 
+from registry.app import create_app
+from registry.settings import RegistrySettings
+
 pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -492,3 +495,17 @@ async def test_health(registry_url: str) -> None:
         for path in ("/health", "/actuator/health"):
             response = await client.get(path)
             assert response.json() == {"status": "UP"}
+
+
+async def test_lifespan_runs_the_eviction_task_and_cancels_it_on_shutdown() -> None:
+    app = create_app(RegistrySettings(eviction_interval_secs=0.05))
+
+    def eviction_tasks() -> list[asyncio.Task[Any]]:
+        return [task for task in asyncio.all_tasks() if task.get_name() == "registry-eviction"]
+
+    async with app.router.lifespan_context(app):
+        await asyncio.sleep(0.12)
+        (task,) = eviction_tasks()
+        assert not task.done()
+    assert task.cancelled()
+    assert eviction_tasks() == []
