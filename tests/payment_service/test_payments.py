@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -338,3 +339,17 @@ async def test_malformed_json_is_422(client: httpx.AsyncClient) -> None:
     response = await client.post("/api/payments", content=b"not json",
                                  headers={**SERVICE, "Content-Type": "application/json"})
     assert response.status_code == 422 and response.headers["content-type"] == PROBLEM
+
+
+async def test_attempts_are_kept_on_sqlite_too(tmp_path: Path) -> None:
+    # SQLite has one writer: the failed attempt must be written after the charge's transaction, not beside it.
+    settings = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/payment.db", eureka_server_url="")
+    async with running_app(create_app, settings) as (app, client):
+        body = charge_body(token="tok_flaky")
+        statuses = [(await charge(client, body, "flaky-key")).status_code for _ in range(3)]
+        assert statuses == [503, 503, 201]
+        declined = charge_body(token="tok_chargeDeclined")
+        assert (await charge(client, declined, "declined-key")).status_code == 402
+        assert await attempts_of(app, body["order_id"]) == 3 and await attempts_of(app, declined["order_id"]) == 1
+        none = await client.post(f"/api/payments/orders/{new_order_id()}/refund", headers=SERVICE)
+        assert none.json()["status"] == "NONE"
