@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import socket
+import threading
 from dataclasses import dataclass
 
 import structlog
@@ -19,6 +21,53 @@ log = structlog.get_logger(__name__)
 class Instance:
     instance_id: str
     base_url: str
+
+
+class CrossThreadLock:
+    """Stands in for py-eureka-client's asyncio.Lock, which its heartbeat thread's own event loop shares.
+
+    An asyncio.Lock released from another thread's loop wakes the waiter without waking its loop, so a
+    stop() that collides with a heartbeat can hang; this lock polls instead.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    async def __aenter__(self) -> None:
+        # Polling on purpose: nothing in asyncio can wait for a lock that another loop's thread releases.
+        while not self._lock.acquire(blocking=False):  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._lock.release()
+
+
+async def _do_nothing(*_args: object, **_kwargs: object) -> None:
+    return None
+
+
+def harden_eureka_client(client: EurekaClient) -> EurekaClient:
+    """Replace the client's cross-loop asyncio.Lock with one that cannot hang (see CrossThreadLock)."""
+    client._EurekaClient__net_lock = CrossThreadLock()  # type: ignore[attr-defined]
+    return client
+
+
+async def stop_eureka_client(client: EurekaClient, deregister: bool = True) -> None:
+    """What EurekaClient.stop() should do, without its re-registering bug."""
+    # py-eureka-client bug: once its heartbeat timer has fired, stop() leaves the heartbeat thread
+    # running, and it re-registers the instance as UP one interval later; a heartbeat already in
+    # flight when we cancel gets a 404 and re-registers too. So the leaked loop is disarmed first
+    # (both duties off, its register/heartbeat calls no-ops), and only then is the instance taken
+    # out of the registry with the original methods.
+    register, cancel = client.register, client.cancel
+    client._EurekaClient__should_register = False  # type: ignore[attr-defined]
+    client._EurekaClient__should_discover = False  # type: ignore[attr-defined]
+    client.register = _do_nothing  # type: ignore[method-assign]
+    client.send_heartbeat = _do_nothing  # type: ignore[method-assign]
+    client._EurekaClient__heartbeat_timer.cancel()  # type: ignore[attr-defined]
+    if deregister and client._EurekaClient__alive:  # type: ignore[attr-defined]
+        await register(status="DOWN")
+        await cancel()
 
 
 def _on_eureka_error(error_type: str, exception: Exception) -> None:
@@ -60,6 +109,7 @@ class RegistryClient:
             should_discover=self._discover,
             on_error=_on_eureka_error,
         )
+        harden_eureka_client(self._client)
         await self._client.start()
         log.info("registry client started", app=s.app_name, port=s.port, registry=s.eureka_server_url)
 
@@ -67,12 +117,7 @@ class RegistryClient:
         client, self._client = self._client, None
         if client is None:
             return
-        await client.stop()
-        # py-eureka-client bug: once its heartbeat timer has fired, stop() leaves the heartbeat thread
-        # running, and it re-registers the instance as UP one interval later. Turning both duties off
-        # makes the leaked loop a no-op until the process exits.
-        client._EurekaClient__should_register = False  # type: ignore[attr-defined]
-        client._EurekaClient__should_discover = False  # type: ignore[attr-defined]
+        await stop_eureka_client(client, deregister=self._register)
         log.info("registry client stopped", app=self.settings.app_name)
 
     def set_static(self, app_name: str, base_urls: list[str]) -> None:

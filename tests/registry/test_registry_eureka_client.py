@@ -27,6 +27,7 @@ from py_eureka_client.eureka_client import EurekaClient, WalkNodeException
 
 from registry.app import create_app
 from registry.settings import RegistrySettings
+from shared.registry_client import harden_eureka_client, stop_eureka_client
 
 pytestmark = pytest.mark.integration
 
@@ -120,25 +121,6 @@ async def http(registry_url: str) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-class CrossThreadLock:
-    """Stands in for the client's asyncio.Lock, which its heartbeat thread's own event loop shares.
-
-    An asyncio.Lock released from another thread's loop wakes the waiter without waking its loop,
-    so a stop() that collides with a heartbeat can hang; this lock polls instead.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-
-    async def __aenter__(self) -> None:
-        # Polling on purpose: nothing in asyncio can wait for a lock that another loop's thread releases.
-        while not self._lock.acquire(blocking=False):  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._lock.release()
-
-
 def eureka_client(registry_url: str, **options: Any) -> EurekaClient:
     client = EurekaClient(
         eureka_server=f"{registry_url}/eureka",
@@ -148,8 +130,7 @@ def eureka_client(registry_url: str, **options: Any) -> EurekaClient:
         duration_in_secs=DURATION,
         **options,
     )
-    client._EurekaClient__net_lock = CrossThreadLock()  # type: ignore[attr-defined]
-    return client
+    return harden_eureka_client(client)
 
 
 def registering_client(registry_url: str, app: str, port: int) -> EurekaClient:
@@ -162,10 +143,8 @@ def discovering_client(registry_url: str) -> EurekaClient:
 
 
 async def stop_with_guard(client: EurekaClient) -> None:
-    """stop(), then make the leaked heartbeat loop (py-eureka-client bug) do nothing."""
-    await client.stop()
-    client._EurekaClient__should_register = False  # type: ignore[attr-defined]
-    client._EurekaClient__should_discover = False  # type: ignore[attr-defined]
+    """The project's guarded stop (shared.registry_client), which every service uses."""
+    await stop_eureka_client(client)
 
 
 def instance_id(app: str, port: int) -> str:
