@@ -153,7 +153,7 @@ class MintedToken:
 class KeyRing:
     """This instance's copy of the key table: the key it signs with and the JWKS it publishes and trusts.
 
-    Reloaded every few seconds (another instance may have rotated) and at once for an unknown kid.
+    Reloaded every few seconds (another instance may have rotated) and at once for a kid made elsewhere.
     """
 
     def __init__(self, db: Database, settings: Settings, verifier: TokenVerifier) -> None:
@@ -200,15 +200,22 @@ class KeyRing:
         await self._reload_if_older_than(self.settings.signing_keys_reload_secs)
 
     async def reload_for(self, token: str) -> None:
-        """A token with a kid we do not know may come from a key another instance just made: look again,
-        at most once a second, so forged kids cannot flood the database."""
+        """A kid we do not know may belong to a key another instance just made: one primary-key lookup tells
+        (no more than the revocation check costs, so forged kids cannot make the database work harder)."""
         await self.reload_if_stale()
         try:
             kid = str(jwt.get_unverified_header(token).get("kid", ""))
         except JWTError:
             return  # the verifier reports the malformed token
-        if not self.knows(kid):
-            await self._reload_if_older_than(1.0)
+        if not kid or self.knows(kid):
+            return
+        async with self.db.sessions() as session:
+            published = await session.scalar(select(SigningKey.kid).where(
+                SigningKey.kid == kid, or_(SigningKey.retired_at.is_(None), SigningKey.retired_at > now_utc())))
+        if published is not None:
+            async with self._lock:
+                if not self.knows(kid):
+                    await self.load()
 
     async def mint(self, subject: str, roles: list[str], email: str, ttl_secs: int) -> MintedToken:
         await self.reload_if_stale()
