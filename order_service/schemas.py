@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from shared.schemas import Address, Currency, MinorUnits, NonEmptyText, Quantity, Sku, StrictModel
 
 
 class OrderCreate(StrictModel):
-    customer_id: NonEmptyText | None = Field(default=None, description="Required for admins and services.")
+    customer_id: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)] | None = Field(
+        default=None, description="Required for admins and services."
+    )
     currency: Currency = "EUR"
     shipping_address: Address | None = None
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import structlog
 from fastapi import APIRouter, FastAPI, Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from shared.auth import TokenVerifier
 from shared.db import Database
-from shared.errors import install_error_handlers
+from shared.errors import install_error_handlers, problem
 from shared.faults import FaultInjector
 from shared.logging import configure_logging, request_logging_middleware
 from shared.metrics import metrics_endpoint, metrics_middleware
@@ -24,6 +24,13 @@ from shared.settings import ServiceSettings
 log = structlog.get_logger(__name__)
 
 Hook = Callable[[FastAPI], Awaitable[None]]
+
+
+async def reject_nul_bytes(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    """A NUL byte in a path or query can reach no valid record, and PostgreSQL refuses it in text: 400."""
+    if "\x00" in request.url.path or "%00" in request.url.query or "\x00" in request.url.query:
+        return problem(400, "Bad request", "The path or query contains a NUL byte.", "bad-request")
+    return await call_next(request)
 
 
 def create_service_app(
@@ -72,6 +79,7 @@ def create_service_app(
         faults = FaultInjector()
         app.middleware("http")(faults.middleware())
         app.include_router(faults.router())
+    app.middleware("http")(reject_nul_bytes)
     app.middleware("http")(request_logging_middleware(service))
 
     @app.get("/health", tags=["health"], include_in_schema=False)

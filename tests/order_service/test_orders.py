@@ -135,3 +135,10 @@ async def test_idempotent_refusal_is_replayed(client: httpx.AsyncClient) -> None
     again = await client.post(f"/api/orders/{order['id']}/confirm", headers=headers)
     assert first.status_code == again.status_code == 409
     assert again.headers.get("idempotent-replayed") == "true"
+
+
+async def test_nul_bytes_and_long_ids_are_4xx(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/api/orders/abc%00def", headers=SERVICE)).status_code == 400
+    assert (await client.get("/api/orders", params={"customer_id": "a\x00b"}, headers=ADMIN)).status_code == 400
+    response = await client.post("/api/orders", json={"customer_id": "c" * 65}, headers=SERVICE)
+    assert response.status_code == 422
