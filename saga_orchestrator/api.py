@@ -1,0 +1,117 @@
+"""saga_orchestrator routes: parse, call the service layer, shape the response."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.encoders import jsonable_encoder
+from starlette.responses import JSONResponse
+
+from saga_orchestrator import service
+from saga_orchestrator.domain import SagaStatus, saga_uuid
+from saga_orchestrator.schemas import CustomerOrderCreate, EventFeed, SagaAccepted, SagaSummary, SagaView
+from shared.auth import Identity, require_admin, require_identity
+from shared.errors import DomainError, InvalidRequest, NotFound
+from shared.idempotency import HEADER as IDEMPOTENCY_HEADER
+from shared.idempotency import REPLAYED_HEADER
+from shared.schemas import Page
+
+router = APIRouter(prefix=service.BASE_PATH, tags=["customer-orders"])
+Caller = Annotated[Identity, Depends(require_identity)]
+Admin = Annotated[Identity, Depends(require_admin)]
+MAX_WAIT_SECS = 30
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.IGNORECASE)
+
+
+class MissingIdempotencyKey(DomainError):
+    status, title, type_slug = 400, "Idempotency-Key required", "idempotency-key-required"
+
+
+def _orchestrator(request: Request) -> service.Orchestrator:
+    orchestrator: service.Orchestrator = request.app.state.orchestrator
+    return orchestrator
+
+
+def _saga_id(value: str) -> UUID:
+    saga_id = saga_uuid(value)
+    if saga_id is None:
+        raise NotFound(f"Saga {value} does not exist.")
+    return saga_id
+
+
+def _wait_secs(prefer: str | None) -> int:
+    match = _PREFER_WAIT.search(prefer or "")
+    return min(int(match.group(1)), MAX_WAIT_SECS) if match else 0
+
+
+@router.post("", status_code=202, response_model=SagaAccepted,
+             responses={200: {"model": SagaView, "description": "Finished within `Prefer: wait=N`."}})
+async def place_customer_order(
+    body: CustomerOrderCreate,
+    request: Request,
+    identity: Caller,
+    idempotency_key: Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)] = None,
+    prefer: Annotated[str | None, Header()] = None,
+) -> JSONResponse:
+    key = (idempotency_key or "").strip().strip('"')
+    if not key:
+        raise MissingIdempotencyKey(f"The {IDEMPOTENCY_HEADER} header is required: a retried request must "
+                                    "never place a second order.")
+    if len(key) > 200:
+        raise InvalidRequest(f"The {IDEMPOTENCY_HEADER} header must be at most 200 characters.")
+    orch = _orchestrator(request)
+    trace = service.new_trace(getattr(request.state, "request_id", ""), request.headers.get("traceparent", ""))
+    row, created = await service.place_customer_order(orch, identity, key, body, trace)
+    headers = {"Location": service.status_url(row.saga_id)}
+    if not created:
+        headers[REPLAYED_HEADER] = "true"
+    wait = _wait_secs(prefer)
+    if wait:
+        headers["Preference-Applied"] = f"wait={wait}"
+        saga_id = UUID(row.saga_id)
+        if await orch.runner.wait(saga_id, wait):
+            view = await service.get_saga(orch, identity, saga_id)
+            return JSONResponse(jsonable_encoder(view), status_code=200, headers=headers)
+        row = await service.get_row(orch, identity, saga_id)
+    accepted = SagaAccepted(saga_id=row.saga_id, status=row.status, status_url=service.status_url(row.saga_id))
+    return JSONResponse(jsonable_encoder(accepted), status_code=202, headers=headers)
+
+
+@router.get("", response_model=Page[SagaSummary])
+async def list_customer_orders(
+    request: Request,
+    identity: Caller,
+    status: SagaStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Page[SagaSummary]:
+    items, total = await service.list_sagas(_orchestrator(request), identity, status and str(status), limit, offset)
+    return Page(items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get("/events", response_model=EventFeed)
+async def saga_event_feed(
+    request: Request,
+    identity: Admin,
+    after: Annotated[int, Query(ge=0, description="Last event id already seen (0 = from the start).")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> EventFeed:
+    items = await service.event_feed(_orchestrator(request), after, limit)
+    next_after = items[-1]["id"] if items else after
+    return EventFeed.model_validate({"items": items, "after": after, "next_after": next_after, "limit": limit})
+
+
+@router.get("/{saga_id}", response_model=SagaView)
+async def get_customer_order(saga_id: str, request: Request, identity: Caller) -> SagaView:
+    return await service.get_saga(_orchestrator(request), identity, _saga_id(saga_id))
+
+
+@router.post("/{saga_id}/retry", status_code=202, response_model=SagaAccepted)
+async def retry_customer_order(saga_id: str, request: Request, identity: Admin) -> JSONResponse:
+    row = await service.retry_saga(_orchestrator(request), identity, _saga_id(saga_id))
+    accepted = SagaAccepted(saga_id=row.saga_id, status=row.status, status_url=service.status_url(row.saga_id))
+    return JSONResponse(jsonable_encoder(accepted), status_code=202,
+                        headers={"Location": service.status_url(row.saga_id)})

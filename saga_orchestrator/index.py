@@ -1,0 +1,139 @@
+"""The saga index in SQL: idempotency keys, status queries, and the per-saga lease that replicas take turns on.
+
+A replica drives a saga only while it holds the saga's lease: `owner` is its id and `lease_until`
+lies in the future. Claims and renewals are conditional UPDATEs, so two replicas can never both
+believe they hold it; a crashed owner's lease simply runs out and another replica claims it. The
+aggregate's optimistic concurrency (a version conflict on save) is the safety net behind this.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from saga_orchestrator.domain import UNFINISHED, Saga, SagaStatus
+from saga_orchestrator.models import SagaIndex
+from shared.db import Database
+
+_UNFINISHED = [str(s) for s in UNFINISHED]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class SagaIndexStore:
+    def __init__(self, db: Database, owner: str, lease_secs: float) -> None:
+        self.db = db
+        self.owner = owner
+        self.lease = timedelta(seconds=lease_secs)
+
+    # -- idempotency and queries ----------------------------------------------------------------
+
+    async def get(self, saga_id: UUID) -> SagaIndex | None:
+        async with self.db.transaction() as session:
+            return await session.get(SagaIndex, str(saga_id))
+
+    async def find_by_key(self, customer_id: str, idempotency_key: str) -> SagaIndex | None:
+        async with self.db.transaction() as session:
+            query = select(SagaIndex).where(SagaIndex.customer_id == customer_id,
+                                            SagaIndex.idempotency_key == idempotency_key)
+            return (await session.execute(query)).scalar_one_or_none()
+
+    async def insert(self, saga: Saga, start_request: dict[str, Any]) -> bool:
+        """Index a new saga, leased to this replica; False when its key is already taken."""
+        now = _now()
+        row = SagaIndex(
+            saga_id=str(saga.id), customer_id=saga.customer_id, idempotency_key=saga.idempotency_key,
+            fingerprint=saga.fingerprint, status=str(saga.status), order_id=None, total_minor=saga.total_minor,
+            currency=saga.currency, start_request=start_request, owner=self.owner, lease_until=now + self.lease,
+            created_at=now, updated_at=now)
+        try:
+            async with self.db.transaction() as session:
+                session.add(row)
+        except IntegrityError:
+            return False
+        return True
+
+    async def page(self, customer_id: str | None, status: str | None, limit: int,
+                   offset: int) -> tuple[list[SagaIndex], int]:
+        query = select(SagaIndex)
+        if customer_id is not None:
+            query = query.where(SagaIndex.customer_id == customer_id)
+        if status:
+            query = query.where(SagaIndex.status == status)
+        async with self.db.transaction() as session:
+            total = (await session.execute(select(func.count()).select_from(query.subquery()))).scalar_one()
+            rows = await session.execute(
+                query.order_by(SagaIndex.created_at.desc(), SagaIndex.saga_id).limit(limit).offset(offset))
+            return list(rows.scalars()), int(total)
+
+    # -- leases ---------------------------------------------------------------------------------
+
+    def _claimable(self, now: datetime) -> Any:
+        return or_(SagaIndex.owner.is_(None), SagaIndex.owner == self.owner, SagaIndex.lease_until < now)
+
+    async def claim(self, saga_id: UUID) -> bool:
+        """Take the lease of an unfinished saga that is free, expired, or already ours."""
+        now = _now()
+        async with self.db.transaction() as session:
+            result = await session.execute(
+                update(SagaIndex)
+                .where(SagaIndex.saga_id == str(saga_id), SagaIndex.status.in_(_UNFINISHED), self._claimable(now))
+                .values(owner=self.owner, lease_until=now + self.lease))
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def claim_for_retry(self, saga_id: UUID) -> bool:
+        """An operator's retry: take a COMPENSATION_FAILED saga (only one retry wins)."""
+        now = _now()
+        async with self.db.transaction() as session:
+            result = await session.execute(
+                update(SagaIndex)
+                .where(SagaIndex.saga_id == str(saga_id),
+                       SagaIndex.status == str(SagaStatus.COMPENSATION_FAILED), self._claimable(now))
+                .values(status=str(SagaStatus.COMPENSATING), owner=self.owner, lease_until=now + self.lease,
+                        updated_at=now))
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def renew(self, saga_id: UUID) -> bool:
+        """Extend our lease; False when it is no longer ours (stop driving the saga)."""
+        now = _now()
+        async with self.db.transaction() as session:
+            result = await session.execute(
+                update(SagaIndex)
+                .where(SagaIndex.saga_id == str(saga_id), SagaIndex.owner == self.owner)
+                .values(lease_until=now + self.lease))
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def record(self, saga: Saga, release: bool = False) -> bool:
+        """Bring the row up to the saga's state and renew (or release) our lease; False if we lost it."""
+        now = _now()
+        values: dict[str, Any] = {"status": str(saga.status), "order_id": saga.order_id, "updated_at": now}
+        values.update({"owner": None, "lease_until": None} if release else {"lease_until": now + self.lease})
+        async with self.db.transaction() as session:
+            result = await session.execute(
+                update(SagaIndex).where(SagaIndex.saga_id == str(saga.id), SagaIndex.owner == self.owner)
+                .values(**values))
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def release(self, saga_id: UUID) -> None:
+        async with self.db.transaction() as session:
+            await session.execute(
+                update(SagaIndex).where(SagaIndex.saga_id == str(saga_id), SagaIndex.owner == self.owner)
+                .values(owner=None, lease_until=None))
+
+    async def resumable(self, limit: int, exclude: set[UUID]) -> list[UUID]:
+        """Unfinished sagas that nobody drives: no owner, an expired lease, or ours from before a restart."""
+        now = _now()
+        async with self.db.transaction() as session:
+            rows = await session.execute(
+                select(SagaIndex.saga_id)
+                .where(SagaIndex.status.in_(_UNFINISHED), self._claimable(now))
+                .order_by(SagaIndex.created_at)
+                .limit(limit + len(exclude)))
+            ids = [UUID(r) for r in rows.scalars()]
+        return [i for i in ids if i not in exclude][:limit]

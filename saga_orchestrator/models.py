@@ -1,0 +1,48 @@
+"""saga_orchestrator tables: the saga index, which is also each saga's lease (the events live in the event store)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Index, Integer, String, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from shared.db import new_metadata
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = new_metadata()
+
+
+class SagaIndex(Base):
+    """One row per saga: the query index of the API and recovery, and the lease of the replica driving it.
+
+    The aggregate in the event store is the truth; this row follows it after every save, and whoever
+    drives the saga next brings a lagging row up to date. The row is written before the saga's first
+    event, so it carries the start request: a crash between the two leaves recovery enough to start it.
+    """
+
+    __tablename__ = "saga_index"
+    __table_args__ = (
+        UniqueConstraint("customer_id", "idempotency_key", name="uq_saga_index_customer_key"),
+        Index("ix_saga_index_status_lease", "status", "lease_until"),
+    )
+
+    saga_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String(64), index=True)
+    idempotency_key: Mapped[str] = mapped_column(String(200))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(24))
+    order_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    total_minor: Mapped[int] = mapped_column(Integer)
+    currency: Mapped[str] = mapped_column(String(3))
+    start_request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, index=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)

@@ -1,0 +1,37 @@
+"""saga_orchestrator settings (environment variables, see shared.settings)."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from shared.settings import ServiceSettings
+
+
+class Settings(ServiceSettings):
+    app_name: str = "SAGA-ORCHESTRATOR"
+    port: int = 8007
+    service_client_id: str = "saga-orchestrator"
+
+    # A step's transient failures (timeout, connection error, 5xx, no UP instance) are retried
+    # with exponential backoff and jitter until this deadline; then the step counts as failed.
+    step_deadline_secs: float = Field(default=10.0, gt=0)
+    # One HTTP attempt may take at most this long (capped by what is left of the deadline).
+    step_attempt_timeout_secs: float = Field(default=5.0, gt=0)
+    # Compensations are retried longer: giving up leaves the saga for an operator.
+    compensation_deadline_secs: float = Field(default=60.0, gt=0)
+    retry_initial_secs: float = Field(default=0.1, gt=0)
+    retry_max_secs: float = Field(default=2.0, gt=0)
+
+    # A replica owns a saga while its lease runs; it renews the lease while driving it.
+    lease_secs: float = Field(default=15.0, gt=0)
+    # How often unfinished sagas whose lease expired are looked for (crash recovery).
+    recovery_interval_secs: float = Field(default=5.0, gt=0)
+    max_active_sagas: int = Field(default=200, gt=0)
+
+    # Threads that run the (synchronous) eventsourcing library.
+    event_store_threads: int = Field(default=4, gt=0)
+
+    @model_validator(mode="after")
+    def _default_database(self) -> Settings:
+        self.database_url = self.database_url or self.default_sqlite_url("saga_orchestrator")
+        return self

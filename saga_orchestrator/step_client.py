@@ -1,0 +1,180 @@
+"""Calls to the saga's participants: one keep-alive aiohttp session, registry round robin, service token, retries.
+
+An answer is one of three things. 2xx: done. A business refusal (4xx such as 402, 409, 422): final,
+retrying cannot change it. Anything transient (connection error, timeout, 5xx, 408/429, no UP
+instance, no token): retried with exponential backoff and jitter until the call's deadline, after
+which the outcome is unknown — the service may or may not have applied it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import structlog
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_before_delay, wait_exponential_jitter
+
+from saga_orchestrator.metrics import STEP_ATTEMPTS
+from shared.auth import ServiceTokens
+from shared.errors import DomainError
+from shared.idempotency import HEADER as IDEMPOTENCY_HEADER
+from shared.logging import REQUEST_ID_HEADER
+from shared.registry_client import RegistryClient
+
+log = structlog.get_logger(__name__)
+
+TRANSIENT_STATUSES = frozenset({401, 408, 425, 429})
+
+
+@dataclass(frozen=True)
+class CallResult:
+    ok: bool
+    refused: bool  # a final business refusal: the service did not apply the request
+    status: int | None
+    body: Any
+    error: str | None  # why the call failed, or the last transient error before it succeeded
+    attempts: int
+
+
+class _Transient(Exception):
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+def _describe(status: int, body: Any) -> str:
+    if isinstance(body, dict):
+        parts = [str(body.get(k)) for k in ("title", "detail", "reason", "code") if body.get(k)]
+        if parts:
+            return f"{status} " + ": ".join(parts)
+    return f"{status}"
+
+
+def _is_transient(status: int, body: Any) -> bool:
+    if status >= 500 or status in TRANSIENT_STATUSES:
+        return True
+    # The participant's idempotency layer: "the request with this key is still being processed".
+    detail = str(body.get("detail", "")) if isinstance(body, dict) else ""
+    return status == 409 and "still being processed" in detail
+
+
+def child_traceparent(traceparent: str) -> str:
+    """A W3C traceparent for an outgoing call: same trace, new parent span."""
+    parts = traceparent.split("-")
+    trace_id = parts[1] if len(parts) == 4 and len(parts[1]) == 32 else secrets.token_hex(16)
+    flags = parts[3] if len(parts) == 4 and len(parts[3]) == 2 else "01"
+    return f"00-{trace_id}-{secrets.token_hex(8)}-{flags}"
+
+
+class StepClient:
+    def __init__(self, session: aiohttp.ClientSession, registry: RegistryClient, tokens: ServiceTokens,
+                 attempt_timeout_secs: float, retry_initial_secs: float, retry_max_secs: float) -> None:
+        self.session = session
+        self.registry = registry
+        self.tokens = tokens
+        self.attempt_timeout = attempt_timeout_secs
+        self.retry_initial = retry_initial_secs
+        self.retry_max = retry_max_secs
+
+    def ready(self) -> bool:
+        """Whether discovery has seen the participants yet (recovery waits for it after a start)."""
+        return bool(self.registry.instances("ORDER-SERVICE"))
+
+    async def call(
+        self,
+        app: str,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        *,
+        idempotency_key: str | None,
+        trace: dict[str, str],
+        deadline_secs: float,
+        label: str,
+        not_found_is_done: bool = False,
+        params: dict[str, str] | None = None,
+    ) -> CallResult:
+        """Call until an answer that is not transient, or until the deadline; never raises for HTTP trouble."""
+        started = time.monotonic()
+        attempts = 0
+        last_error: str | None = None
+        retrying = AsyncRetrying(
+            stop=stop_before_delay(deadline_secs),
+            wait=wait_exponential_jitter(initial=self.retry_initial, max=self.retry_max),
+            retry=retry_if_exception_type(_Transient),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    attempts += 1
+                    remaining = deadline_secs - (time.monotonic() - started)
+                    attempt_secs = max(0.05, min(self.attempt_timeout, remaining))
+                    try:
+                        status, payload = await self._attempt(app, method, path, body, idempotency_key, trace,
+                                                              attempt_secs, params)
+                    except _Transient as exc:
+                        last_error = exc.error
+                        STEP_ATTEMPTS.labels(label, "transient").inc()
+                        raise
+                    if 200 <= status < 300 or (status == 404 and not_found_is_done):
+                        STEP_ATTEMPTS.labels(label, "ok").inc()
+                        return CallResult(True, False, status, payload, last_error, attempts)
+                    if _is_transient(status, payload):
+                        last_error = _describe(status, payload)
+                        STEP_ATTEMPTS.labels(label, "transient").inc()
+                        raise _Transient(last_error)
+                    STEP_ATTEMPTS.labels(label, "refused").inc()
+                    return CallResult(False, True, status, payload, _describe(status, payload), attempts)
+        except _Transient as exc:
+            return CallResult(False, False, None, None, f"gave up after {attempts} attempts: {exc.error}", attempts)
+        raise AssertionError("unreachable: tenacity either returns or reraises")
+
+    async def _attempt(
+        self,
+        app: str,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        idempotency_key: str | None,
+        trace: dict[str, str],
+        seconds: float,
+        params: dict[str, str] | None,
+    ) -> tuple[int, Any]:
+        try:
+            instance = self.registry.choose(app)
+            token = await asyncio.wait_for(self.tokens.token(), seconds)
+        except DomainError as exc:  # no UP instance, auth_service refusing or unreachable
+            raise _Transient(f"{exc.status} {exc.detail}") from exc
+        except Exception as exc:  # the token endpoint timed out or the connection failed
+            raise _Transient(f"service token unavailable: {type(exc).__name__}") from exc
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Accept": "application/json",
+            REQUEST_ID_HEADER: trace.get("request_id", ""),
+            "traceparent": child_traceparent(trace.get("traceparent", "")),
+        }
+        if idempotency_key is not None:
+            headers[IDEMPOTENCY_HEADER] = idempotency_key
+        url = f"{instance.base_url}{path}"
+        try:
+            async with self.session.request(method, url, json=body, headers=headers, params=params,
+                                            timeout=aiohttp.ClientTimeout(total=seconds)) as response:
+                raw = await response.read()
+                status = response.status
+        except TimeoutError as exc:
+            raise _Transient(f"timeout after {seconds:.1f}s calling {app} {method} {path}") from exc
+        except aiohttp.ClientError as exc:
+            raise _Transient(f"{type(exc).__name__} calling {app} {method} {path}") from exc
+        payload: Any = None
+        if raw:
+            try:
+                payload = json.loads(raw)
+            except ValueError:
+                payload = {"detail": raw[:200].decode(errors="replace")}
+        return status, payload

@@ -1,0 +1,164 @@
+"""The saga's definition as one table: each step's service call, what it yields, and its compensation.
+
+Paths are `str.format` templates and bodies are built from the saga's context (its request, priced
+lines and the results of earlier steps, see `Saga.context`). A saga records the version of the
+definition it started under and is finished under that version: change a step's contract by adding
+a new version, never by editing one that running sagas may still use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+from urllib.parse import quote
+
+ORDER = "ORDER-SERVICE"
+INVENTORY = "INVENTORY-SERVICE"
+PAYMENT = "PAYMENT-SERVICE"
+CARRIER = "CARRIER-SERVICE"
+SHIPMENT = "SHIPMENT-SERVICE"
+
+Context = Mapping[str, Any]
+BodyBuilder = Callable[[Context], dict[str, Any]]
+
+
+class SagaStep(StrEnum):
+    CREATE_ORDER = "create_order"
+    ADD_ORDER_LINES = "add_order_lines"
+    ALLOCATE_INVENTORY = "allocate_inventory"
+    MAKE_PAYMENT = "make_payment"
+    ASSIGN_CARRIER = "assign_carrier"
+    CREATE_SHIPMENT = "create_shipment"
+    CONFIRM_ORDER = "confirm_order"  # the finish: the order is CONFIRMED only after the six steps
+
+
+@dataclass(frozen=True)
+class ServiceCall:
+    app: str
+    method: str
+    path: str
+    body: BodyBuilder | None = None
+
+    def render_path(self, context: Context) -> str:
+        """KeyError when the path needs a result that is not known (yet)."""
+        return self.path.format_map({k: quote(str(v), safe="") for k, v in context.items() if v is not None})
+
+    def render_body(self, context: Context) -> dict[str, Any] | None:
+        return self.body(context) if self.body is not None else None
+
+
+@dataclass(frozen=True)
+class StepDefinition:
+    step: SagaStep
+    action: ServiceCall
+    compensation: ServiceCall | None
+    # context key ← field of the action's response body; later steps and compensations read them.
+    results: Mapping[str, str] = field(default_factory=dict)
+
+    def extract_results(self, response: Any) -> dict[str, Any]:
+        body = response if isinstance(response, dict) else {}
+        return {key: body.get(source) for key, source in self.results.items()}
+
+
+@dataclass(frozen=True)
+class SagaDefinition:
+    version: int
+    steps: tuple[StepDefinition, ...]
+
+    def first(self) -> StepDefinition:
+        return self.steps[0]
+
+    def get(self, step: str) -> StepDefinition:
+        for definition in self.steps:
+            if definition.step == step:
+                return definition
+        raise KeyError(f"step {step!r} is not part of saga definition v{self.version}")
+
+    def after(self, step: str) -> StepDefinition | None:
+        names = [d.step for d in self.steps]
+        index = names.index(SagaStep(step))
+        return self.steps[index + 1] if index + 1 < len(self.steps) else None
+
+    def compensation_plan(self, steps_latest_first: list[str]) -> list[str]:
+        """The steps to undo, in order, leaving out those that have nothing to undo (the finish)."""
+        return [s for s in steps_latest_first if self.get(s).compensation is not None]
+
+
+def _cancel_reason(c: Context) -> str:
+    return str(c["failure_reason"])[:200] or "saga compensated"
+
+
+def _order_lines(c: Context) -> list[dict[str, Any]]:
+    return [{"sku": ln["sku"], "quantity": ln["quantity"], "unit_price_minor": ln["unit_price_minor"]}
+            for ln in c["lines"]]
+
+
+def _allocation_lines(c: Context) -> list[dict[str, Any]]:
+    return [{"sku": ln["sku"], "quantity": ln["quantity"]} for ln in c["lines"]]
+
+
+V1 = SagaDefinition(version=1, steps=(
+    StepDefinition(
+        SagaStep.CREATE_ORDER,
+        ServiceCall(ORDER, "POST", "/api/orders", lambda c: {
+            "customer_id": c["customer_id"], "currency": c["currency"], "shipping_address": c["shipping_address"]}),
+        ServiceCall(ORDER, "POST", "/api/orders/{order_id}/cancel", lambda c: {"reason": _cancel_reason(c)}),
+        results={"order_id": "id"},
+    ),
+    StepDefinition(
+        SagaStep.ADD_ORDER_LINES,
+        ServiceCall(ORDER, "POST", "/api/orders/{order_id}/lines", lambda c: {"lines": _order_lines(c)}),
+        ServiceCall(ORDER, "DELETE", "/api/orders/{order_id}/lines"),
+        results={"order_total_minor": "total_minor"},
+    ),
+    StepDefinition(
+        SagaStep.ALLOCATE_INVENTORY,
+        ServiceCall(INVENTORY, "POST", "/api/inventory/allocations", lambda c: {
+            "order_id": c["order_id"], "lines": _allocation_lines(c)}),
+        ServiceCall(INVENTORY, "POST", "/api/inventory/allocations/{order_id}/release"),
+        results={"allocated_weight_grams": "total_weight_grams"},
+    ),
+    StepDefinition(
+        SagaStep.MAKE_PAYMENT,
+        ServiceCall(PAYMENT, "POST", "/api/payments", lambda c: {
+            "order_id": c["order_id"], "customer_id": c["customer_id"],
+            "amount_minor": c.get("order_total_minor", c["total_minor"]), "currency": c["currency"],
+            "payment_token": c["payment_token"]}),
+        ServiceCall(PAYMENT, "POST", "/api/payments/orders/{order_id}/refund"),
+        results={"payment_id": "id", "charged_minor": "amount_minor"},
+    ),
+    StepDefinition(
+        SagaStep.ASSIGN_CARRIER,
+        ServiceCall(CARRIER, "POST", "/api/carriers/assignments", lambda c: {
+            "order_id": c["order_id"], "country": c["country"],
+            "weight_grams": c.get("allocated_weight_grams") or c["total_weight_grams"]}),
+        ServiceCall(CARRIER, "POST", "/api/carriers/assignments/{order_id}/release"),
+        results={"assignment_id": "id", "carrier_code": "carrier_code", "shipping_price_minor": "price_minor"},
+    ),
+    StepDefinition(
+        SagaStep.CREATE_SHIPMENT,
+        ServiceCall(SHIPMENT, "POST", "/api/shipments", lambda c: {
+            "order_id": c["order_id"], "customer_id": c["customer_id"], "carrier_code": c["carrier_code"],
+            "address": c["shipping_address"]}),
+        ServiceCall(SHIPMENT, "POST", "/api/shipments/orders/{order_id}/cancel"),
+        results={"shipment_id": "id", "tracking_number": "tracking_number"},
+    ),
+    StepDefinition(
+        SagaStep.CONFIRM_ORDER,
+        ServiceCall(ORDER, "POST", "/api/orders/{order_id}/confirm"),
+        None,
+        results={"order_status": "status"},
+    ),
+))
+
+DEFINITIONS: dict[int, SagaDefinition] = {V1.version: V1}
+CURRENT = V1
+
+
+def definition(version: int) -> SagaDefinition:
+    try:
+        return DEFINITIONS[version]
+    except KeyError:
+        raise LookupError(f"saga definition v{version} is not known to this build") from None
