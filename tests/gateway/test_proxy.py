@@ -277,7 +277,8 @@ async def test_path_tricks_are_refused_and_never_proxied(gw: GatewayUnderTest, t
     status, headers, body = await raw_request(gw.url, target)
     assert status == 400, body
     assert headers["content-type"] == "application/problem+json"
-    assert b"path-rejected" in body
+    # The shared app refuses NUL bytes before the gateway sees them (type bad-request); the rest are the gateway's.
+    assert b"path-rejected" in body or b"NUL" in body
     assert gw.seen.validate_calls == [] and gw.seen.echo_calls == []
 
 
@@ -290,7 +291,7 @@ async def test_absolute_form_target_never_reaches_another_host(
     assert status == 200, body
     assert gw.seen.echo_calls == ["/api/orders"]
     # Where the server passes the target through (h11), the gateway refuses it outright.
-    seen, auth, echo, dead_url = upstream_servers
+    _, auth, echo, dead_url = upstream_servers
     h11_gateway = await RunningServer(create_app(gateway_settings(auth.url, echo.url, dead_url)), http="h11").start()
     try:
         gw.seen.reset()
