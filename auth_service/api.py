@@ -160,7 +160,8 @@ async def jwks(auth: Auth) -> JSONResponse:
     return await _jwks(auth)
 
 
-@public_router.api_route("/validate", methods=["GET", "POST"], response_model=IdentityOut)
+@public_router.get("/validate", response_model=IdentityOut, operation_id="validate_get")
+@public_router.post("/validate", response_model=IdentityOut, operation_id="validate_post")
 async def validate(caller: Caller) -> JSONResponse:
     """Forward-auth: 200 with the identity (body and X-User-* headers) for a good token, 401 otherwise."""
     identity = caller.identity

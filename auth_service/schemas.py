@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, field_validator
 
 from shared.schemas import StrictModel
 
@@ -65,6 +65,12 @@ class UserOut(BaseModel):
     full_name: str | None
     roles: list[str]
     created_at: datetime
+
+    @field_validator("created_at")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        # SQLite returns naive datetimes; every stored time is UTC.
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 class TokenPairOut(BaseModel):

@@ -212,3 +212,11 @@ async def test_malformed_token_requests_are_422(client: httpx.AsyncClient, app: 
     not_utf8 = await client.post("/api/auth/token", content=b"\xff\xfe",
                                  headers={"content-type": "application/x-www-form-urlencoded"})
     assert not_utf8.status_code == 422
+
+
+async def test_openapi_documents_every_route(client: httpx.AsyncClient) -> None:
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    for path in ("/api/auth/register", "/api/auth/login", "/api/auth/refresh", "/api/auth/logout", "/api/auth/me",
+                 "/api/auth/token", "/api/auth/keys/rotate", "/jwks", "/validate"):
+        assert path in paths, path
+    assert "application/x-www-form-urlencoded" in paths["/api/auth/token"]["post"]["requestBody"]["content"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -25,7 +26,7 @@ from tests.auth_service.conftest import (
 )
 from tests.inprocess import fresh_database_url
 
-PRODUCTION = {"env": "production", "service_client_secret": "a-real-secret-from-the-vault",
+PRODUCTION: dict[str, Any] = {"env": "production", "service_client_secret": "a-real-secret-from-the-vault",
               "bootstrap_admin_email": "", "bootstrap_admin_password": ""}
 
 
