@@ -13,9 +13,11 @@ import math
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import structlog
 from jose import jwt
+from jose.exceptions import JWTError
 from pwdlib import PasswordHash
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
@@ -264,8 +266,15 @@ class AuthService:
     async def validate(self, token: str) -> VerifiedToken:
         """Signature, issuer, audience, expiry and type by the shared verifier; then revocation (one lookup)."""
         await self.keyring.reload_for(token)
+        try:
+            claims = jwt.get_unverified_claims(token)
+        except JWTError:
+            claims = {}  # malformed: the verifier below says so
+        if isinstance(claims, dict) and claims:
+            defect = _claims_defect(claims)
+            if defect:
+                raise Unauthorized(f"The token is not valid: {defect}.")
         identity = await self.verifier.verify(token)
-        claims = jwt.get_unverified_claims(token)  # signature already verified above
         jti = str(claims.get("jti") or "")
         if not jti:
             raise Unauthorized("The token has no id (jti).")
@@ -330,6 +339,25 @@ class AuthService:
     async def signing_keys(self) -> list[SigningKey]:
         async with self.db.transaction() as session:
             return await list_signing_keys(session)
+
+
+def _header_safe(value: object) -> bool:
+    return isinstance(value, str) and value.isascii() and value.isprintable() and "," not in value
+
+
+def _claims_defect(claims: dict[str, Any]) -> str:
+    """What /validate's answer could not carry: the identity travels in X-User-* headers, so it must be printable
+    ASCII; roles a list of names; exp a plausible time. Empty when the shape is fine."""
+    roles = claims.get("roles", [])
+    if not isinstance(roles, list) or not all(_header_safe(role) for role in roles):
+        return "roles must be a list of names"
+    if not _header_safe(claims.get("sub", "")) or not (claims.get("email", "") == "" or
+                                                        _header_safe(claims.get("email"))):
+        return "the subject or email is not printable ASCII"
+    exp = claims.get("exp")
+    if exp is not None and (isinstance(exp, bool) or not isinstance(exp, int | float) or not 0 < exp < 10**11):
+        return "exp is not a plausible time"
+    return ""
 
 
 async def _user_by_email(session: AsyncSession, email: str) -> User | None:

@@ -80,6 +80,13 @@ FORGERIES: dict[str, ForgeToken] = {
     "not an access token": lambda pem, kid: _rs256(pem, kid, claims_for(typ="refresh")),
     "unknown kid": lambda pem, kid: _rs256(pem, "no-such-key", claims_for()),
     "no jti": lambda pem, kid: _rs256(pem, kid, {k: v for k, v in claims_for().items() if k != "jti"}),
+    # Properly signed but unfit for the X-User-* headers or for arithmetic: refused, never a 500.
+    "roles not a list": lambda pem, kid: _rs256(pem, kid, claims_for(roles=5)),
+    "roles a string": lambda pem, kid: _rs256(pem, kid, claims_for(roles="admin")),
+    "exp far beyond any calendar": lambda pem, kid: _rs256(pem, kid, claims_for(exp=10**30)),
+    "header injection in sub": lambda pem, kid: _rs256(pem, kid, claims_for("a\r\nX-User-Roles: admin")),
+    "non-ASCII email": lambda pem, kid: _rs256(pem, kid, claims_for(email="日本@example.com")),
+    "list as header": lambda pem, kid: hand_made_token([kid], claims_for(), lambda _: b"x"),  # type: ignore[arg-type]
 }
 
 
