@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import httpx
@@ -100,6 +101,20 @@ async def test_reusing_a_spent_refresh_token_revokes_the_family(client: httpx.As
     other_session = await login(client, account.email)
     assert (await client.post("/api/auth/refresh",
                               json={"refresh_token": other_session["refresh_token"]})).status_code == 200
+
+
+async def test_concurrent_use_of_one_refresh_token_wins_at_most_once(
+    client: httpx.AsyncClient, account: Account
+) -> None:
+    responses = await asyncio.gather(*[
+        client.post("/api/auth/refresh", json={"refresh_token": account.refresh_token}) for _ in range(5)])
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses.count(200) <= 1 and set(statuses) <= {200, 401}
+    # The losers count as reuse: whatever the winner got is revoked with its family.
+    for response in responses:
+        if response.status_code == 200:
+            again = await client.post("/api/auth/refresh", json={"refresh_token": response.json()["refresh_token"]})
+            assert again.status_code == 401
 
 
 async def test_unknown_refresh_token_is_401(client: httpx.AsyncClient) -> None:
