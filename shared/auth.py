@@ -53,6 +53,7 @@ class TokenVerifier:
         self.registry = registry
         self._keys: dict[str, dict[str, Any]] = {}
         self._fetched_at = 0.0
+        self._forced_at = 0.0
         self._lock = asyncio.Lock()
         self._static_keys: dict[str, dict[str, Any]] | None = None
 
@@ -69,10 +70,15 @@ class TokenVerifier:
 
     async def _refresh(self, force: bool) -> None:
         async with self._lock:
-            fresh = time.monotonic() - self._fetched_at < self.settings.jwks_cache_secs
-            # A forced refresh (unknown kid) is still throttled, so forged kids cannot flood auth_service.
-            if self._keys and ((fresh and not force) or time.monotonic() - self._fetched_at < 5):
+            now = time.monotonic()
+            if self._keys and not force and now - self._fetched_at < self.settings.jwks_cache_secs:
                 return
+            # A forced refresh (unknown kid) is throttled on its own clock, so forged kids cannot flood
+            # auth_service while a freshly rotated key is still picked up at once.
+            if self._keys and force and now - self._forced_at < 5:
+                return
+            if force:
+                self._forced_at = now
             try:
                 async with httpx.AsyncClient(timeout=5) as client:
                     response = await client.get(self._jwks_url())
@@ -120,9 +126,12 @@ class TokenVerifier:
             raise Unauthorized(f"The token is not valid: {exc}.") from exc
         if claims.get("typ") != "access":
             raise Unauthorized("Only access tokens are accepted.")
+        roles = claims.get("roles", [])
+        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+            raise Unauthorized("The token's roles claim is malformed.")
         return Identity(
             subject=str(claims["sub"]),
-            roles=frozenset(claims.get("roles", [])),
+            roles=frozenset(roles),
             email=str(claims.get("email", "")),
             token=token,
         )
