@@ -9,6 +9,8 @@ generator is an aiohttp client in this process. Variants:
   httpx    minimal proxy, httpx.AsyncClient() with its defaults, one per process
   aiohttp  minimal proxy, one aiohttp.ClientSession per process
   gateway  the real gateway (`python -m gateway`, no registry, instances pinned): middleware included
+  gateway-bare  the same app with the shared HTTP middlewares (metrics, NUL check, request log) removed:
+                shows what the gateway's own code costs and what the middleware stack costs
 """
 
 from __future__ import annotations
@@ -107,11 +109,22 @@ def aiohttp_proxy_app(upstream: str) -> FastAPI:
     return app
 
 
+def bare_gateway_app(upstream: str) -> FastAPI:
+    sys.path.insert(0, str(ROOT))
+    from gateway.app import create_app
+    from gateway.settings import Settings
+
+    app = create_app(Settings(env="test", eureka_server_url="", log_level="WARNING",
+                              static_instances={"AUTH-SERVICE": [upstream], "ORDER-SERVICE": [upstream]}))
+    app.user_middleware = []
+    return app
+
+
 def serve(role: str, port: int, upstream: str) -> None:
     import uvicorn
 
     app = {"upstream": upstream_app, "httpx": lambda: httpx_proxy_app(upstream),
-           "aiohttp": lambda: aiohttp_proxy_app(upstream)}[role]()
+           "aiohttp": lambda: aiohttp_proxy_app(upstream), "gateway-bare": lambda: bare_gateway_app(upstream)}[role]()
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
@@ -189,7 +202,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--variants", default="direct,httpx,aiohttp,gateway")
+    parser.add_argument("--variants", default="direct,httpx,aiohttp,gateway,gateway-bare")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--upstream", default="", help=argparse.SUPPRESS)
@@ -210,7 +223,7 @@ def main() -> None:
                 if proc is not None:
                     proc.terminate()
                     proc.wait(10)
-            print(f"{variant:8} {result['rps']:8.0f} req/s   p50 {result['p50_ms']:6.1f} ms   "
+            print(f"{variant:12} {result['rps']:8.0f} req/s   p50 {result['p50_ms']:6.1f} ms   "
                   f"p99 {result['p99_ms']:6.1f} ms   errors {result['errors']:.0f}", flush=True)
     finally:
         upstream.terminate()

@@ -194,6 +194,25 @@ def echo_app(seen: Upstreams) -> Starlette:
     ])
 
 
+async def start_broken_server() -> tuple[asyncio.Server, str]:
+    """An upstream that breaks HTTP: hangs up without answering, or sends less body than it announced."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        target = head.split(b" ", 2)[1]
+        if target.endswith(b"/short"):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\nshort")
+        elif target.endswith(b"/truncated"):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1000000\r\n\r\n"
+                         + b"x" * 70_000)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}"
+
+
 @dataclass
 class GatewayUnderTest:
     url: str
@@ -204,7 +223,7 @@ class GatewayUnderTest:
         return httpx.AsyncClient(base_url=self.url, timeout=20)
 
 
-def gateway_settings(auth_url: str, echo_url: str, dead_url: str) -> Settings:
+def gateway_settings(auth_url: str, echo_url: str, dead_url: str, broken_url: str = "") -> Settings:
     return Settings(
         env="test",
         eureka_server_url="",
@@ -215,6 +234,7 @@ def gateway_settings(auth_url: str, echo_url: str, dead_url: str) -> Settings:
             Route(prefix="/api/slow", app="SLOW-SERVICE", timeout_secs=0.5),
             Route(prefix="/api/flaky", app="FLAKY-SERVICE"),
             Route(prefix="/api/dead", app="DEAD-SERVICE", public=True),
+            Route(prefix="/api/broken", app="BROKEN-SERVICE", public=True),
         ],
         static_instances={
             "AUTH-SERVICE": [auth_url],
@@ -224,6 +244,7 @@ def gateway_settings(auth_url: str, echo_url: str, dead_url: str) -> Settings:
             # A refused connection first: the gateway must move on to the live instance.
             "FLAKY-SERVICE": [dead_url, echo_url],
             "DEAD-SERVICE": [dead_url],
+            "BROKEN-SERVICE": [broken_url or dead_url],
         },
     )
 
@@ -246,11 +267,13 @@ async def running_gateway(
     upstream_servers: tuple[Upstreams, RunningServer, RunningServer, str],
 ) -> AsyncIterator[GatewayUnderTest]:
     seen, auth, echo, dead_url = upstream_servers
-    gateway = await RunningServer(create_app(gateway_settings(auth.url, echo.url, dead_url))).start()
+    broken, broken_url = await start_broken_server()
+    gateway = await RunningServer(create_app(gateway_settings(auth.url, echo.url, dead_url, broken_url))).start()
     try:
         yield GatewayUnderTest(gateway.url, seen, dead_url)
     finally:
         await gateway.stop()
+        broken.close()
 
 
 @pytest.fixture

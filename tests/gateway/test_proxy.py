@@ -192,6 +192,23 @@ async def test_refused_connection_moves_on_to_another_instance(gw: GatewayUnderT
             assert response.json()["body_size"] == len(b"payload")
 
 
+async def test_upstream_hanging_up_or_cutting_a_small_body_short_is_502(gw: GatewayUnderTest) -> None:
+    async with gw.client() as client:
+        hangup = await client.get("/api/broken/hangup")
+        short = await client.get("/api/broken/short")
+    assert assert_problem(hangup, 502)["service"] == "BROKEN-SERVICE"
+    assert_problem(short, 502)
+
+
+async def test_streamed_body_cut_short_aborts_the_client_connection(gw: GatewayUnderTest) -> None:
+    # The status line is gone already: the client must see a broken transfer, never a clean short body.
+    async with gw.client() as client, client.stream("GET", "/api/broken/truncated") as response:
+        assert response.status_code == 200
+        assert response.headers["content-length"] == "1000000"
+        with pytest.raises(httpx.RemoteProtocolError):
+            await response.aread()
+
+
 async def test_slow_upstream_is_504_after_the_route_timeout(gw: GatewayUnderTest) -> None:
     started = time.monotonic()
     async with gw.client() as client:
