@@ -96,7 +96,7 @@ class ServiceProcess:
 @dataclass
 class Fleet:
     workdir: Path
-    db_prefix: str = "cs_test"
+    db_prefix: str = os.environ.get("FLEET_DB_PREFIX", "cs_test")
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
     registry: ServiceProcess | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
