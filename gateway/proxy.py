@@ -95,8 +95,9 @@ class CallContext:
     @classmethod
     def of(cls, request: Request, path_qs: str) -> CallContext:
         # The logging middleware already chose the id (the client's or a new one) and returns it.
-        request_id = getattr(request.state, "request_id", "") or request.headers.get(REQUEST_ID_HEADER) \
-            or uuid.uuid4().hex
+        request_id = (
+            getattr(request.state, "request_id", "") or request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        )
         client_tp = request.headers.get("traceparent", "")
         traceparent = client_tp if valid_traceparent(client_tp) else new_traceparent()
         client = request.client
