@@ -16,4 +16,6 @@ def serve(factory: str, settings: ServiceSettings) -> None:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,
+        # Only the gateway sets X-Forwarded-*; no client may choose the address a service sees.
+        proxy_headers=False,
     )
