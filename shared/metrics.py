@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable
-
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
@@ -18,21 +15,10 @@ LATENCY = Histogram(
 )
 
 
-def metrics_middleware(
-    service: str,
-) -> Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]:
-    async def middleware(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        # The route template, not the raw path, so ids do not explode the label set.
-        path = getattr(route, "path", "unmatched")
-        if path != "/metrics":
-            REQUESTS.labels(service, request.method, path, str(response.status_code)).inc()
-            LATENCY.labels(service, request.method, path).observe(time.perf_counter() - started)
-        return response
-
-    return middleware
+def observe_request(service: str, method: str, route: str, status: int, seconds: float) -> None:
+    """Count one request; `route` is the template (e.g. /api/orders/{order_id}), so ids don't explode labels."""
+    REQUESTS.labels(service, method, route, str(status)).inc()
+    LATENCY.labels(service, method, route).observe(seconds)
 
 
 async def metrics_endpoint(_: Request) -> Response:

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import structlog
 from fastapi import APIRouter, FastAPI, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
 
 from shared.auth import TokenVerifier
 from shared.db import Database
-from shared.errors import install_error_handlers, problem
+from shared.errors import install_error_handlers
 from shared.faults import FaultInjector
-from shared.logging import configure_logging, request_logging_middleware
-from shared.metrics import metrics_endpoint, metrics_middleware
+from shared.logging import RequestMiddleware, configure_logging
+from shared.metrics import metrics_endpoint
 from shared.migrations import upgrade_to_head
 from shared.registry_client import RegistryClient
 from shared.settings import ServiceSettings
@@ -24,13 +24,6 @@ from shared.settings import ServiceSettings
 log = structlog.get_logger(__name__)
 
 Hook = Callable[[FastAPI], Awaitable[None]]
-
-
-async def reject_nul_bytes(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    """A NUL byte in a path or query can reach no valid record, and PostgreSQL refuses it in text: 400."""
-    if "\x00" in request.url.path or "%00" in request.url.query or "\x00" in request.url.query:
-        return problem(400, "Bad request", "The path or query contains a NUL byte.", "bad-request")
-    return await call_next(request)
 
 
 def create_service_app(
@@ -74,13 +67,11 @@ def create_service_app(
     app = FastAPI(title=title, lifespan=lifespan)
     app.state.settings = settings
     install_error_handlers(app)
-    app.middleware("http")(metrics_middleware(service))
     if settings.fault_injection:
         faults = FaultInjector()
         app.middleware("http")(faults.middleware())
         app.include_router(faults.router())
-    app.middleware("http")(reject_nul_bytes)
-    app.middleware("http")(request_logging_middleware(service))
+    app.add_middleware(RequestMiddleware, service=service)
 
     @app.get("/health", tags=["health"], include_in_schema=False)
     async def health() -> dict[str, str]:
