@@ -20,7 +20,7 @@ from eventsourcing.application import AggregateNotFoundError, Application, proje
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import IntegrityError, Notification
 from sqlalchemy.engine import make_url
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
 from saga_orchestrator.domain import Saga
 
@@ -100,8 +100,9 @@ class SagaStore:
 
     async def open(self) -> None:
         # Replicas starting together race to create the tables and functions: try again a few times.
-        async for attempt in AsyncRetrying(stop=stop_after_delay(30), wait=wait_exponential_jitter(0.2, 2),
-                                           retry=retry_if_exception_type(Exception), reraise=True):
+        retrying = AsyncRetrying(stop=stop_after_delay(30), wait=wait_random_exponential(multiplier=0.2, max=2),
+                                 retry=retry_if_exception_type(Exception), reraise=True)
+        async for attempt in retrying:
             with attempt:
                 self._app = await self._run(SagaApplication, self.env)
         log.info("saga event store open", persistence=self.env["PERSISTENCE_MODULE"])

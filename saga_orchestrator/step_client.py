@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 import structlog
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_before_delay, wait_exponential_jitter
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_before_delay, wait_random_exponential
 
 from saga_orchestrator.metrics import STEP_ATTEMPTS
 from shared.auth import ServiceTokens
@@ -105,7 +105,8 @@ class StepClient:
         last_error: str | None = None
         retrying = AsyncRetrying(
             stop=stop_before_delay(deadline_secs),
-            wait=wait_exponential_jitter(initial=self.retry_initial, max=self.retry_max),
+            # Exponential backoff with full jitter, so retries of many sagas do not arrive in waves.
+            wait=wait_random_exponential(multiplier=self.retry_initial, max=self.retry_max),
             retry=retry_if_exception_type(_Transient),
             reraise=True,
         )

@@ -1,0 +1,98 @@
+"""Scripted participants for the saga runner: no HTTP, but idempotency keys honoured like the real services."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from saga_orchestrator.step_client import CallResult
+
+CATALOGUE = {
+    "KB-1": {"sku": "KB-1", "unit_price_minor": 8999, "currency": "EUR", "weight_grams": 920},
+    "MS-1": {"sku": "MS-1", "unit_price_minor": 3499, "currency": "EUR", "weight_grams": 110},
+    "USD-1": {"sku": "USD-1", "unit_price_minor": 100, "currency": "USD", "weight_grams": 10},
+}
+
+
+def ok(body: Any, status: int = 200, attempts: int = 1) -> CallResult:
+    return CallResult(True, False, status, body, None, attempts)
+
+
+def refused(status: int = 409, detail: str = "refused") -> CallResult:
+    return CallResult(False, True, status, {"detail": detail}, f"{status} {detail}", 1)
+
+
+def transient(error: str = "503 unavailable", attempts: int = 3) -> CallResult:
+    return CallResult(False, False, None, None, f"gave up after {attempts} attempts: {error}", attempts)
+
+
+@dataclass
+class Call:
+    label: str
+    method: str
+    path: str
+    body: dict[str, Any] | None
+    key: str | None
+
+
+Script = Callable[["FakeParticipants", Call], CallResult | None]
+
+
+@dataclass
+class FakeParticipants:
+    """Answers like the fleet would; `failures[label]` overrides answers (a list is consumed in order)."""
+
+    failures: dict[str, list[CallResult] | CallResult] = field(default_factory=dict)
+    calls: list[Call] = field(default_factory=list)
+    delay: float = 0.0
+    applied: dict[str, CallResult] = field(default_factory=dict)  # idempotency key → first answer
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def ready(self) -> bool:
+        return True
+
+    def labels(self) -> list[str]:
+        return [c.label for c in self.calls]
+
+    async def call(self, app: str, method: str, path: str, body: dict[str, Any] | None, *,
+                   idempotency_key: str | None, trace: dict[str, str], deadline_secs: float, label: str,
+                   not_found_is_done: bool = False, params: dict[str, str] | None = None) -> CallResult:
+        call = Call(label, method, path, body, idempotency_key)
+        self.calls.append(call)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        override = self.failures.get(label)
+        if isinstance(override, list):
+            if override:
+                return override.pop(0)
+        elif override is not None:
+            return override
+        if label == "catalogue":
+            wanted = (params or {}).get("skus", "").split(",")
+            return ok({"items": [CATALOGUE[s] for s in wanted if s in CATALOGUE]})
+        if idempotency_key is not None and idempotency_key in self.applied:
+            return self.applied[idempotency_key]  # a replay, like the services' idempotency layer
+        result = ok(self._answer(label, body))
+        if idempotency_key is not None:
+            self.applied[idempotency_key] = result
+        return result
+
+    def _answer(self, label: str, body: dict[str, Any] | None) -> dict[str, Any]:
+        n = next(self._ids)
+        body = body or {}
+        step = label.split(":")[0]
+        if label.endswith(":compensate"):
+            return {"status": "DONE"}
+        if step == "add_order_lines":
+            return {"total_minor": sum(ln["quantity"] * ln["unit_price_minor"] for ln in body["lines"])}
+        return {
+            "create_order": {"id": f"order-{n}", "status": "PENDING"},
+            "allocate_inventory": {"status": "ALLOCATED", "total_weight_grams": 1030},
+            "make_payment": {"id": f"pay-{n}", "status": "CAPTURED", "amount_minor": body.get("amount_minor")},
+            "assign_carrier": {"id": f"asg-{n}", "carrier_code": "DHL", "price_minor": 599},
+            "create_shipment": {"id": f"shp-{n}", "tracking_number": f"TRK{n:08d}"},
+            "confirm_order": {"status": "CONFIRMED"},
+        }[step]
