@@ -175,7 +175,8 @@ async def test_bad_restocks_are_422(client: httpx.AsyncClient, body: dict) -> No
                                   "/api/inventory/products?offset=-1", "/api/inventory/products?limit=x"])
 async def test_bad_catalogue_queries_are_422(client: httpx.AsyncClient, path: str) -> None:
     response = await client.get(path)
-    assert response.status_code == 422, response.text
+    # NUL bytes are refused up front by the shared request middleware (400); the rest by validation.
+    assert response.status_code == (400 if "%00" in path else 422), response.text
     assert response.headers["content-type"] == PROBLEM
 
 
@@ -384,7 +385,7 @@ async def test_allocation_endpoints_need_a_privileged_caller(client: httpx.Async
 
 async def test_unknown_or_malformed_allocation_ids(client: httpx.AsyncClient) -> None:
     assert (await client.get(f"/api/inventory/allocations/{new_order_id()}", headers=SERVICE)).status_code == 404
-    assert (await client.get("/api/inventory/allocations/a%00b", headers=SERVICE)).status_code == 422
+    assert (await client.get("/api/inventory/allocations/a%00b", headers=SERVICE)).status_code == 400
     bad_release = await client.post("/api/inventory/allocations/%20x/release", headers=SERVICE)
     assert bad_release.status_code == 422
 

@@ -331,7 +331,8 @@ async def test_bad_refunds_are_422(client: httpx.AsyncClient, body: dict) -> Non
 async def test_bad_ids_and_queries_are_422(client: httpx.AsyncClient, method: str, path: str) -> None:
     body = {"amount_minor": 1} if path.endswith("/refunds") else None
     response = await client.request(method, path, json=body, headers=ADMIN)
-    assert response.status_code == 422, response.text
+    # NUL bytes are refused up front by the shared request middleware (400); the rest by validation.
+    assert response.status_code == (400 if "%00" in path else 422), response.text
     assert response.headers["content-type"] == PROBLEM
 
 
