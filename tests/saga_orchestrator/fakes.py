@@ -62,7 +62,7 @@ class FakeParticipants:
                    not_found_is_done: bool = False, params: dict[str, str] | None = None) -> CallResult:
         call = Call(label, method, path, body, idempotency_key)
         self.calls.append(call)
-        if self.delay:
+        if self.delay and label != "catalogue":
             await asyncio.sleep(self.delay)
         override = self.failures.get(label)
         if isinstance(override, list):
