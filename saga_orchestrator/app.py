@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import aiohttp
@@ -16,6 +17,13 @@ from saga_orchestrator.settings import Settings
 from saga_orchestrator.step_client import StepClient
 from shared.auth import ServiceTokens
 from shared.service_app import create_service_app
+
+
+def lease_owner(settings: Settings) -> str:
+    """This instance's name on saga leases: stable across restarts, so a restarted instance takes its own
+    sagas back at once instead of waiting for their leases to run out; unique among live replicas (a
+    container's hostname when INSTANCE_HOST is left empty)."""
+    return f"{settings.instance_host or socket.gethostname()}:{settings.port}"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -33,10 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                             retry_initial_secs=settings.retry_initial_secs, retry_max_secs=settings.retry_max_secs)
         store = SagaStore(settings.database_url, settings.event_store_threads)
         await store.open()
-        # A stable owner id: a restarted instance takes its own sagas back at once, without waiting
-        # for their leases to run out.
-        index = SagaIndexStore(app.state.db, owner=f"{settings.instance_host}:{settings.port}",
-                               lease_secs=settings.lease_secs)
+        index = SagaIndexStore(app.state.db, owner=lease_owner(settings), lease_secs=settings.lease_secs)
         runner = SagaRunner(store, index, client, settings)
         app.state.http_session = session
         app.state.orchestrator = Orchestrator(settings, store, index, client, runner)
