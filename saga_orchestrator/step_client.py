@@ -20,6 +20,7 @@ import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_before_delay, wait_random_exponential
 
 from saga_orchestrator.metrics import STEP_ATTEMPTS
+from saga_orchestrator.steps import ORDER
 from shared.auth import ServiceTokens
 from shared.errors import DomainError
 from shared.idempotency import HEADER as IDEMPOTENCY_HEADER
@@ -83,7 +84,7 @@ class StepClient:
 
     def ready(self) -> bool:
         """Whether discovery has seen the participants yet (recovery waits for it after a start)."""
-        return bool(self.registry.instances("ORDER-SERVICE"))
+        return bool(self.registry.instances(ORDER))
 
     async def call(
         self,
