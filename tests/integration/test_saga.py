@@ -171,11 +171,14 @@ def assert_everything_given_back(api: httpx.Client, admin: User, customer: User,
 
 # -- the happy path ------------------------------------------------------------------------------
 
-def test_happy_path_confirms_the_order(orchestrator: ServiceProcess, api: httpx.Client, admin: User,
+def test_happy_path_confirms_the_order(orchestrator: ServiceProcess, fleet: Fleet, api: httpx.Client, admin: User,
                                        customer: User, catalogue: Catalogue) -> None:
     before = available(api, catalogue.sku)
     key = str(uuid.uuid4())
-    accepted = place(api, customer, order_body(catalogue, quantity=3), key=key, wait=None)
+    request_id, trace_id = f"saga-{uuid.uuid4().hex}", uuid.uuid4().hex
+    accepted = api.post("/api/customer-orders", json=order_body(catalogue, quantity=3), headers={
+        **customer.headers, "Idempotency-Key": key, "X-Request-ID": request_id,
+        "traceparent": f"00-{trace_id}-{'ab' * 8}-01"})
     assert accepted.status_code == 202, accepted.text
     saga_id = accepted.json()["saga_id"]
     assert accepted.headers["location"] == f"/api/customer-orders/{saga_id}"
@@ -205,6 +208,10 @@ def test_happy_path_confirms_the_order(orchestrator: ServiceProcess, api: httpx.
     assert len(payments(api, admin, saga["order_id"])) == 1
     mine = api.get("/api/customer-orders", headers=customer.headers).json()
     assert [s["saga_id"] for s in mine["items"]] == [saga_id]
+    # The step calls carried the original request's id and trace.
+    for package in ("order_service", "inventory_service", "payment_service", "carrier_service", "shipment_service"):
+        logs = fleet.processes[package].logs()
+        assert request_id in logs and trace_id in logs, package
 
 
 def test_requests_are_checked_before_a_saga_starts(orchestrator: ServiceProcess, api: httpx.Client,
