@@ -139,11 +139,13 @@ class Fleet:
         env.update(overrides)
         return env
 
-    def start(self, package: str, name: str | None = None, wait: bool = True, **env: str) -> ServiceProcess:
+    def start(self, package: str, name: str | None = None, wait: bool = True,
+              env: dict[str, str] | None = None) -> ServiceProcess:
         """Start one instance (name defaults to the package; use another name for a second instance)."""
         name = name or package
         port = free_port()
-        proc = ServiceProcess(name, package, port, self.service_env(package, port, **env), self.workdir / f"{name}.log")
+        proc = ServiceProcess(name, package, port, self.service_env(package, port, **(env or {})),
+                              self.workdir / f"{name}.log")
         self.processes[name] = proc
         proc.start()
         if wait:

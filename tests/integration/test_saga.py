@@ -55,7 +55,7 @@ def _replace_orchestrator(fleet: Fleet, **env: str) -> ServiceProcess:
     old = fleet.processes["saga_orchestrator"]
     old.stop()
     fleet.wait_deregistered(APP, old.port)
-    return fleet.start("saga_orchestrator", **env)
+    return fleet.start("saga_orchestrator", env=env)
 
 
 @pytest.fixture(scope="module")
@@ -218,6 +218,7 @@ def test_requests_are_checked_before_a_saga_starts(orchestrator: ServiceProcess,
                                                    customer: User, catalogue: Catalogue) -> None:
     no_key = api.post("/api/customer-orders", json=order_body(catalogue), headers=customer.headers)
     assert no_key.status_code == 400 and no_key.headers["content-type"].startswith("application/problem+json")
+    bad: dict[str, Any]
     for bad in ({"lines": []}, {"lines": [{"sku": catalogue.sku, "quantity": 0}]},
                 {"shipping_address": {"name": "Ada"}}, {"lines": [{"sku": "NO-SUCH-SKU-X", "quantity": 1}]}):
         response = place(api, customer, {**order_body(catalogue), **bad}, wait=None)
@@ -370,7 +371,7 @@ def test_killed_mid_saga_it_finishes_after_restart_and_charges_once(
 def test_two_replicas_many_sagas_each_driven_once(orchestrator: ServiceProcess, fleet: Fleet, api: httpx.Client,
                                                   admin: User, customer: User, catalogue: Catalogue,
                                                   faults: Any, gateway_url: str) -> None:
-    second = fleet.start("saga_orchestrator", name="saga_orchestrator_2", **SAGA_ENV)
+    second = fleet.start("saga_orchestrator", name="saga_orchestrator_2", env=SAGA_ENV)
     try:
         fleet.wait_registered(APP, second.port)
         time.sleep(1.5)  # the gateway's copy of the registry refreshes every second

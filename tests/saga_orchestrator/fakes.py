@@ -88,11 +88,12 @@ class FakeParticipants:
             return {"status": "DONE"}
         if step == "add_order_lines":
             return {"total_minor": sum(ln["quantity"] * ln["unit_price_minor"] for ln in body["lines"])}
-        return {
+        answers: dict[str, dict[str, Any]] = {
             "create_order": {"id": f"order-{n}", "status": "PENDING"},
             "allocate_inventory": {"status": "ALLOCATED", "total_weight_grams": 1030},
             "make_payment": {"id": f"pay-{n}", "status": "CAPTURED", "amount_minor": body.get("amount_minor")},
             "assign_carrier": {"id": f"asg-{n}", "carrier_code": "DHL", "price_minor": 599},
             "create_shipment": {"id": f"shp-{n}", "tracking_number": f"TRK{n:08d}"},
             "confirm_order": {"status": "CONFIRMED"},
-        }[step]
+        }
+        return answers[step]

@@ -168,7 +168,8 @@ def test_step_calls_are_built_from_the_saga_context() -> None:
     succeed(saga, "add_order_lines", {"order_total_minor": 17998})
     succeed(saga, "allocate_inventory", {"allocated_weight_grams": 1900})
     context = saga.context()
-    built = {s.step: (s.action.method, s.action.render_path(context), s.action.render_body(context))
+    Built = dict[str, tuple[str, str, dict[str, Any] | None]]
+    built: Built = {str(s.step): (s.action.method, s.action.render_path(context), s.action.render_body(context))
              for s in CURRENT.steps if s.step != "create_shipment"}
     assert built["create_order"] == ("POST", "/api/orders", {
         "customer_id": "cust-1", "currency": "EUR", "shipping_address": ADDRESS})

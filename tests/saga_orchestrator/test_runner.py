@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 from uuid import UUID
 
 import pytest
@@ -191,11 +192,12 @@ async def test_a_version_conflict_stops_the_slower_writer(replicas: ReplicaFacto
 
 async def test_a_saga_indexed_but_never_saved_is_started_by_recovery(replicas: ReplicaFactory) -> None:
     crashed = await replicas("owner-crashed", lease_secs=0.2)
-    saga = Saga(**{
+    fields: dict[str, Any] = {
         "definition_version": 1, "customer_id": "cust-9", "idempotency_key": "lost", "fingerprint": "f" * 64,
         "lines": [{"sku": "KB-1", "quantity": 1, "unit_price_minor": 8999, "weight_grams": 920}],
         "currency": "EUR", "total_minor": 8999, "total_weight_grams": 920,
-        "shipping_address": {"country": "DE"}, "payment_token": "tok_visa", "trace": {}})
+        "shipping_address": {"country": "DE"}, "payment_token": "tok_visa", "trace": {}}
+    saga = Saga(**fields)
     start_request = {k: getattr(saga, k) for k in (
         "definition_version", "customer_id", "idempotency_key", "fingerprint", "lines", "currency", "total_minor",
         "total_weight_grams", "shipping_address", "payment_token", "trace")}
