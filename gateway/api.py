@@ -1,17 +1,22 @@
-"""gateway routes: its own route listing, and the catch-all that routes, checks the token and proxies."""
+"""gateway routes: its own (route listing, merged OpenAPI, docs) and the catch-all that limits, checks and proxies."""
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import quote
 
 import structlog
 from fastapi import APIRouter, Request
-from starlette.responses import Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from starlette.responses import HTMLResponse, JSONResponse, Response
 
-from gateway.proxy import CallContext, Gateway
+from gateway import metrics
+from gateway.openapi import TITLE, MergedOpenApi
+from gateway.proxy import CallContext, Gateway, PayloadTooLarge
+from gateway.ratelimit import RateLimits, Verdict, tighter
 from gateway.routes import check_path
 from gateway.schemas import RouteTableOut
-from shared.errors import NotFound
+from shared.errors import NotFound, problem
 
 router = APIRouter()
 
@@ -24,22 +29,64 @@ async def list_routes(request: Request) -> RouteTableOut:
     return RouteTableOut(routes=gateway.routes.routes)
 
 
+@router.get("/openapi.json", include_in_schema=False)
+async def openapi_document(request: Request) -> JSONResponse:
+    """Every proxied route in one document, merged from the services' own (public, like the docs page)."""
+    merged: MergedOpenApi = request.app.state.openapi
+    document: dict[str, Any] = await merged.document(CallContext.of(request, "/openapi.json"))
+    return JSONResponse(document)
+
+
+@router.get("/docs", include_in_schema=False)
+async def docs_page() -> HTMLResponse:
+    return get_swagger_ui_html(openapi_url="/openapi.json", title=TITLE)
+
+
+def _too_many(verdict: Verdict, limit: str) -> Response:
+    metrics.RATE_LIMITED.labels(limit).inc()
+    who = "this client address" if limit == "address" else "this user"
+    return problem(429, "Too many requests", f"Rate limit for {who} exceeded; retry after "
+                   f"{verdict.retry_after_secs} s.", "rate-limited", headers=dict(verdict.headers()), limit=limit)
+
+
 @router.api_route("/{path:path}", methods=PROXIED_METHODS, include_in_schema=False)
 async def proxy(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
+    limits: RateLimits = request.app.state.rate_limits
+    request.state.route_label = "unmatched"
     raw = request.scope.get("raw_path")
     raw_path = raw.decode("latin-1") if raw else quote(request.scope["path"])
     path = check_path(raw_path)
     route = gateway.routes.match(request.method, path)
     if route is None:
         raise NotFound(f"No route for {request.method} {path}.")
+    # Metrics by route table entry: the catch-all's own template would lump every service together.
+    request.state.route_label = route.prefix
+    verdict: Verdict | None = None
+    if limits.address.enabled and request.client is not None:
+        verdict = limits.address.hit(request.client.host)
+        if not verdict.allowed:
+            return _too_many(verdict, "address")
+    length = request.headers.get("content-length", "")
+    max_bytes = gateway.settings.max_body_bytes
+    if length.isdigit() and int(length) > max_bytes:
+        # Refused before a byte of the body is read (and before /validate), as nginx's client_max_body_size.
+        raise PayloadTooLarge(f"The request body is larger than {max_bytes} bytes.", max_bytes=max_bytes)
     query = request.scope.get("query_string", b"").decode("latin-1")
     ctx = CallContext.of(request, f"{raw_path}?{query}" if query else raw_path)
-    structlog.contextvars.bind_contextvars(trace_id=ctx.traceparent.split("-")[1], upstream=route.app)
+    structlog.contextvars.bind_contextvars(upstream=route.app)
     identity: dict[str, str] = {}
     if not route.public:
-        verdict = await gateway.validate(request, ctx)
-        if isinstance(verdict, Response):
-            return verdict
-        identity = verdict
-    return await gateway.forward(request, route, ctx, identity)
+        answer = await gateway.validate(request, ctx)
+        if isinstance(answer, Response):
+            return answer
+        identity = answer
+        if limits.user.enabled:
+            user_verdict = limits.user.hit(identity["X-User-Id"])
+            if not user_verdict.allowed:
+                return _too_many(user_verdict, "user")
+            verdict = tighter(verdict, user_verdict)
+    response = await gateway.forward(request, route, ctx, identity)
+    if verdict is not None:
+        response.raw_headers.extend((k.lower().encode(), v.encode()) for k, v in verdict.headers())
+    return response

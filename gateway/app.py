@@ -5,7 +5,9 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from gateway.api import router
+from gateway.openapi import MergedOpenApi
 from gateway.proxy import Gateway, new_client_session
+from gateway.ratelimit import RateLimits
 from gateway.settings import Settings
 from shared.service_app import create_service_app
 
@@ -17,16 +19,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry = app.state.registry
         for app_name, urls in settings.static_instances.items():
             registry.set_static(app_name, urls)
-        app.state.gateway = Gateway(settings, new_client_session(settings), registry)
+        gateway = Gateway(settings, new_client_session(settings), registry)
+        app.state.gateway = gateway
+        app.state.openapi = MergedOpenApi(gateway, settings.openapi_cache_secs, settings.openapi_fetch_timeout_secs)
 
     async def on_shutdown(app: FastAPI) -> None:
         await app.state.gateway.session.close()
 
-    return create_service_app(
+    app = create_service_app(
         settings,
         title="gateway",
         routers=[router],
         package_dir=None,
         on_startup=on_startup,
         on_shutdown=on_shutdown,
+        # The gateway serves the fleet's merged document and docs page itself (gateway/api.py).
+        openapi_url=None,
+        docs_url=None,
     )
+    app.state.rate_limits = RateLimits.from_settings(
+        settings.rate_limit_address_rps, settings.rate_limit_address_burst,
+        settings.rate_limit_user_rps, settings.rate_limit_user_burst,
+    )
+    return app

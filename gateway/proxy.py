@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import re
-import secrets
+import itertools
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
@@ -11,15 +11,20 @@ from dataclasses import dataclass
 import aiohttp
 import structlog
 from multidict import CIMultiDict
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from yarl import URL
 
+from gateway import metrics
+from gateway.resilience import Breakers, BreakerState, may_resend, retry_on_status
 from gateway.routes import Route, RouteTable
 from gateway.settings import Settings
 from shared.errors import DomainError, ServiceUnavailable
 from shared.logging import REQUEST_ID_HEADER
 from shared.registry_client import Instance, RegistryClient
+from shared.tracing import new_traceparent, valid_traceparent
+
+__all__ = ["CallContext", "Gateway", "new_traceparent", "valid_traceparent"]
 
 log = structlog.get_logger(__name__)
 
@@ -43,8 +48,6 @@ _SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 # A response with a known length up to this size is read whole (cheaper than a streamed response).
 _SMALL_BODY = 64 * 1024
 
-_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
-
 
 class BadGateway(DomainError):
     status, title, type_slug = 502, "Bad gateway", "bad-gateway"
@@ -54,17 +57,12 @@ class GatewayTimeout(DomainError):
     status, title, type_slug = 504, "Gateway timeout", "gateway-timeout"
 
 
-def valid_traceparent(value: str) -> bool:
-    """W3C Trace Context: version 00 format, not version ff, trace and parent ids not all zero."""
-    match = _TRACEPARENT.match(value)
-    if match is None:
-        return False
-    version, trace_id, parent_id = match.groups()
-    return version != "ff" and trace_id != "0" * 32 and parent_id != "0" * 16
+class PayloadTooLarge(DomainError):
+    status, title, type_slug = 413, "Payload too large", "payload-too-large"
 
 
-def new_traceparent() -> str:
-    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+class BodyIncomplete(DomainError):
+    status, title, type_slug = 400, "Bad request", "body-incomplete"
 
 
 def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
@@ -98,8 +96,11 @@ class CallContext:
         request_id = (
             getattr(request.state, "request_id", "") or request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
         )
-        client_tp = request.headers.get("traceparent", "")
-        traceparent = client_tp if valid_traceparent(client_tp) else new_traceparent()
+        # Chosen by the shared middleware too (and logged there): the caller's, the tracing span's, or new.
+        traceparent = getattr(request.state, "traceparent", "")
+        if not valid_traceparent(traceparent):
+            client_tp = request.headers.get("traceparent", "")
+            traceparent = client_tp if valid_traceparent(client_tp) else new_traceparent()
         client = request.client
         return cls(request_id, traceparent, client.host if client else None, request.scope.get("scheme", "http"),
                    path_qs)
@@ -171,18 +172,49 @@ def new_client_session(settings: Settings) -> aiohttp.ClientSession:
     )
 
 
-class RequestBody:
-    """The client's body as an async iterator for aiohttp; remembers whether any of it was consumed."""
+class _BodyStopped(Exception):
+    """Raised inside the body iterator: aiohttp then aborts the upstream request instead of ending it cleanly."""
 
-    def __init__(self, request: Request) -> None:
+
+class RequestBody:
+    """The client's body streamed to aiohttp, counted on the way: past `max_bytes` the upload is cut off.
+
+    Remembers whether any of it was consumed (a started stream cannot be sent again) and whether it failed on
+    the client's side (too large, or the client went away), which is no fault of the upstream.
+    """
+
+    def __init__(self, request: Request, max_bytes: int) -> None:
         self._request = request
+        self.max_bytes = max_bytes
         self.started = False
+        self.too_large = False
+        self.client_gone = False
+        self.size = 0
+
+    @property
+    def failed_here(self) -> bool:
+        return self.too_large or self.client_gone
 
     async def chunks(self) -> AsyncIterator[bytes]:
         self.started = True
-        async for chunk in self._request.stream():
-            if chunk:
+        try:
+            async for chunk in self._request.stream():
+                if not chunk:
+                    continue
+                self.size += len(chunk)
+                if self.size > self.max_bytes:
+                    self.too_large = True
+                    raise _BodyStopped("request body over the limit")
                 yield chunk
+        except ClientDisconnect:
+            self.client_gone = True
+            raise _BodyStopped("client went away during the upload") from None
+
+    def refusal(self) -> DomainError:
+        if self.too_large:
+            return PayloadTooLarge(f"The request body is larger than {self.max_bytes} bytes.",
+                                   max_bytes=self.max_bytes)
+        return BodyIncomplete("The request body ended before it was complete.")
 
 
 def _has_body(request: Request) -> bool:
@@ -190,14 +222,32 @@ def _has_body(request: Request) -> bool:
     return "transfer-encoding" in headers or headers.get("content-length", "0") not in ("", "0")
 
 
+def _content_length(request: Request) -> int | None:
+    value = request.headers.get("content-length")
+    return int(value) if value is not None and value.isdigit() else None
+
+
+Body = bytes | RequestBody | None
+
+
 class Gateway:
-    """The request path: forward-auth against AUTH-SERVICE, then the call to an instance of the owning app."""
+    """The request path: forward-auth against AUTH-SERVICE, then the call to an instance of the owning app.
+
+    Every upstream call goes through `_send`: round robin over the UP instances whose circuit breaker lets
+    them be chosen, failover on a refused connection, and re-sends of repeatable requests on 502/503.
+    """
 
     def __init__(self, settings: Settings, session: aiohttp.ClientSession, registry: RegistryClient) -> None:
         self.settings = settings
         self.session = session
         self.registry = registry
         self.routes = RouteTable(settings.routes)
+        self.breakers = Breakers(settings.breaker_failure_threshold, settings.breaker_cooldown_secs,
+                                 on_change=self._breaker_changed, on_create=metrics.breaker_created,
+                                 on_drop=metrics.breaker_dropped)
+        self._failure_statuses = frozenset(settings.breaker_failure_statuses)
+        self._cursors: dict[str, itertools.count[int]] = {}
+        self._pruned_at: dict[str, float] = {}
 
     async def validate(self, request: Request, ctx: CallContext) -> dict[str, str] | Response:
         """Ask /validate (forward-auth). 2xx → the identity headers; anything else → auth's answer as it is."""
@@ -212,27 +262,43 @@ class Gateway:
         if authorization is not None:
             headers["Authorization"] = authorization
         app = self.settings.auth_app
-        async with await self._send(app, "GET", self.settings.validate_path, headers, None,
-                                    self.settings.validate_timeout_secs) as answer:
-            try:
-                body = await answer.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise BadGateway(f"{app} broke off its /validate answer.", service=app) from exc
-            if 200 <= answer.status < 300:
-                identity = {name: answer.headers[name] for name in IDENTITY_HEADERS if name in answer.headers}
-                if "X-User-Id" not in identity:
-                    # Fail closed: a pass without an identity would reach the service anonymous.
-                    raise BadGateway(f"{app} accepted the token but named no user.", service=app)
-                return identity
-            passed = {k: answer.headers[k] for k in ("Content-Type", "WWW-Authenticate", "Retry-After")
-                      if k in answer.headers}
-            return Response(body, status_code=answer.status, headers=passed)
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            async with await self._send(app, "GET", self.settings.validate_path, headers, None,
+                                        self.settings.validate_timeout_secs, resend=True) as answer:
+                try:
+                    body = await answer.read()
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    raise BadGateway(f"{app} broke off its /validate answer.", service=app) from exc
+                if 200 <= answer.status < 300:
+                    identity = {name: answer.headers[name] for name in IDENTITY_HEADERS if name in answer.headers}
+                    if "X-User-Id" not in identity:
+                        # Fail closed: a pass without an identity would reach the service anonymous.
+                        raise BadGateway(f"{app} accepted the token but named no user.", service=app)
+                    outcome = "pass"
+                    return identity
+                outcome = "refused"
+                passed = {k: answer.headers[k] for k in ("Content-Type", "WWW-Authenticate", "Retry-After")
+                          if k in answer.headers}
+                return Response(body, status_code=answer.status, headers=passed)
+        finally:
+            metrics.VALIDATE_LATENCY.labels(outcome).observe(time.perf_counter() - started)
 
     async def forward(self, request: Request, route: Route, ctx: CallContext, identity: Mapping[str, str]) -> Response:
         """Proxy the request to the route's app and stream the answer back."""
         headers = upstream_request_headers(request.headers.raw, ctx, identity)
-        body = RequestBody(request) if _has_body(request) else None
-        upstream = await self._send(route.app, request.method, ctx.path_qs, headers, body, route.timeout_secs)
+        resend = may_resend(request.method, headers)
+        body: Body = None
+        if _has_body(request):
+            length = _content_length(request)
+            if resend and length is not None and length <= self.settings.retry_body_max_bytes:
+                # Small enough to hold, so a 502/503 can be answered by sending it to another instance.
+                body = await self._read_small_body(request)
+            else:
+                body = RequestBody(request, self.settings.max_body_bytes)
+        upstream = await self._send(route.app, request.method, ctx.path_qs, headers, body, route.timeout_secs,
+                                    resend=resend)
         response_headers = client_response_headers(upstream.raw_headers)
         length = upstream.content_length
         if length is not None and length <= _SMALL_BODY:
@@ -248,51 +314,144 @@ class Gateway:
         response.raw_headers = response_headers
         return response
 
+    async def get_json(self, app: str, path: str, ctx: CallContext, timeout_secs: float) -> object:
+        """A JSON document from an instance of `app` (the gateway's own use: the services' OpenAPI documents)."""
+        headers = {REQUEST_ID_HEADER: ctx.request_id, "traceparent": ctx.traceparent, "Accept": "application/json"}
+        async with await self._send(app, "GET", path, headers, None, timeout_secs, resend=True) as answer:
+            if answer.status != 200:
+                raise BadGateway(f"{app} answered {path} with {answer.status}.", service=app)
+            try:
+                return await answer.json(content_type=None)
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                raise BadGateway(f"{app} sent no JSON for {path}.", service=app) from exc
+
+    async def _read_small_body(self, request: Request) -> bytes:
+        try:
+            return await request.body()
+        except ClientDisconnect:
+            raise BodyIncomplete("The request body ended before it was complete.") from None
+
     async def _send(
         self,
         app: str,
         method: str,
         path_qs: str,
         headers: Mapping[str, str],
-        body: RequestBody | None,
+        body: Body,
         read_timeout: float,
+        *,
+        resend: bool,
     ) -> aiohttp.ClientResponse:
-        """Send to an UP instance; a refused connection moves on to another instance while no body was sent.
+        """Send to an UP instance whose breaker allows it; on failure move on to another where that is safe.
 
-        No UP instance or none reachable → 503; no answer within `read_timeout` → 504; a broken answer → 502.
+        A refused connection moves on for any method (nothing was sent) while no byte of a streamed body has
+        gone. A dropped connection or a 502/503 answer is sent again only when `resend` (the request may be
+        repeated) and the body is held in memory, at most `retry_attempts` times, each to an instance not yet
+        tried; with none left, the upstream's own 502/503 is returned. No UP instance, or none reachable →
+        503; no answer within `read_timeout` → 504; a broken answer → 502.
         """
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self.settings.connect_timeout_secs, sock_read=read_timeout
         )
         tried: set[str] = set()
+        resent = 0
         while True:
             instance = self._choose(app, tried)
+            tried.add(instance.instance_id)
+            breaker = self.breakers.get(app, instance.instance_id)
             url = URL(instance.base_url + path_qs, encoded=True)
+            streamed = body if isinstance(body, RequestBody) else None
+            replayable = resend and streamed is None and resent < self.settings.retry_attempts
+            started = time.perf_counter()
             try:
-                return await self.session.request(
-                    method, url, headers=headers, data=body.chunks() if body is not None else None,
+                upstream = await self.session.request(
+                    method, url, headers=headers, data=streamed.chunks() if streamed is not None else body,
                     allow_redirects=False, timeout=timeout,
                 )
             except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
                 # Connection not established, so nothing reached the upstream: another instance is safe.
-                tried.add(instance.instance_id)
-                log.warning("upstream unreachable", app=app, instance=instance.instance_id, error=repr(exc))
-                if (body is not None and body.started) or len(tried) >= self.settings.connect_attempts:
+                self._attempt_failed(app, instance.instance_id, "connect_error", started, exc)
+                if (streamed is not None and streamed.started) or len(tried) >= self.settings.connect_attempts \
+                        or not self._has_another(app, tried):
                     raise ServiceUnavailable(f"{app} cannot be reached.", service=app) from exc
+                metrics.UPSTREAM_RETRIES.labels(app, "connect_error").inc()
+                continue
             except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
-                log.warning("upstream timeout", app=app, instance=instance.instance_id, timeout_secs=read_timeout)
+                if streamed is not None and streamed.failed_here:
+                    raise streamed.refusal() from exc
+                self._attempt_failed(app, instance.instance_id, "timeout", started, exc)
                 raise GatewayTimeout(f"{app} did not answer within {read_timeout:g} s.", service=app) from exc
             except aiohttp.ClientError as exc:
-                log.warning("upstream failed", app=app, instance=instance.instance_id, error=repr(exc))
+                if streamed is not None and streamed.failed_here:
+                    raise streamed.refusal() from exc
+                self._attempt_failed(app, instance.instance_id, "error", started, exc)
+                # Connected, then lost before an answer: the upstream may have acted on it.
+                if replayable and isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError) \
+                        and self._has_another(app, tried):
+                    resent += 1
+                    metrics.UPSTREAM_RETRIES.labels(app, "disconnected").inc()
+                    continue
                 raise BadGateway(f"{app} answered with a broken response.", service=app) from exc
+            status = upstream.status
+            metrics.UPSTREAM_LATENCY.labels(app, str(status)).observe(time.perf_counter() - started)
+            if streamed is not None and streamed.failed_here:
+                # It answered before the cut-off body was complete; the client still gets the refusal.
+                upstream.close()
+                raise streamed.refusal()
+            if status in self._failure_statuses:
+                breaker.record_failure()
+            else:
+                breaker.record_success()
+            if replayable and retry_on_status(status) and self._has_another(app, tried):
+                log.warning("upstream refused; sending to another instance", app=app,
+                            instance=instance.instance_id, status=status)
+                upstream.release()
+                resent += 1
+                metrics.UPSTREAM_RETRIES.labels(app, f"status_{status}").inc()
+                continue
+            return upstream
+
+    def _attempt_failed(self, app: str, instance_id: str, outcome: str, started: float, exc: Exception) -> None:
+        metrics.UPSTREAM_LATENCY.labels(app, outcome).observe(time.perf_counter() - started)
+        self.breakers.get(app, instance_id).record_failure()
+        log.warning("upstream attempt failed", app=app, instance=instance_id, outcome=outcome, error=repr(exc))
+
+    def _candidates(self, app: str, tried: set[str]) -> tuple[list[Instance], list[Instance]]:
+        """(UP instances not tried yet, those of them whose breaker lets them be chosen now)."""
+        instances = self.registry.instances(app)
+        self._prune_breakers(app, instances)
+        untried = [i for i in instances if i.instance_id not in tried]
+        usable = [i for i in untried if self.breakers.get(app, i.instance_id).available()]
+        return untried, usable
+
+    def _has_another(self, app: str, tried: set[str]) -> bool:
+        return bool(self._candidates(app, tried)[1])
 
     def _choose(self, app: str, tried: set[str]) -> Instance:
-        try:
-            return self.registry.choose(app, exclude=frozenset(tried))
-        except ServiceUnavailable:
-            if tried:
-                raise ServiceUnavailable(f"{app} cannot be reached.", service=app) from None
-            raise
+        """Round robin over the instances a request may go to; 503 (with Retry-After if breakers) when none."""
+        untried, usable = self._candidates(app, tried)
+        if not usable:
+            if not untried:
+                detail = f"{app} cannot be reached." if tried else f"No UP instance of {app} is registered."
+                raise ServiceUnavailable(detail, service=app)
+            wait = min(self.breakers.get(app, i.instance_id).retry_after_secs() for i in untried)
+            raise ServiceUnavailable(f"Every instance of {app} failed repeatedly; its circuit is open.",
+                                     service=app, retry_after=max(1, wait))
+        cursor = self._cursors.setdefault(app, itertools.count())
+        instance = usable[next(cursor) % len(usable)]
+        self.breakers.get(app, instance.instance_id).begin()
+        return instance
+
+    def _prune_breakers(self, app: str, instances: list[Instance]) -> None:
+        # Instances that left the registry take their breakers (and metric series) with them; once a minute.
+        now = time.monotonic()
+        if now - self._pruned_at.get(app, 0.0) >= 60:
+            self._pruned_at[app] = now
+            self.breakers.prune(app, [i.instance_id for i in instances])
+
+    def _breaker_changed(self, app: str, instance_id: str, state: BreakerState) -> None:
+        metrics.breaker_changed(app, instance_id, state)
+        log.warning("circuit breaker", app=app, instance=instance_id, state=state.name.lower())
 
 
 async def _stream(upstream: aiohttp.ClientResponse, app: str) -> AsyncIterator[bytes]:

@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.errors import problem
 from shared.metrics import observe_request
+from shared.tracing import request_traceparent
 
 REQUEST_ID_HEADER = "X-Request-ID"
 
@@ -76,10 +77,12 @@ class RequestMiddleware:
             return
         headers = Headers(scope=scope)
         request_id = headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
-        traceparent = headers.get("traceparent", "")
-        trace_id = traceparent.split("-")[1] if traceparent.count("-") >= 3 else ""
-        scope.setdefault("state", {})["request_id"] = request_id
-        structlog.contextvars.bind_contextvars(request_id=request_id, trace_id=trace_id)
+        # The caller's trace (or a new one): the gateway forwards exactly this, so every hop logs one trace id.
+        traceparent = request_traceparent(headers.get("traceparent", ""))
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["traceparent"] = traceparent
+        structlog.contextvars.bind_contextvars(request_id=request_id, trace_id=traceparent[3:35])
         status = 500
         started = time.perf_counter()
 
@@ -94,7 +97,8 @@ class RequestMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
-            route = getattr(scope.get("route"), "path", "unmatched")
+            # An app may name the route itself (the gateway: the route table's prefix, not its catch-all).
+            route = state.get("route_label") or getattr(scope.get("route"), "path", "unmatched")
             if route not in ("/metrics", "/health", "/ready"):
                 observe_request(self.service, scope["method"], route, status, elapsed)
                 self.log.info("request", method=scope["method"], path=path, status=status,

@@ -20,6 +20,7 @@ from shared.metrics import metrics_endpoint
 from shared.migrations import upgrade_to_head
 from shared.registry_client import RegistryClient
 from shared.settings import ServiceSettings
+from shared.tracing import configure_tracing
 
 log = structlog.get_logger(__name__)
 
@@ -35,8 +36,13 @@ def create_service_app(
     on_startup: Hook | None = None,
     on_shutdown: Hook | None = None,
     discover: bool = True,
+    openapi_url: str | None = "/openapi.json",
+    docs_url: str | None = "/docs",
 ) -> FastAPI:
-    """Build a service. `package_dir` holds the service's `migrations/`; None means no database."""
+    """Build a service. `package_dir` holds the service's `migrations/`; None means no database.
+
+    `openapi_url`/`docs_url` None leave those paths to the service (the gateway serves a merged document).
+    """
     service = settings.app_name.lower()
     configure_logging(service, settings.log_level, settings.log_json)
 
@@ -64,8 +70,9 @@ def create_service_app(
                 await app.state.db.dispose()
             log.info("service stopped")
 
-    app = FastAPI(title=title, lifespan=lifespan)
+    app = FastAPI(title=title, lifespan=lifespan, openapi_url=openapi_url, docs_url=docs_url)
     app.state.settings = settings
+    configure_tracing(app, settings)
     install_error_handlers(app)
     if settings.fault_injection:
         faults = FaultInjector()

@@ -50,6 +50,10 @@ class ServiceSettings(BaseSettings):
     # Tests and drills only: POST /_faults makes matching requests fail or slow down.
     fault_injection: bool = False
 
+    # OpenTelemetry (shared/tracing.py), off by default. The exporter reads its own OTEL_EXPORTER_OTLP_* variables.
+    otel_enabled: bool = False
+    otel_traces_exporter: Literal["otlp", "console", "memory", "none"] = "otlp"
+
     @model_validator(mode="after")
     def _refuse_dev_defaults_in_production(self) -> ServiceSettings:
         if self.env == "production":
