@@ -1,0 +1,1 @@
+"""Tests of the saga dashboard (router, and the pages in a real headless Chromium)."""
