@@ -280,3 +280,43 @@ async def running_gateway(
 async def gw(running_gateway: GatewayUnderTest) -> GatewayUnderTest:
     running_gateway.seen.reset()
     return running_gateway
+
+
+@dataclass
+class Instance:
+    """A fake service instance that counts what reached it and answers with planned statuses."""
+
+    name: str
+    # path → statuses to answer first, in order; then `always[path]`, else 200.
+    plans: dict[str, list[int]] = field(default_factory=dict)
+    always: dict[str, int] = field(default_factory=dict)
+    calls: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+
+    def count(self, path: str, method: str | None = None) -> int:
+        return sum(1 for m, p, _ in self.calls if p == path and (method is None or m == method))
+
+    def app(self) -> Starlette:
+        async def answer(request: Request) -> Response:
+            body = await request.body()
+            path = request.url.path
+            self.calls.append((request.method, path, dict(request.headers)))
+            plan = self.plans.get(path)
+            status = plan.pop(0) if plan else self.always.get(path, 200)
+            return JSONResponse({"instance": self.name, "path": path, "body_size": len(body)}, status_code=status)
+
+        methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+        return Starlette(routes=[StarletteRoute("/{path:path}", answer, methods=methods)])
+
+
+def quiet_settings(**overrides: Any) -> Settings:
+    """Gateway settings for in-process tests: no registry, warnings only."""
+    return Settings(env="test", eureka_server_url="", log_level="WARNING", log_json=False, **overrides)
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Any) -> AsyncIterator[RunningServer]:
+    server = await RunningServer(app).start()
+    try:
+        yield server
+    finally:
+        await server.stop()

@@ -1,0 +1,160 @@
+"""The gateway's merged OpenAPI document and docs page: pure merge rules, then against real FastAPI upstreams."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+from gateway.app import create_app
+from gateway.openapi import merge_openapi
+from gateway.routes import Route, RouteTable
+from tests.gateway.conftest import free_port, quiet_settings, serving
+
+ROUTES = RouteTable([
+    Route(prefix="/api/orders", app="ORDER-SERVICE"),
+    Route(prefix="/api/inventory", app="INVENTORY-SERVICE"),
+    Route(prefix="/api/payments", app="PAYMENT-SERVICE"),
+])
+
+
+def _doc(paths: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any]:
+    return {"openapi": "3.1.0", "info": {"title": "x", "version": "1"}, "paths": paths,
+            "components": {"schemas": schemas}}
+
+
+def _op(operation_id: str, ref: str | None = None) -> dict[str, Any]:
+    op: dict[str, Any] = {"operationId": operation_id, "responses": {"200": {"description": "ok"}}}
+    if ref:
+        op["responses"]["200"]["content"] = {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}
+    return op
+
+
+def test_only_proxied_paths_of_each_service_are_kept() -> None:
+    orders = _doc({"/api/orders": {"get": _op("list_orders")}, "/validate": {"get": _op("validate")},
+                   "/api/inventory/x": {"get": _op("not_mine")}}, {})
+    merged = merge_openapi(ROUTES, {"ORDER-SERVICE": orders}, {})
+    assert list(merged["paths"]) == ["/api/orders"]
+    assert merged["paths"]["/api/orders"]["get"]["tags"] == ["ORDER-SERVICE"]
+
+
+def test_identical_components_are_shared_and_clashing_ones_renamed_with_their_refs() -> None:
+    problem = {"type": "object", "properties": {"status": {"type": "integer"}}}
+    orders = _doc({"/api/orders": {"get": _op("a", "Item")}},
+                  {"Item": {"type": "object", "properties": {"id": {"type": "string"}}}, "Problem": problem,
+                   "Page": {"type": "array", "items": {"$ref": "#/components/schemas/Item"}}})
+    inventory = _doc({"/api/inventory": {"get": _op("b", "Page")}},
+                     {"Item": {"type": "object", "properties": {"sku": {"type": "string"}}}, "Problem": problem,
+                      "Page": {"type": "array", "items": {"$ref": "#/components/schemas/Item"}}})
+    merged = merge_openapi(ROUTES, {"ORDER-SERVICE": orders, "INVENTORY-SERVICE": inventory}, {})
+    schemas = merged["components"]["schemas"]
+    # INVENTORY-SERVICE sorts first, so it keeps the plain names; ORDER-SERVICE's clashing ones are renamed,
+    # and so is its Page, whose definition differs once its Item ref is renamed.
+    assert set(schemas) == {"Item", "Page", "Problem", "ORDER-SERVICE.Item", "ORDER-SERVICE.Page"}
+    assert schemas["ORDER-SERVICE.Page"]["items"]["$ref"] == "#/components/schemas/ORDER-SERVICE.Item"
+    order_ref = merged["paths"]["/api/orders"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert order_ref == {"$ref": "#/components/schemas/ORDER-SERVICE.Item"}
+    inventory_ref = merged["paths"]["/api/inventory"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert inventory_ref["schema"] == {"$ref": "#/components/schemas/Page"}
+
+
+def test_duplicate_operation_ids_are_made_unique_and_absent_services_noted() -> None:
+    orders = _doc({"/api/orders": {"get": _op("health")}}, {})
+    inventory = _doc({"/api/inventory": {"get": _op("health")}}, {})
+    merged = merge_openapi(ROUTES, {"ORDER-SERVICE": orders, "INVENTORY-SERVICE": inventory},
+                           {"PAYMENT-SERVICE": "PAYMENT-SERVICE cannot be reached."})
+    ids = [merged["paths"][p]["get"]["operationId"] for p in ("/api/inventory", "/api/orders")]
+    assert ids == ["health", "ORDER-SERVICE.health"]
+    assert "PAYMENT-SERVICE" in merged["info"]["description"]
+    assert merged["x-services"] == {"included": ["INVENTORY-SERVICE", "ORDER-SERVICE"],
+                                    "unavailable": {"PAYMENT-SERVICE": "PAYMENT-SERVICE cannot be reached."}}
+
+
+# ---------------------------------------------------------------- against real upstreams
+
+
+class OrderOut(BaseModel):
+    id: str
+    status: str
+
+
+class ProductOut(BaseModel):
+    sku: str
+
+
+def order_app() -> FastAPI:
+    app = FastAPI(title="order_service")
+
+    @app.get("/api/orders/{order_id}", response_model=OrderOut)
+    async def read_order(order_id: str) -> OrderOut:
+        return OrderOut(id=order_id, status="PENDING")
+
+    @app.get("/validate")
+    async def validate() -> dict[str, str]:
+        return {}
+
+    return app
+
+
+def inventory_app() -> FastAPI:
+    app = FastAPI(title="inventory_service")
+
+    @app.get("/api/inventory/products", response_model=list[ProductOut])
+    async def list_products(limit: int = 10) -> list[ProductOut]:
+        return []
+
+    return app
+
+
+@pytest.fixture(scope="module")
+async def docs_gateway() -> AsyncIterator[str]:
+    async with serving(order_app()) as orders, serving(inventory_app()) as inventory:
+        settings = quiet_settings(
+            routes=[Route(prefix="/api/orders", app="ORDER-SERVICE"),
+                    Route(prefix="/api/inventory", app="INVENTORY-SERVICE"),
+                    Route(prefix="/api/payments", app="PAYMENT-SERVICE")],
+            static_instances={"ORDER-SERVICE": [orders.url], "INVENTORY-SERVICE": [inventory.url],
+                              "PAYMENT-SERVICE": [f"http://127.0.0.1:{free_port()}"]},
+            openapi_cache_secs=60,
+        )
+        async with serving(create_app(settings)) as gateway:
+            yield gateway.url
+
+
+async def test_merged_document_covers_the_proxied_routes_and_notes_the_absent(docs_gateway: str) -> None:
+    async with httpx.AsyncClient(base_url=docs_gateway) as client:
+        response = await client.get("/openapi.json")  # public: no token
+    assert response.status_code == 200, response.text
+    document = response.json()
+    assert set(document["paths"]) == {"/api/orders/{order_id}", "/api/inventory/products"}
+    assert {"OrderOut", "ProductOut"} <= set(document["components"]["schemas"])
+    assert document["x-services"]["included"] == ["INVENTORY-SERVICE", "ORDER-SERVICE"]
+    assert list(document["x-services"]["unavailable"]) == ["PAYMENT-SERVICE"]
+    assert "PAYMENT-SERVICE" in document["info"]["description"]
+
+
+def _fetches(metrics: str) -> float:
+    prefix = 'gateway_upstream_request_duration_seconds_count{app="INVENTORY-SERVICE",outcome="200"}'
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(prefix))
+
+
+async def test_merged_document_is_cached(docs_gateway: str) -> None:
+    async with httpx.AsyncClient(base_url=docs_gateway) as client:
+        before = _fetches((await client.get("/metrics")).text)
+        first = (await client.get("/openapi.json")).json()
+        second = (await client.get("/openapi.json")).json()
+        after = _fetches((await client.get("/metrics")).text)
+    assert first == second
+    assert after - before <= 1  # at most one fetch of the service's document for both requests
+
+
+async def test_docs_page_is_swagger_ui_on_the_merged_document(docs_gateway: str) -> None:
+    async with httpx.AsyncClient(base_url=docs_gateway) as client:
+        response = await client.get("/docs")
+    assert response.status_code == 200
+    assert "text/html" in response.headers["content-type"]
+    assert "swagger-ui" in response.text and "/openapi.json" in response.text
