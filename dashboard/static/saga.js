@@ -141,7 +141,9 @@
     const body = document.querySelector("#timeline tbody");
     body.replaceChildren(...rows.map((row) => {
       const name = row.kind === "compensation" ? `↩ undo ${row.step}` : row.step;
-      const error = [row.error, row.outcomeUnknown ? "(outcome unknown: compensated too)" : null]
+      // An error on a row that succeeded is from an earlier attempt (a transient failure, or a retried compensation).
+      const earlier = row.error && row.status === "SUCCEEDED" ? "earlier attempt: " : "";
+      const error = [row.error ? earlier + row.error : null, row.outcomeUnknown ? "(outcome unknown: compensated too)" : null]
         .filter(Boolean).join(" ");
       return el("tr", { class: `row-${row.kind}`, dataset: { kind: row.kind, step: row.step, status: row.status } },
         el("td", {}, el("code", {}, name), row.retried ? el("span", { class: "note" }, " (retried)") : null),

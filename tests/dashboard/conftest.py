@@ -1,0 +1,94 @@
+"""Fixtures of the dashboard's tests: a gateway that serves /dashboard, and a headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import User
+from tests.dashboard.shop import Shop, open_shop
+from tests.fleet import Fleet, ServiceProcess, free_port, wait_http
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+# Never a browser of Playwright's own: Debian's chromium, headless, with nothing that phones home.
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+
+
+def _serves_dashboard(url: str) -> bool:
+    try:
+        response = httpx.get(f"{url}/dashboard", timeout=5)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200 and response.headers.get("content-type", "").startswith("text/html")
+
+
+@pytest.fixture(scope="session")
+def dashboard_url(fleet: Fleet, gateway_url: str) -> Iterator[str]:
+    """The fleet's gateway when it mounts the dashboard; else a gateway process that does (same registry)."""
+    if _serves_dashboard(gateway_url):
+        yield gateway_url
+        return
+    port = free_port()
+    env = fleet.service_env("gateway", port, APP_NAME="GATEWAY-DASHBOARD-TEST")
+    proc = ServiceProcess("gateway_dashboard", "tests.dashboard.gateway_with_dashboard", port, env,
+                          fleet.workdir / "gateway_dashboard.log")
+    proc.start()
+    try:
+        wait_http(f"{proc.url}/health", proc)
+        yield proc.url
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def shop(gateway_url: str, admin: User) -> Shop:
+    return open_shop(gateway_url, admin, "DASH")
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Debian's chromium driven by Playwright; the tests skip (saying why) when it cannot be launched."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the dev extra)")
+    if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
+        pytest.skip(f"no chromium at {CHROMIUM}: apt-get install -y chromium (CHROMIUM_PATH overrides)")
+    playwright = sync_api.sync_playwright().start()
+    try:
+        try:
+            chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000)
+        except sync_api.Error as exc:
+            pytest.skip(f"chromium at {CHROMIUM} could not be launched: {exc}")
+        yield chromium
+        chromium.close()
+    finally:
+        playwright.stop()
+
+
+@pytest.fixture
+def page(browser: Any, dashboard_url: str) -> Iterator[Any]:
+    """A fresh browser context (its own sessionStorage) with the gateway as base URL."""
+    context = browser.new_context(base_url=dashboard_url, viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(20_000)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+@pytest.fixture(scope="session")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the tests leave screenshots: DASHBOARD_SCREENSHOTS, else a pytest temporary directory."""
+    chosen = os.environ.get("DASHBOARD_SCREENSHOTS")
+    path = Path(chosen) if chosen else tmp_path_factory.mktemp("dashboard-screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
