@@ -8,6 +8,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DataError, DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
@@ -108,6 +109,20 @@ def install_error_handlers(app: FastAPI) -> None:
         titles = {404: "Not found", 405: "Method not allowed", 413: "Payload too large"}
         return problem(exc.status_code, titles.get(exc.status_code, str(exc.detail)), str(exc.detail),
                        headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(DataError)
+    async def _data(_: Request, exc: DataError) -> JSONResponse:
+        # Input the schema let through but the database refused (e.g. a value out of its range).
+        log.warning("database refused a value", error=str(exc.orig))
+        return problem(422, "Unprocessable request", "A value is out of the range the service can store.",
+                       "validation-error")
+
+    @app.exception_handler(DBAPIError)
+    async def _database(_: Request, exc: DBAPIError) -> JSONResponse:
+        # Connection refused, dropped or exhausted: transient, the caller may retry.
+        log.warning("database unavailable", error=repr(exc.orig))
+        return problem(503, "Service unavailable", "The service's database is unavailable; retry later.",
+                       "unavailable", headers={"Retry-After": "1"})
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
