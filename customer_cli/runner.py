@@ -33,6 +33,13 @@ DEMO_ADMIN_EMAIL = "admin@example.com"
 DEMO_ADMIN_PASSWORD = "admin-password-dev"
 
 
+def _as_list(value: object) -> list[dict[str, str]]:
+    """Eureka's JSON gives a single instance as an object and several as a list."""
+    if isinstance(value, dict):
+        return [value]
+    return value if isinstance(value, list) else []
+
+
 def _die_with_parent() -> None:
     """In the child: ask Linux to SIGTERM it when the runner dies, even by SIGKILL (no orphans)."""
     try:
@@ -77,8 +84,8 @@ class LocalFleet:
             "PORT": str(port),
             "PYTHONUNBUFFERED": "1",
             "EUREKA_SERVER_URL": self.registry_url,
-            "EUREKA_RENEWAL_INTERVAL_SECS": os.environ.get("EUREKA_RENEWAL_INTERVAL_SECS", "5"),
-            "EUREKA_LEASE_DURATION_SECS": os.environ.get("EUREKA_LEASE_DURATION_SECS", "15"),
+            "EUREKA_RENEWAL_INTERVAL_SECS": os.environ.get("EUREKA_RENEWAL_INTERVAL_SECS", "2"),
+            "EUREKA_LEASE_DURATION_SECS": os.environ.get("EUREKA_LEASE_DURATION_SECS", "10"),
             "BOOTSTRAP_ADMIN_EMAIL": os.environ.get("BOOTSTRAP_ADMIN_EMAIL", DEMO_ADMIN_EMAIL),
             "BOOTSTRAP_ADMIN_PASSWORD": os.environ.get("BOOTSTRAP_ADMIN_PASSWORD", DEMO_ADMIN_PASSWORD),
         }
@@ -130,16 +137,23 @@ class LocalFleet:
         raise TimeoutError(f"{component.name} did not become healthy in {timeout}s")
 
     def _wait_routable(self, timeout: float) -> None:
-        """Ready when the gateway can reach auth and the catalogue through the registry."""
+        """Ready when every service is UP in the registry and the gateway has had time to see it."""
+        apps = {name.upper().replace("_", "-") for name in COMPONENTS if name != "registry"}
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"{self.gateway_url}/api/inventory/products", timeout=2).status_code == 200:
+                response = httpx.get(f"{self.registry_url}/apps", headers={"Accept": "application/json"}, timeout=2)
+                listed = _as_list(response.json()["applications"].get("application", []))
+                up = {app["name"] for app in listed
+                      if any(i["status"] == "UP" for i in _as_list(app.get("instance", [])))}
+                if apps <= up:
+                    # The gateway refreshes its copy of the registry once per renewal interval.
+                    time.sleep(float(os.environ.get("EUREKA_RENEWAL_INTERVAL_SECS", "2")) + 1)
                     return
-            except httpx.HTTPError:
+            except (httpx.HTTPError, KeyError, ValueError):
                 pass
             time.sleep(0.3)
-        raise TimeoutError(f"the gateway could not route requests within {timeout}s")
+        raise TimeoutError(f"not every service registered within {timeout}s")
 
     def stop(self, timeout: float = 15) -> None:
         self.stopping = True
