@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
+import ssl
 import threading
 from dataclasses import dataclass
+from io import BytesIO
 
+import httpx
 import structlog
+from py_eureka_client import http_client as eureka_http
 from py_eureka_client.eureka_client import EurekaClient
 
 from shared.errors import ServiceUnavailable
@@ -68,6 +72,46 @@ async def stop_eureka_client(client: EurekaClient, deregister: bool = True) -> N
     if deregister and client._EurekaClient__alive:  # type: ignore[attr-defined]
         await register(status="DOWN")
         await cancel()
+
+
+class _EurekaHttpClient(eureka_http.HttpClient):
+    """py-eureka-client's HTTP client with one TLS context for the process.
+
+    The library opens a new httpx client for every heartbeat and registry fetch, and each one built a
+    fresh TLS context (the CA bundle parsed again): measured at ~15 % of a service's CPU under load with
+    1 s heartbeats. The context is built once here; the rest of the library's behaviour is kept.
+    """
+
+    _tls: ssl.SSLContext | None = None
+
+    async def urlopen(self, request: str | eureka_http.HttpRequest | None = None, data: bytes | None = None,
+                      timeout: float | None = None) -> eureka_http.HttpResponse:  # noqa: ASYNC109 (the library's signature)
+        if isinstance(request, eureka_http.HttpRequest):
+            req = request
+        elif isinstance(request, str):
+            req = eureka_http.HttpRequest(request)
+        else:
+            raise eureka_http.URLError("Invalid URL")
+        if data is not None:
+            req.content = data
+        req.add_header("Connection", "close")
+        req.add_header("Accept-Encoding", "gzip, deflate")
+        tls = _EurekaHttpClient._tls
+        if tls is None:
+            tls = _EurekaHttpClient._tls = httpx.create_ssl_context()
+        try:
+            async with httpx.AsyncClient(timeout=timeout, follow_redirects=True, verify=tls) as client:
+                response = await client.send(req._to_httpx_request())
+                response.raise_for_status()
+                return eureka_http.HttpResponse(response)
+        except httpx.HTTPStatusError as exc:
+            raise eureka_http.HTTPError(exc.request.url, exc.response.status_code, str(exc), exc.response.headers,
+                                        BytesIO(exc.response.content)) from exc
+        except httpx.RequestError as exc:
+            raise eureka_http.URLError(str(exc)) from exc
+
+
+eureka_http.set_http_client(_EurekaHttpClient())
 
 
 def _on_eureka_error(error_type: str, exception: Exception) -> None:
