@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
 from saga_orchestrator.domain import Saga
+from saga_orchestrator.metrics import EVENT_STORE_EVENTS, EVENT_STORE_SAVES
 
 log = structlog.get_logger(__name__)
 
@@ -115,10 +116,13 @@ class SagaStore:
 
     async def save(self, saga: Saga) -> None:
         """Save the saga's pending events in one transaction; a version conflict raises ConcurrentSagaUpdate."""
+        events = len(saga.pending_events)
         try:
             await self._run(self.app.save, saga)
         except IntegrityError as exc:
             raise ConcurrentSagaUpdate(f"saga {saga.id} was saved by another writer") from exc
+        EVENT_STORE_SAVES.inc()
+        EVENT_STORE_EVENTS.inc(events)
 
     async def get(self, saga_id: UUID) -> Saga | None:
         def load() -> Saga | None:
