@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint seed clean
+.PHONY: up test lint seed clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ seed: $(STAMP)
 ## The full test suite (needs PostgreSQL on 127.0.0.1:5432, user postgres).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+## The saga path measured: throughput, latency, lower bound, gateway vs nginx, memory (bench/README.md).
+## GATEWAY_URL=... targets a running stack; BENCH_SCALE=3 runs longer phases.
+bench: $(STAMP)
+	$(BIN)/python -m bench
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

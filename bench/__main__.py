@@ -1,0 +1,284 @@
+"""`make bench` / `python -m bench`: the saga path measured end to end, with its lower bound and yardsticks.
+
+Starts the fleet against PostgreSQL (cs_bench_* databases), or targets a running stack when
+GATEWAY_URL is set, then measures in one run:
+  1. placeCustomerOrder through the gateway at 1, 16 and 64 clients (to a terminal state, Prefer: wait)
+  2. the lower bound: a bare client making the same seven service calls directly
+  3. the same authenticated GET direct to a service, through the gateway, through nginx auth_request
+  4. each process's RSS after the run, and CPU per saga per process
+  5. event-store saves per saga in the run, and the store's own ceiling (saves/s)
+It prints a table and writes bench/results/latest.json. BENCH_SCALE (default 1) stretches every phase;
+BENCH_REPEAT (default 1) repeats the 64-client saga and bare phases, interleaved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import re
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench import event_store
+from bench.load import Figures, closed_loop
+from bench.nginx import Nginx
+from bench.procstats import CpuMeter, commits, rss_mb
+from bench.sagas import BareSagas, GatewaySagas, OrderReads, new_session
+from bench.stack import DB_PREFIX, Stack, attach, prepare, refresh_tokens, service_token, start_fleet
+from tests.fleet import PG_ADMIN_DSN
+
+RESULTS = Path(__file__).resolve().parent / "results"
+LEVELS = [int(x) for x in os.environ.get("BENCH_LEVELS", "1,16,64").split(",")]
+SCALE = float(os.environ.get("BENCH_SCALE", "1"))
+REPEAT = int(os.environ.get("BENCH_REPEAT", "1"))
+SECONDS = {1: 5.0, 16: 8.0}  # a level's measured seconds at scale 1 (others: 12)
+WARMUP = 3.0
+STATS_SETTLE_SECS = 11  # PostgreSQL backends publish their commit counts within 10 s of going idle
+
+
+def _secs(level: int) -> float:
+    return SECONDS.get(level, 12.0) * SCALE
+
+
+def _metric(text: str, name: str) -> float | None:
+    match = re.search(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else None
+
+
+def orchestrator_counters(stack: Stack) -> dict[str, float | None]:
+    url = stack.services.get("saga_orchestrator")
+    if not url:
+        return {}
+    try:
+        text = httpx.get(f"{url}/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return {}
+    return {name: _metric(text, name) for name in
+            ("saga_started_total", "saga_event_store_saves_total", "saga_event_store_events_total")}
+
+
+def _per(delta: float | None, count: float) -> float | None:
+    return round(delta / count, 2) if delta is not None and count else None
+
+
+def _delta(after: dict[str, float | None], before: dict[str, float | None], name: str) -> float | None:
+    a, b = after.get(name), before.get(name)
+    return a - b if a is not None and b is not None else None
+
+
+class Bench:
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.results: list[Figures] = []
+        self.errors: list[str] = []
+        self.cpu = CpuMeter(stack.pids, PG_ADMIN_DSN, DB_PREFIX) if stack.pids else None
+
+    def log(self, figures: Figures) -> None:
+        self.results.append(figures)
+        load = figures.loadavg[0]
+        print(f"  {figures.name:28} c={figures.concurrency:<3} {figures.per_sec:8.1f}/s  p50 {figures.p50_ms:7.1f}  "
+              f"p95 {figures.p95_ms:7.1f}  p99 {figures.p99_ms:7.1f} ms  failures {figures.failures}  "
+              f"load {load:.2f}", flush=True)
+
+    async def phase(self, name: str, one: Any, level: int, seconds: float, per: str = "") -> Figures:
+        before = self.cpu.sample() if self.cpu else None
+        figures = await closed_loop(name, one, level, seconds, WARMUP * min(SCALE, 2), self.errors)
+        if self.cpu and before is not None and figures.completed:
+            used = CpuMeter.used(before, self.cpu.sample())
+            busy = used.pop("machine busy (cores)")
+            # Warm-up CPU is in the sample too: divide by everything done in the sampled time.
+            done = figures.completed * (1 + WARMUP * min(SCALE, 2) / figures.seconds)
+            figures.extra["cpu_ms_per_op"] = {k: round(v * 1000 / done, 2) for k, v in used.items() if v > 0}
+            figures.extra["machine_busy_cores"] = busy
+        self.log(figures)
+        return figures
+
+    async def sagas(self, level: int) -> Figures:
+        refresh_tokens(self.stack)
+        async with new_session(level + 8) as session:
+            driver = GatewaySagas(self.stack, session)
+            before = orchestrator_counters(self.stack)
+            figures = await self.phase("placeCustomerOrder (gateway)", driver.one, level, _secs(level))
+            after = orchestrator_counters(self.stack)
+        started = _delta(after, before, "saga_started_total")
+        figures.extra["outcomes"] = driver.outcomes
+        figures.extra["saves_per_saga"] = _per(_delta(after, before, "saga_event_store_saves_total"), started or 0)
+        figures.extra["events_per_saga"] = _per(_delta(after, before, "saga_event_store_events_total"), started or 0)
+        figures.extra["attempts"] = driver.attempts
+        return figures
+
+    async def bare(self, level: int) -> Figures:
+        token = service_token(self.stack)
+        async with new_session(level * 2 + 8) as session:
+            driver = BareSagas(self.stack, session, token)
+            figures = await self.phase("bare client (7 direct calls)", driver.one, level, _secs(level))
+        figures.extra["outcomes"] = driver.outcomes
+        figures.extra["attempts"] = driver.attempts
+        return figures
+
+    async def reads(self, name: str, base_url: str, level: int) -> Figures:
+        refresh_tokens(self.stack)
+        async with new_session(level + 8) as session:
+            return await self.phase(name, OrderReads(self.stack, session, base_url).one, level, 8 * SCALE)
+
+
+def _commit_counts() -> dict[str, int]:
+    try:
+        return commits(PG_ADMIN_DSN, DB_PREFIX)
+    except Exception:
+        return {}
+
+
+def _commits_per(before: dict[str, int], after: dict[str, int], count: int) -> dict[str, float]:
+    if not count:
+        return {}
+    return {db: round((after[db] - before.get(db, 0)) / count, 2) for db in sorted(after)
+            if db != "event_store" and after[db] - before.get(db, 0) > 0}
+
+
+async def run(stack: Stack) -> dict[str, Any]:
+    bench = Bench(stack)
+    report: dict[str, Any] = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
+        "python": platform.python_version(), "scale": SCALE, "levels": LEVELS, "repeat": REPEAT,
+        "loadavg_start": os.getloadavg(), "gateway_url": stack.gateway_url, "fleet_started_by_bench": bool(stack.fleet),
+    }
+    can_direct = all(p in stack.services for p in ("order_service", "inventory_service", "payment_service",
+                                                   "carrier_service", "shipment_service"))
+
+    print("event store ceiling (SagaStore saves, no HTTP) ...", flush=True)
+    report["event_store"] = await event_store.run([1, 64], 5 * SCALE)
+    for row in report["event_store"]:
+        print(f"  c={row['concurrency']:<3} {row['saves_per_sec']:8.1f} saves/s  {row['sagas_per_sec']:7.1f} "
+              f"sagas/s at {row['saves_per_saga']} saves per saga", flush=True)
+
+    base = _commit_counts()
+    print("placeCustomerOrder through the gateway ...", flush=True)
+    saga_runs = [await bench.sagas(level) for level in LEVELS]
+    bare_runs: list[Figures] = []
+    if can_direct:
+        await asyncio.sleep(STATS_SETTLE_SECS)
+        after_sagas = _commit_counts()
+        report["commits_per_saga"] = {"orchestrated": _commits_per(base, after_sagas, sum(
+            int(f.extra["attempts"]) for f in saga_runs))}
+        print("lower bound: bare client, seven direct calls ...", flush=True)
+        bare_runs = [await bench.bare(level) for level in LEVELS]
+        await asyncio.sleep(STATS_SETTLE_SECS)
+        report["commits_per_saga"]["bare"] = _commits_per(after_sagas, _commit_counts(), sum(
+            int(f.extra["attempts"]) for f in bare_runs))
+    top = max(LEVELS)
+    for _ in range(REPEAT - 1):
+        print(f"repeat at {top} clients ...", flush=True)
+        saga_runs.append(await bench.sagas(top))
+        if can_direct:
+            bare_runs.append(await bench.bare(top))
+
+    overhead: list[Figures] = []
+    if "order_service" in stack.services and "auth_service" in stack.services:
+        print(f"gateway overhead: GET /api/orders/{{id}} at {top} clients ...", flush=True)
+        overhead.append(await bench.reads("GET direct to order_service", stack.services["order_service"], top))
+        overhead.append(await bench.reads("GET through the gateway", stack.gateway_url, top))
+        nginx = Nginx(stack.services["auth_service"], stack.services["order_service"])
+        nginx.start()
+        try:
+            if bench.cpu:
+                bench.cpu.pids.update({f"nginx {i}": pid for i, pid in enumerate(nginx.pids())})
+            overhead.append(await bench.reads("GET through nginx auth_request", nginx.url, top))
+        finally:
+            nginx.stop()
+            if bench.cpu:
+                for key in [k for k in bench.cpu.pids if k.startswith("nginx")]:
+                    del bench.cpu.pids[key]
+
+    report["rss_mb"] = {name: rss_mb(pid) for name, pid in sorted(stack.pids.items())}
+    report["phases"] = [f.as_dict() for f in bench.results]
+    report["errors"] = bench.errors
+    report["loadavg_end"] = os.getloadavg()
+    report["summary"] = summarize(saga_runs, bare_runs, overhead, report)
+    return report
+
+
+def _best(runs: list[Figures], level: int) -> Figures | None:
+    """Of repeated runs at one level, the median by throughput (noise from others' work on the machine)."""
+    at = sorted((f for f in runs if f.concurrency == level), key=lambda f: f.per_sec)
+    return at[len(at) // 2] if at else None
+
+
+def summarize(saga_runs: list[Figures], bare_runs: list[Figures], overhead: list[Figures],
+              report: dict[str, Any]) -> dict[str, Any]:
+    top = max(LEVELS)
+    saga, bare = _best(saga_runs, top), _best(bare_runs, top)
+    summary: dict[str, Any] = {}
+    if saga:
+        summary["sagas_per_sec_at_top"] = saga.per_sec
+        summary["p99_ms_at_top"] = saga.p99_ms
+        summary["saves_per_saga"] = saga.extra.get("saves_per_saga")
+    if saga and bare and bare.per_sec:
+        summary["orchestrator_vs_bare"] = round(saga.per_sec / bare.per_sec, 2)
+    by_name = {f.name: f for f in overhead}
+    gw, ng = by_name.get("GET through the gateway"), by_name.get("GET through nginx auth_request")
+    direct = by_name.get("GET direct to order_service")
+    if gw and ng and ng.per_sec:
+        summary["gateway_vs_nginx"] = round(gw.per_sec / ng.per_sec, 2)
+    if gw and direct and direct.per_sec:
+        summary["gateway_vs_direct"] = round(gw.per_sec / direct.per_sec, 2)
+    if ng and direct and direct.per_sec:
+        summary["nginx_vs_direct"] = round(ng.per_sec / direct.per_sec, 2)
+    store = max(report.get("event_store", []), key=lambda r: r["saves_per_sec"], default=None)
+    saves = summary.get("saves_per_saga")
+    if store and saves:
+        summary["event_store_saves_per_sec"] = store["saves_per_sec"]
+        summary["event_store_ceiling_sagas_per_sec"] = round(store["saves_per_sec"] / saves, 1)
+    return summary
+
+
+def print_table(report: dict[str, Any]) -> None:
+    print()
+    print("| phase | clients | /s | p50 ms | p95 ms | p99 ms | failures | load 1m |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for f in report["phases"]:
+        print(f"| {f['name']} | {f['concurrency']} | {f['per_sec']:.1f} | {f['p50_ms']:.1f} | {f['p95_ms']:.1f} | "
+              f"{f['p99_ms']:.1f} | {f['failures']} | {f['loadavg'][0]:.2f} |")
+    summary = report["summary"]
+    print()
+    for key, value in summary.items():
+        print(f"{key:38} {value}")
+    for kind, per_db in report.get("commits_per_saga", {}).items():
+        print(f"commits per saga ({kind}): " + ", ".join(f"{db} {n}" for db, n in per_db.items()))
+    cpu = {f["name"]: f["extra"].get("cpu_ms_per_op") for f in report["phases"]
+           if f["concurrency"] == max(LEVELS) and f["extra"].get("cpu_ms_per_op")}
+    for name, per in cpu.items():
+        top = sorted(per.items(), key=lambda kv: -kv[1])
+        print(f"CPU ms per op, {name}: " + ", ".join(f"{k} {v}" for k, v in top))
+    if report["rss_mb"]:
+        print("RSS MiB after the run: " + ", ".join(f"{k} {v}" for k, v in report["rss_mb"].items()))
+    if report["errors"]:
+        print("first errors: " + "; ".join(report["errors"][:5]))
+
+
+def main() -> None:
+    gateway_url = os.environ.get("GATEWAY_URL", "")
+    started = time.monotonic()
+    print(f"{os.cpu_count()} CPUs, load {os.getloadavg()}, scale {SCALE}", flush=True)
+    stack = attach(gateway_url) if gateway_url else start_fleet()
+    try:
+        prepare(stack)
+        report = asyncio.run(run(stack))
+    finally:
+        stack.stop()
+    report["bench_secs"] = round(time.monotonic() - started, 1)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = Path(os.environ.get("BENCH_OUTPUT") or RESULTS / "latest.json")
+    out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print_table(report)
+    print(f"\nwritten to {out} ({report['bench_secs']} s)")
+
+
+if __name__ == "__main__":
+    main()

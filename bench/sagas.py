@@ -1,0 +1,113 @@
+"""The two ways to place an order that the bench compares.
+
+`GatewaySagas`: placeCustomerOrder through the gateway, `Prefer: wait=30`, success = COMPLETED.
+`BareSagas`: the lower bound — this process makes the same seven calls directly to the services
+(create order, add lines, allocate, charge, assign carrier, create shipment, confirm), rendered
+from the saga's own step table with the same idempotency keys, with no gateway, orchestrator or
+event store in between.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from typing import Any
+
+import aiohttp
+
+from bench.stack import Stack, address
+from saga_orchestrator.steps import CURRENT
+
+PAYMENT_TOKEN = "tok_visa"
+# saga step app → package whose URL the bare client calls
+_PACKAGES = {"ORDER-SERVICE": "order_service", "INVENTORY-SERVICE": "inventory_service",
+             "PAYMENT-SERVICE": "payment_service", "CARRIER-SERVICE": "carrier_service",
+             "SHIPMENT-SERVICE": "shipment_service"}
+
+
+def new_session(connections: int) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections, keepalive_timeout=30),
+                                 timeout=aiohttp.ClientTimeout(total=60))
+
+
+class GatewaySagas:
+    def __init__(self, stack: Stack, session: aiohttp.ClientSession) -> None:
+        self.stack = stack
+        self.session = session
+        self.url = f"{stack.gateway_url}/api/customer-orders"
+        self.attempts = 0
+        self.outcomes: dict[str, int] = {}
+
+    async def one(self, client: int) -> bool:
+        customer = self.stack.customers[client % len(self.stack.customers)]
+        sku = random.choice(self.stack.skus)["sku"]
+        body = {"lines": [{"sku": sku, "quantity": 1}], "shipping_address": address(random.randrange(1000)),
+                "payment_token": PAYMENT_TOKEN}
+        headers = {**customer.headers, "Idempotency-Key": str(uuid.uuid4()), "Prefer": "wait=30"}
+        self.attempts += 1
+        async with self.session.post(self.url, json=body, headers=headers) as response:
+            answer = await response.read()
+            status = response.status
+        outcome = json.loads(answer).get("status", str(status)) if status in (200, 202) else str(status)
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+        return status == 200 and outcome == "COMPLETED"
+
+
+class BareSagas:
+    def __init__(self, stack: Stack, session: aiohttp.ClientSession, token: str) -> None:
+        self.stack = stack
+        self.session = session
+        self.token = token
+        self.attempts = 0
+        self.outcomes: dict[str, int] = {}
+
+    def _context(self, client: int) -> dict[str, Any]:
+        """What `Saga.context()` holds at the start: the request, priced lines, totals."""
+        customer = self.stack.customers[client % len(self.stack.customers)]
+        product = random.choice(self.stack.skus)
+        shipping = address(random.randrange(1000))
+        return {
+            "saga_id": str(uuid.uuid4()), "customer_id": customer.user_id, "currency": "EUR",
+            "lines": [{"sku": product["sku"], "quantity": 1, "unit_price_minor": product["unit_price_minor"],
+                       "weight_grams": product["weight_grams"]}],
+            "total_minor": product["unit_price_minor"], "total_weight_grams": product["weight_grams"],
+            "shipping_address": shipping, "country": shipping["country"], "payment_token": PAYMENT_TOKEN,
+            "failure_reason": "saga compensated",
+        }
+
+    async def one(self, client: int) -> bool:
+        context = self._context(client)
+        self.attempts += 1
+        for step in CURRENT.steps:
+            call = step.action
+            url = self.stack.services[_PACKAGES[call.app]] + call.render_path(context)
+            headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json",
+                       "Idempotency-Key": f"{context['saga_id']}:{step.step}"}
+            async with self.session.request(call.method, url, json=call.render_body(context),
+                                            headers=headers) as response:
+                answer = await response.read()
+                status = response.status
+            if not 200 <= status < 300:
+                outcome = f"{step.step} {status}"
+                self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+                return False
+            context.update(step.extract_results(json.loads(answer)))
+        self.outcomes["COMPLETED"] = self.outcomes.get("COMPLETED", 0) + 1
+        return True
+
+
+class OrderReads:
+    """The same authenticated GET (a customer's own order) against one base URL: a service, gateway or nginx."""
+
+    def __init__(self, stack: Stack, session: aiohttp.ClientSession, base_url: str) -> None:
+        self.stack = stack
+        self.session = session
+        self.base_url = base_url
+
+    async def one(self, client: int) -> bool:
+        customer = self.stack.customers[client % len(self.stack.customers)]
+        async with self.session.get(f"{self.base_url}/api/orders/{customer.order_id}",
+                                    headers=customer.headers) as response:
+            await response.read()
+            return response.status == 200
