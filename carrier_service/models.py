@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, date, datetime
 
-from sqlalchemy import BigInteger, Boolean, Date, DateTime, ForeignKey, Index, Integer, String, text
+from sqlalchemy import BigInteger, Boolean, Date, ForeignKey, Index, Integer, String, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from shared.db import new_metadata
+from shared.db import UTCDateTime, new_metadata
 from shared.idempotency import idempotency_table
 
 
@@ -45,8 +45,8 @@ class Carrier(Base):
     price_per_kg_minor: Mapped[int] = mapped_column(BigInteger)
     currency: Mapped[str] = mapped_column(String(3))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now, onupdate=_now)
     country_rows: Mapped[list[CarrierCountry]] = relationship(
         back_populates="carrier", cascade="all, delete-orphan", lazy="selectin", order_by="CarrierCountry.country"
     )
@@ -97,5 +97,5 @@ class CarrierAssignment(Base):
     status: Mapped[str] = mapped_column(String(16), default=AssignmentStatus.ASSIGNED)
     # The UTC day whose capacity this assignment uses.
     service_day: Mapped[date] = mapped_column(Date)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    released_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    released_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

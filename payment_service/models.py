@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, CheckConstraint, DateTime, ForeignKey, String
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from shared.db import new_metadata
+from shared.db import UTCDateTime, new_metadata
 from shared.idempotency import idempotency_table
 
 
@@ -53,8 +53,8 @@ class Payment(Base):
     refunded_minor: Mapped[int] = mapped_column(BigInteger, default=0)
     processor_reference: Mapped[str] = mapped_column(String(64))
     card_brand: Mapped[str] = mapped_column(String(16))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now, onupdate=_now)
     refunds: Mapped[list[Refund]] = relationship(
         back_populates="payment", cascade="all, delete-orphan", lazy="selectin", order_by="Refund.created_at"
     )
@@ -68,7 +68,7 @@ class Refund(Base):
     payment_id: Mapped[str] = mapped_column(ForeignKey("payments.id", ondelete="CASCADE"), index=True)
     amount_minor: Mapped[int] = mapped_column(BigInteger)
     reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
     payment: Mapped[Payment] = relationship(back_populates="refunds")
 
 
@@ -85,7 +85,7 @@ class ChargeAttempt(Base):
     payment_token: Mapped[str] = mapped_column(String(64))
     outcome: Mapped[str] = mapped_column(String(16))  # CAPTURED | DECLINED | UNAVAILABLE
     code: Mapped[str | None] = mapped_column(String(40), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
 
 
 class SettledBy:
@@ -104,4 +104,4 @@ class SettledOrder(Base):
 
     order_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     claimed_by: Mapped[str] = mapped_column(String(16))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)

@@ -6,10 +6,10 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, text
+from sqlalchemy import JSON, ForeignKey, Index, Integer, String, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from shared.db import new_metadata
+from shared.db import UTCDateTime, new_metadata
 from shared.idempotency import idempotency_table
 
 
@@ -65,8 +65,8 @@ class Shipment(Base):
     address: Mapped[dict[str, Any]] = mapped_column(JSON)
     tracking_number: Mapped[str] = mapped_column(String(32), unique=True)
     status: Mapped[str] = mapped_column(String(16), index=True, default=ShipmentStatus.CREATED)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now, onupdate=_now)
     history: Mapped[list[ShipmentStatusChange]] = relationship(
         back_populates="shipment", cascade="all, delete-orphan", lazy="selectin",
         order_by="ShipmentStatusChange.position",
@@ -80,6 +80,6 @@ class ShipmentStatusChange(Base):
     shipment_id: Mapped[str] = mapped_column(ForeignKey("shipments.id", ondelete="CASCADE"), index=True)
     position: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16))
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
     note: Mapped[str | None] = mapped_column(String(500), nullable=True)
     shipment: Mapped[Shipment] = relationship(back_populates="history")
