@@ -1,0 +1,1 @@
+"""Tests of the customer-service command through its real entry point."""

@@ -1,0 +1,112 @@
+"""The CLI's pure parts: percentiles, choosing lines, the timeline and narration from events, --since."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import typer
+
+from customer_cli.gateway_client import GatewayError
+from customer_cli.load import ERROR, LoadReport, OrderResult, percentile
+from customer_cli.main import parse_since
+from customer_cli.orders import EventNarrator, OrderLine, choose_lines, timeline
+
+
+def test_percentiles_interpolate_between_ranks() -> None:
+    assert percentile([], 50) is None
+    assert percentile([1.0], 99) == 1.0
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == pytest.approx(50.5)
+    assert percentile(values, 95) == pytest.approx(95.05)
+    assert percentile(values, 100) == 100.0
+
+
+def test_a_report_counts_outcomes_and_leaves_errors_out_of_latency() -> None:
+    report = LoadReport([OrderResult("COMPLETED", 1.0), OrderResult("COMPENSATED", 3.0),
+                         OrderResult(ERROR, 50.0, error="boom")], wall_secs=2.0)
+    assert report.counts["COMPLETED"] == report.counts["COMPENSATED"] == report.counts[ERROR] == 1
+    assert report.latencies() == [1.0, 3.0]
+    assert report.throughput == 1.0
+    assert report.errors() == ["boom"]
+
+
+def _catalogue() -> list[dict[str, Any]]:
+    return [{"sku": "FEW", "available": 3}, {"sku": "MANY", "available": 500}]
+
+
+def test_lines_from_options_or_the_best_stocked_product() -> None:
+    assert choose_lines(["A", "B"], [2], _catalogue) == [OrderLine("A", 2), OrderLine("B", 2)]
+    assert choose_lines(["A", "B"], [2, 5], _catalogue) == [OrderLine("A", 2), OrderLine("B", 5)]
+    assert choose_lines([], [], _catalogue) == [OrderLine("MANY", 1)]
+    with pytest.raises(GatewayError, match="one --qty per --sku"):
+        choose_lines(["A", "B", "C"], [1, 2], _catalogue)
+    with pytest.raises(GatewayError, match="501 units"):
+        choose_lines([], [1], _catalogue, orders=501)
+    with pytest.raises(GatewayError, match="at least 1"):
+        choose_lines(["A"], [0], _catalogue)
+
+
+T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def _events(*items: tuple[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"version": i + 1, "type": kind, "timestamp": (T0 + timedelta(milliseconds=100 * i)).isoformat(),
+             "data": data} for i, (kind, data) in enumerate(items)]
+
+
+DECLINED_THEN_RETRIED = _events(
+    ("SagaStarted", {}),
+    ("StepStarted", {"step": "create_order"}),
+    ("StepSucceeded", {"step": "create_order", "attempts": 1, "last_error": None}),
+    ("StepStarted", {"step": "make_payment"}),
+    ("StepFailed", {"step": "make_payment", "error": "402 declined", "final": True, "attempts": 1}),
+    ("CompensationStarted", {"reason": "make_payment failed", "plan": ["create_order"]}),
+    ("CompensationFailed", {"step": "create_order", "error": "409 no", "attempts": 1}),
+    ("SagaCompensationFailed", {"step": "create_order"}),
+    ("CompensationRetried", {"requested_by": "admin"}),
+    ("CompensationSucceeded", {"step": "create_order", "attempts": 1, "learned": {}}),
+    ("SagaCompensated", {}),
+)
+
+
+def test_the_timeline_is_built_from_the_events() -> None:
+    rows = timeline(DECLINED_THEN_RETRIED)
+    assert [(r.kind, r.step, r.status) for r in rows] == [
+        ("step", "create_order", "SUCCEEDED"), ("step", "make_payment", "FAILED"),
+        ("compensation", "create_order", "SUCCEEDED")]
+    payment, undo = rows[1], rows[2]
+    assert payment.error == "402 declined" and payment.ended == T0 + timedelta(milliseconds=400)
+    assert undo.retried and undo.attempts == 2
+    assert undo.started == T0 + timedelta(milliseconds=800)  # from the operator's retry
+    assert undo.ended == T0 + timedelta(milliseconds=900)
+
+
+def test_a_compensation_under_way_is_running() -> None:
+    rows = timeline(DECLINED_THEN_RETRIED[:6])
+    assert (rows[-1].kind, rows[-1].status) == ("compensation", "RUNNING")
+
+
+def test_the_narrator_says_each_step_as_it_ends() -> None:
+    narrator = EventNarrator()
+    said = [line for event in DECLINED_THEN_RETRIED if (line := narrator.line(event))]
+    texts = [text for _, text in said]
+    assert texts[0].startswith("✓ create_order") and "100 ms" in texts[0]
+    assert texts[1].startswith("✗ make_payment") and "402 declined" in texts[1]
+    assert texts[2] == "↩ compensating (create_order)"
+    assert "could not undo create_order: 409 no" in texts[3]
+    assert texts[4] == "= COMPENSATION_FAILED (an operator must retry it)"
+    assert texts[5] == "↻ compensation retried by admin"
+    assert texts[6].startswith("↩ undid create_order")
+    assert texts[7] == "= COMPENSATED"
+
+
+def test_since_takes_a_time_or_a_span() -> None:
+    assert parse_since(None) is None
+    assert parse_since("2026-01-01T12:00:00") == T0
+    assert parse_since("2026-01-01T13:00:00+01:00") == T0
+    ago = datetime.now(UTC) - parse_since("15m")  # type: ignore[operator]
+    assert timedelta(minutes=14) < ago < timedelta(minutes=16)
+    with pytest.raises(typer.BadParameter):
+        parse_since("yesterday")
