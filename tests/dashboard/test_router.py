@@ -5,12 +5,14 @@ from __future__ import annotations
 import re
 import uuid
 
+import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from dashboard.router import router, static_files
 from shared.errors import install_error_handlers
+from tests.fleet import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +69,13 @@ def test_only_the_static_files_are_served(client: TestClient, name: str) -> None
 
 def test_the_static_files_are_package_data() -> None:
     assert {"common.js", "sagas.js", "saga.js", "dashboard.css"} <= set(static_files())
+
+
+@pytest.mark.integration
+def test_the_fleets_gateway_serves_the_dashboard(gateway_url: str) -> None:
+    """Once gateway/app.py mounts the router, it must come before the gateway's catch-all proxy route."""
+    if "dashboard" not in (ROOT / "gateway" / "app.py").read_text():
+        pytest.skip("gateway/app.py does not mount dashboard.router yet (the tests use their own gateway)")
+    response = httpx.get(f"{gateway_url}/dashboard", timeout=10)
+    assert response.status_code == 200, response.text
+    assert 'data-page="sagas"' in response.text
