@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from dashboard.router import router as dashboard_router
 from gateway.api import router
 from gateway.openapi import MergedOpenApi
 from gateway.proxy import Gateway, new_client_session
@@ -29,7 +30,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = create_service_app(
         settings,
         title="gateway",
-        routers=[router],
+        # The dashboard's pages first: the proxy's catch-all route would answer /dashboard otherwise.
+        routers=[dashboard_router, router],
         package_dir=None,
         on_startup=on_startup,
         on_shutdown=on_shutdown,
