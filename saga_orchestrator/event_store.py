@@ -1,8 +1,10 @@
 """The saga event store: an `eventsourcing` application on PostgreSQL or SQLite, driven from worker threads.
 
 `eventsourcing` is synchronous, so every call into it runs on a small thread pool of its own and
-never on the event loop. Its PostgreSQL recorder locks the events table on each insert, so saves
-serialize: callers group the events of one transition into one `save()`.
+never on the event loop. Its PostgreSQL recorder serializes writers (a table lock, or with the
+database functions a NOTIFY, held until commit), so each write costs one commit's wait on its own:
+callers group the events of one transition into one `save()`, and saves that arrive while a write
+is under way are written together in the next one (group commit), one transaction for many sagas.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from sqlalchemy.engine import make_url
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
 from saga_orchestrator.domain import Saga
-from saga_orchestrator.metrics import EVENT_STORE_EVENTS, EVENT_STORE_SAVES
+from saga_orchestrator.metrics import EVENT_STORE_EVENTS, EVENT_STORE_SAVES, EVENT_STORE_WRITES
 
 log = structlog.get_logger(__name__)
 
@@ -39,6 +41,17 @@ class SagaApplication(Application[UUID]):
 
 class ConcurrentSagaUpdate(Exception):
     """Another writer saved this saga first (optimistic concurrency): stop driving it."""
+
+
+# Saves written together in one transaction at most (a bound on one INSERT's size, not a tuning knob).
+MAX_SAVES_PER_WRITE = 256
+
+
+@dataclass
+class _PendingSave:
+    saga_id: UUID
+    events: Sequence[DomainEventProtocol[UUID]]
+    done: asyncio.Future[None]
 
 
 def eventsourcing_env(database_url: str, pool_size: int = 5) -> dict[str, str]:
@@ -88,6 +101,8 @@ class SagaStore:
         self.env = eventsourcing_env(database_url, pool_size=threads)
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="event-store")
         self._app: SagaApplication | None = None
+        self._queue: list[_PendingSave] = []
+        self._writer: asyncio.Task[None] | None = None
 
     @property
     def app(self) -> SagaApplication:
@@ -115,14 +130,58 @@ class SagaStore:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def save(self, saga: Saga) -> None:
-        """Save the saga's pending events in one transaction; a version conflict raises ConcurrentSagaUpdate."""
-        events = len(saga.pending_events)
+        """Save the saga's pending events atomically; a version conflict raises ConcurrentSagaUpdate.
+
+        The events are taken from the aggregate here, on the event loop, so the writer thread never
+        touches an aggregate that the loop may change. Saves queued while a write is under way go
+        into the next write together.
+        """
+        events = list(saga.collect_events())
+        if not events:
+            return
+        pending = _PendingSave(saga.id, events, asyncio.get_running_loop().create_future())
+        # A caller cancelled meanwhile no longer awaits the outcome: mark it seen, so it is not logged as lost.
+        pending.done.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._queue.append(pending)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_queued(), name="event-store-writer")
+        await asyncio.shield(pending.done)
+
+    async def _write_queued(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[:MAX_SAVES_PER_WRITE], self._queue[MAX_SAVES_PER_WRITE:]
+            try:
+                await self._write(batch)
+            except Exception as exc:  # the database is away: every save of this write fails with it
+                for pending in batch:
+                    if not pending.done.done():
+                        pending.done.set_exception(exc)
+
+    async def _write(self, batch: list[_PendingSave]) -> None:
         try:
-            await self._run(self.app.save, saga)
-        except IntegrityError as exc:
-            raise ConcurrentSagaUpdate(f"saga {saga.id} was saved by another writer") from exc
-        EVENT_STORE_SAVES.inc()
-        EVENT_STORE_EVENTS.inc(events)
+            await self._run(self.app.save, *(e for pending in batch for e in pending.events))
+        except IntegrityError:
+            if len(batch) == 1:
+                self._settle(batch[0], ConcurrentSagaUpdate(f"saga {batch[0].saga_id} was saved by another writer"))
+                return
+            # One of them lost a race with another writer: write them one by one to find out which.
+            for pending in batch:
+                await self._write([pending])
+            return
+        EVENT_STORE_WRITES.inc()
+        for pending in batch:
+            EVENT_STORE_SAVES.inc()
+            EVENT_STORE_EVENTS.inc(len(pending.events))
+            self._settle(pending, None)
+
+    @staticmethod
+    def _settle(pending: _PendingSave, error: Exception | None) -> None:
+        if pending.done.done():
+            return
+        if error is None:
+            pending.done.set_result(None)
+        else:
+            pending.done.set_exception(error)
 
     async def get(self, saga_id: UUID) -> Saga | None:
         def load() -> Saga | None:

@@ -16,5 +16,6 @@ STEP_ATTEMPTS = Counter("saga_step_attempts_total", "HTTP attempts of steps and 
 SAGA_TAKEOVERS = Counter(
     "saga_driver_stops_total", "Times a replica stopped driving a saga it lost (lease or version conflict)", ["reason"]
 )
-EVENT_STORE_SAVES = Counter("saga_event_store_saves_total", "Transactions that wrote saga events to the event store")
+EVENT_STORE_SAVES = Counter("saga_event_store_saves_total", "Saga saves (one transition's or checkpoint's events)")
+EVENT_STORE_WRITES = Counter("saga_event_store_writes_total", "Event-store transactions (concurrent saves share one)")
 EVENT_STORE_EVENTS = Counter("saga_event_store_events_total", "Saga events written to the event store")
