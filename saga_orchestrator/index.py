@@ -44,8 +44,8 @@ class SagaIndexStore:
                                             SagaIndex.idempotency_key == idempotency_key)
             return (await session.execute(query)).scalar_one_or_none()
 
-    async def insert(self, saga: Saga, start_request: dict[str, Any]) -> bool:
-        """Index a new saga, leased to this replica; False when its key is already taken."""
+    async def insert(self, saga: Saga, start_request: dict[str, Any]) -> SagaIndex | None:
+        """Index a new saga, leased to this replica; None when its key is already taken."""
         now = _now()
         row = SagaIndex(
             saga_id=str(saga.id), customer_id=saga.customer_id, idempotency_key=saga.idempotency_key,
@@ -56,8 +56,8 @@ class SagaIndexStore:
             async with self.db.transaction() as session:
                 session.add(row)
         except IntegrityError:
-            return False
-        return True
+            return None
+        return row
 
     async def page(self, customer_id: str | None, status: str | None, limit: int,
                    offset: int) -> tuple[list[SagaIndex], int]:

@@ -1,9 +1,14 @@
-"""Drives sagas to a terminal state: one step or compensation at a time, one save per transition, resumed after crashes.
+"""Drives sagas to a terminal state: one step or compensation at a time, saved at checkpoints, resumed after crashes.
 
 A replica drives a saga only while it holds the saga's lease (see `index`). Each transition —
 a step's outcome plus the next step's start, or a failure plus the start of compensation, or the
-last outcome plus the saga's end — is saved as one group of events. A version conflict on save
-means another writer got there first: this replica stops driving that saga at once.
+last outcome plus the saga's end — is one group of events. The groups are saved (and the index
+row brought up to date) when recovery needs them: when the saga ends, when it turns to
+compensation and at every compensation step, and otherwise at most `event_store_checkpoint_secs`
+apart. Between checkpoints nothing is lost by a crash that recovery cannot redo: every step is
+called under its own Idempotency-Key, so a resumed saga that calls a step again gets the answer
+the service stored the first time. A version conflict on save means another writer got there
+first: this replica stops driving that saga at once.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ class SagaRunner:
         self.index = index
         self.participants = participants
         self.settings = settings
-        self._tasks: dict[UUID, asyncio.Task[None]] = {}
+        self._tasks: dict[UUID, asyncio.Task[bool]] = {}
         self._recovery: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -68,11 +73,15 @@ class SagaRunner:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def launch(self, saga_id: UUID) -> None:
-        """Drive a saga in the background, unless this replica already does or another holds its lease."""
+    def launch(self, saga_id: UUID, started: Saga | None = None) -> None:
+        """Drive a saga in the background, unless this replica already does or another holds its lease.
+
+        `started`: the saga just placed and saved by this replica, which holds its lease since the
+        index row was written; driving it needs neither a claim nor a read of the store.
+        """
         if self._stopping or saga_id in self._tasks:
             return
-        task = asyncio.create_task(self.drive(saga_id), name=f"saga-{saga_id}")
+        task = asyncio.create_task(self.drive(saga_id, started), name=f"saga-{saga_id}")
         self._tasks[saga_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(saga_id, None))
 
@@ -81,7 +90,9 @@ class SagaRunner:
         deadline = time.monotonic() + seconds
         task = self._tasks.get(saga_id)
         if task is not None:
-            await asyncio.wait({task}, timeout=seconds)
+            done, _ = await asyncio.wait({task}, timeout=seconds)
+            if task in done and not task.cancelled() and task.result():
+                return True  # driven to its end here: the index row says so already
         while True:
             row = await self.index.get(saga_id)
             if row is not None and row.status in TERMINAL:
@@ -119,27 +130,32 @@ class SagaRunner:
 
     # -- driving one saga -----------------------------------------------------------------------
 
-    async def drive(self, saga_id: UUID) -> None:
-        if not await self.index.claim(saga_id):
-            return
+    async def drive(self, saga_id: UUID, started: Saga | None = None) -> bool:
+        """Drive the saga until it ends (True) or this replica must stop driving it (False)."""
+        if started is None and not await self.index.claim(saga_id):
+            return False
         lease_lost = asyncio.Event()
         keeper = asyncio.create_task(self._keep_lease(saga_id, lease_lost))
         release = True
         try:
-            saga = await self.store.get(saga_id) or await self._start_from_index(saga_id)
+            saga = started or await self.store.get(saga_id) or await self._start_from_index(saga_id)
             if saga is None:
-                return
+                return False
             if saga.is_terminal:  # the index lagged behind the aggregate
                 await self.index.record(saga, release=True)
                 release = False
-                return
+                return True
             saga_definition = definition(saga.definition_version)
+            saved_at = time.monotonic()
             while not saga.is_terminal:
                 if lease_lost.is_set() or self._stopping:
                     SAGA_TAKEOVERS.labels("lease" if lease_lost.is_set() else "shutdown").inc()
-                    return
+                    return False
                 await self._advance(saga, saga_definition)
+                if not self._checkpoint_due(saga, saved_at):
+                    continue
                 await self.store.save(saga)
+                saved_at = time.monotonic()
                 if saga.is_terminal:
                     SAGAS_FINISHED.labels(saga.status.lower()).inc()
                     log.info("saga finished", saga_id=str(saga_id), status=str(saga.status), order_id=saga.order_id)
@@ -147,8 +163,9 @@ class SagaRunner:
                     SAGA_TAKEOVERS.labels("lease").inc()
                     log.warning("lost the lease of a saga while driving it", saga_id=str(saga_id))
                     release = False
-                    return
+                    return False
             release = False
+            return True
         except ConcurrentSagaUpdate:
             SAGA_TAKEOVERS.labels("version_conflict").inc()
             log.warning("another writer saved this saga first; no longer driving it", saga_id=str(saga_id))
@@ -160,6 +177,14 @@ class SagaRunner:
             keeper.cancel()
             if release:
                 await self._release_quietly(saga_id)
+        return False
+
+    def _checkpoint_due(self, saga: Saga, saved_at: float) -> bool:
+        """Save now? At the end, on the compensation path (a decision to undo is kept at once), and
+        otherwise once `event_store_checkpoint_secs` have passed since the last save (0: every transition)."""
+        if saga.is_terminal or saga.status == SagaStatus.COMPENSATING:
+            return True
+        return time.monotonic() - saved_at >= self.settings.event_store_checkpoint_secs
 
     async def _release_quietly(self, saga_id: UUID) -> None:
         try:

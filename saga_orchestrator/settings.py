@@ -30,6 +30,11 @@ class Settings(ServiceSettings):
 
     # Threads that run the (synchronous) eventsourcing library.
     event_store_threads: int = Field(default=4, gt=0)
+    # A running saga's transitions are saved at most this far apart (its end and every compensation
+    # transition at once). Each save waits for its own commit, so saving every transition made the
+    # event store the first wall; recovery redoes unsaved steps under their idempotency keys.
+    # 0 saves every transition.
+    event_store_checkpoint_secs: float = Field(default=1.0, ge=0)
 
     @model_validator(mode="after")
     def _default_database(self) -> Settings:
