@@ -28,7 +28,7 @@ import httpx
 from bench import event_store
 from bench.load import Figures, closed_loop
 from bench.nginx import Nginx
-from bench.procstats import CpuMeter, commits, rss_mb
+from bench.procstats import CpuMeter, db_counters, rss_mb
 from bench.sagas import BareSagas, GatewaySagas, OrderReads, new_session
 from bench.stack import DB_PREFIX, Stack, attach, prepare, refresh_tokens, service_token, start_fleet
 from tests.fleet import PG_ADMIN_DSN
@@ -60,7 +60,8 @@ def orchestrator_counters(stack: Stack) -> dict[str, float | None]:
     except httpx.HTTPError:
         return {}
     return {name: _metric(text, name) for name in
-            ("saga_started_total", "saga_event_store_saves_total", "saga_event_store_events_total")}
+            ("saga_started_total", "saga_event_store_saves_total", "saga_event_store_events_total",
+             "saga_event_store_writes_total")}
 
 
 def _per(delta: float | None, count: float) -> float | None:
@@ -110,6 +111,8 @@ class Bench:
         figures.extra["outcomes"] = driver.outcomes
         figures.extra["saves_per_saga"] = _per(_delta(after, before, "saga_event_store_saves_total"), started or 0)
         figures.extra["events_per_saga"] = _per(_delta(after, before, "saga_event_store_events_total"), started or 0)
+        figures.extra["store_writes_per_saga"] = _per(_delta(after, before, "saga_event_store_writes_total"),
+                                                      started or 0)
         figures.extra["attempts"] = driver.attempts
         return figures
 
@@ -128,18 +131,20 @@ class Bench:
             return await self.phase(name, OrderReads(self.stack, session, base_url).one, level, 8 * SCALE)
 
 
-def _commit_counts() -> dict[str, int]:
+def _db_counts() -> dict[str, dict[str, int]]:
     try:
-        return commits(PG_ADMIN_DSN, DB_PREFIX)
+        return db_counters(PG_ADMIN_DSN, DB_PREFIX)
     except Exception:
         return {}
 
 
-def _commits_per(before: dict[str, int], after: dict[str, int], count: int) -> dict[str, float]:
+def _db_per(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]], count: int,
+            key: str) -> dict[str, float]:
+    """Commits (or sessions opened) per saga in each database, over the sagas placed between two samples."""
     if not count:
         return {}
-    return {db: round((after[db] - before.get(db, 0)) / count, 2) for db in sorted(after)
-            if db != "event_store" and after[db] - before.get(db, 0) > 0}
+    deltas = {db: after[db][key] - before.get(db, {}).get(key, 0) for db in sorted(after) if db != "event_store"}
+    return {db: round(delta / count, 2) for db, delta in deltas.items() if delta > 0}
 
 
 async def run(stack: Stack) -> dict[str, Any]:
@@ -158,20 +163,23 @@ async def run(stack: Stack) -> dict[str, Any]:
         print(f"  c={row['concurrency']:<3} {row['saves_per_sec']:8.1f} saves/s  {row['sagas_per_sec']:7.1f} "
               f"sagas/s at {row['saves_per_saga']} saves per saga", flush=True)
 
-    base = _commit_counts()
+    base = _db_counts()
     print("placeCustomerOrder through the gateway ...", flush=True)
     saga_runs = [await bench.sagas(level) for level in LEVELS]
     bare_runs: list[Figures] = []
     if can_direct:
         await asyncio.sleep(STATS_SETTLE_SECS)
-        after_sagas = _commit_counts()
-        report["commits_per_saga"] = {"orchestrated": _commits_per(base, after_sagas, sum(
-            int(f.extra["attempts"]) for f in saga_runs))}
+        after_sagas = _db_counts()
+        placed = sum(int(f.extra["attempts"]) for f in saga_runs)
+        report["commits_per_saga"] = {"orchestrated": _db_per(base, after_sagas, placed, "commits")}
+        report["sessions_per_saga"] = {"orchestrated": _db_per(base, after_sagas, placed, "sessions")}
         print("lower bound: bare client, seven direct calls ...", flush=True)
         bare_runs = [await bench.bare(level) for level in LEVELS]
         await asyncio.sleep(STATS_SETTLE_SECS)
-        report["commits_per_saga"]["bare"] = _commits_per(after_sagas, _commit_counts(), sum(
-            int(f.extra["attempts"]) for f in bare_runs))
+        after_bare = _db_counts()
+        placed = sum(int(f.extra["attempts"]) for f in bare_runs)
+        report["commits_per_saga"]["bare"] = _db_per(after_sagas, after_bare, placed, "commits")
+        report["sessions_per_saga"]["bare"] = _db_per(after_sagas, after_bare, placed, "sessions")
     top = max(LEVELS)
     for _ in range(REPEAT - 1):
         print(f"repeat at {top} clients ...", flush=True)
@@ -219,6 +227,7 @@ def summarize(saga_runs: list[Figures], bare_runs: list[Figures], overhead: list
         summary["sagas_per_sec_at_top"] = saga.per_sec
         summary["p99_ms_at_top"] = saga.p99_ms
         summary["saves_per_saga"] = saga.extra.get("saves_per_saga")
+        summary["store_writes_per_saga"] = saga.extra.get("store_writes_per_saga")
     if saga and bare and bare.per_sec:
         summary["orchestrator_vs_bare"] = round(saga.per_sec / bare.per_sec, 2)
     by_name = {f.name: f for f in overhead}
@@ -249,8 +258,10 @@ def print_table(report: dict[str, Any]) -> None:
     print()
     for key, value in summary.items():
         print(f"{key:38} {value}")
-    for kind, per_db in report.get("commits_per_saga", {}).items():
-        print(f"commits per saga ({kind}): " + ", ".join(f"{db} {n}" for db, n in per_db.items()))
+    for what in ("commits_per_saga", "sessions_per_saga"):
+        for kind, per_db in report.get(what, {}).items():
+            label = what.replace("_", " ")
+            print(f"{label} ({kind}): " + ", ".join(f"{db} {n}" for db, n in per_db.items()))
     cpu = {f["name"]: f["extra"].get("cpu_ms_per_op") for f in report["phases"]
            if f["concurrency"] == max(LEVELS) and f["extra"].get("cpu_ms_per_op")}
     for name, per in cpu.items():

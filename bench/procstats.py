@@ -96,9 +96,13 @@ class CpuMeter:
         return used
 
 
-def commits(pg_dsn: str, db_prefix: str) -> dict[str, int]:
-    """Committed transactions so far per database of the bench (pg_stat_database, refreshed per transaction)."""
+def db_counters(pg_dsn: str, db_prefix: str) -> dict[str, dict[str, int]]:
+    """Per database of the bench: transactions committed and sessions (connections) opened so far.
+
+    pg_stat_database; a backend publishes its counts within 10 s of going idle.
+    """
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        rows = conn.execute("SELECT datname, xact_commit FROM pg_stat_database WHERE datname LIKE %s",
+        rows = conn.execute("SELECT datname, xact_commit, sessions FROM pg_stat_database WHERE datname LIKE %s",
                             (db_prefix + "%",)).fetchall()
-    return {str(name)[len(db_prefix) + 1:]: int(count) for name, count in rows}
+    return {str(name)[len(db_prefix) + 1:]: {"commits": int(commits), "sessions": int(sessions)}
+            for name, commits, sessions in rows}

@@ -16,8 +16,9 @@ import httpx
 from tests.fleet import ADMIN_EMAIL, ADMIN_PASSWORD, NO_DATABASE, SERVICES, Fleet, recreate_databases
 
 DB_PREFIX = "cs_bench"
-# What the bench changes in the fleet's test settings: no fault-injection middleware (a test-only layer).
-BENCH_ENV = {"FAULT_INJECTION": "false"}
+# What the bench changes in the fleet's test settings: no fault-injection middleware (a test-only layer),
+# and the services' own database pool size instead of the test suite's small one.
+BENCH_ENV = {"FAULT_INJECTION": "false", "DB_POOL_SIZE": "10"}
 COUNTRIES = ("DE", "FR", "NL", "BE")
 CUSTOMERS = 16
 SKUS = 8
