@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 from gateway.resilience import BreakerState
@@ -30,6 +32,25 @@ VALIDATE_LATENCY = Histogram(
     buckets=_BUCKETS,
 )
 RATE_LIMITED = Counter("gateway_rate_limited_total", "Requests refused with 429, by limit", ["limit"])
+
+
+# Children of the per-request metrics, kept: labels() takes a lock and builds a key on every call.
+_latency: dict[tuple[str, str], Any] = {}
+_validate: dict[str, Any] = {}
+
+
+def observe_upstream(app: str, outcome: str, seconds: float) -> None:
+    child = _latency.get((app, outcome))
+    if child is None:
+        child = _latency[(app, outcome)] = UPSTREAM_LATENCY.labels(app, outcome)
+    child.observe(seconds)
+
+
+def observe_validate(outcome: str, seconds: float) -> None:
+    child = _validate.get(outcome)
+    if child is None:
+        child = _validate[outcome] = VALIDATE_LATENCY.labels(outcome)
+    child.observe(seconds)
 
 
 def breaker_created(app: str, instance: str) -> None:

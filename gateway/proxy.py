@@ -283,7 +283,7 @@ class Gateway:
                           if k in answer.headers}
                 return Response(body, status_code=answer.status, headers=passed)
         finally:
-            metrics.VALIDATE_LATENCY.labels(outcome).observe(time.perf_counter() - started)
+            metrics.observe_validate(outcome, time.perf_counter() - started)
 
     async def forward(self, request: Request, route: Route, ctx: CallContext, identity: Mapping[str, str]) -> Response:
         """Proxy the request to the route's app and stream the answer back."""
@@ -393,7 +393,7 @@ class Gateway:
                     continue
                 raise BadGateway(f"{app} answered with a broken response.", service=app) from exc
             status = upstream.status
-            metrics.UPSTREAM_LATENCY.labels(app, str(status)).observe(time.perf_counter() - started)
+            metrics.observe_upstream(app, str(status), time.perf_counter() - started)
             if streamed is not None and streamed.failed_here:
                 # It answered before the cut-off body was complete; the client still gets the refusal.
                 upstream.close()
@@ -412,7 +412,7 @@ class Gateway:
             return upstream
 
     def _attempt_failed(self, app: str, instance_id: str, outcome: str, started: float, exc: Exception) -> None:
-        metrics.UPSTREAM_LATENCY.labels(app, outcome).observe(time.perf_counter() - started)
+        metrics.observe_upstream(app, outcome, time.perf_counter() - started)
         self.breakers.get(app, instance_id).record_failure()
         log.warning("upstream attempt failed", app=app, instance=instance_id, outcome=outcome, error=repr(exc))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
@@ -15,10 +17,19 @@ LATENCY = Histogram(
 )
 
 
+# labels() validates, builds a key and takes a lock on every call; the children it returns are kept here instead.
+_children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
+
+
 def observe_request(service: str, method: str, route: str, status: int, seconds: float) -> None:
     """Count one request; `route` is the template (e.g. /api/orders/{order_id}), so ids don't explode labels."""
-    REQUESTS.labels(service, method, route, str(status)).inc()
-    LATENCY.labels(service, method, route).observe(seconds)
+    key = (service, method, route, status)
+    children = _children.get(key)
+    if children is None:
+        children = _children[key] = (REQUESTS.labels(service, method, route, str(status)),
+                                     LATENCY.labels(service, method, route))
+    children[0].inc()
+    children[1].observe(seconds)
 
 
 async def metrics_endpoint(_: Request) -> Response:
