@@ -363,7 +363,7 @@ def _catalogue(api: httpx.Client, admin: User) -> str:
     return sku
 
 
-def test_one_trace_id_in_the_logs_of_every_service_a_saga_touched(
+def test_one_trace_and_request_id_in_the_logs_of_every_service_a_saga_touched(
     fleet: Fleet, api: httpx.Client, admin: User, customer: User
 ) -> None:
     sku = _catalogue(api, admin)
@@ -389,9 +389,10 @@ def test_one_trace_id_in_the_logs_of_every_service_a_saga_touched(
     missing = []
     for package in touched:
         procs = [p for p in fleet.processes.values() if p.package == package]
-        if not any(r.get("trace_id") == trace_id for p in procs for r in log_records(p)):
+        if not any(r.get("trace_id") == trace_id and r.get("request_id") == request_id
+                   for p in procs for r in log_records(p)):
             missing.append(package)
-    assert missing == [], f"no log line with trace_id {trace_id} in {missing}"
+    assert missing == [], f"no log line with trace_id {trace_id} and request_id {request_id} in {missing}"
 
 
 def test_every_service_exposes_metrics_that_count(fleet: Fleet, api: httpx.Client, admin: User) -> None:
