@@ -15,13 +15,17 @@ from typing import Any
 import structlog
 
 from gateway.proxy import CallContext, Gateway
-from gateway.routes import RouteTable
+from gateway.routes import Route, RouteTable
 from shared.errors import DomainError
 
 log = structlog.get_logger(__name__)
 
 HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
 TITLE = "customer-service API"
+# The gateway knows which routes need a token (forward-auth): it says so, and Swagger UI offers "Authorize".
+BEARER = "bearerAuth"
+BEARER_SCHEME = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                 "description": "An access token from POST /api/auth/login (or a service token)."}
 
 
 def _rewrite_refs(node: Any, renames: Mapping[str, str]) -> Any:
@@ -66,10 +70,39 @@ def _component_renames(app: str, own: Mapping[str, Any], merged: Mapping[str, Ma
     return renames
 
 
-def _proxied(routes: RouteTable, app: str, method: str, path: str) -> bool:
-    """Does the gateway send `method path` to `app`? (Internal endpoints such as /validate are not routed.)"""
+def _refs(node: Any) -> set[str]:
+    if isinstance(node, dict):
+        found = {node["$ref"]} if isinstance(node.get("$ref"), str) else set()
+        for value in node.values():
+            found |= _refs(value)
+        return found
+    if isinstance(node, list):
+        return set().union(*(_refs(item) for item in node)) if node else set()
+    return set()
+
+
+def _used_components(paths: Mapping[str, Any], components: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Only the components the kept paths reach (directly or through other components)."""
+    wanted = _refs(paths)
+    seen: set[str] = set()
+    while wanted - seen:
+        ref = (wanted - seen).pop()
+        seen.add(ref)
+        parts = ref.split("/")
+        if len(parts) == 4 and parts[:2] == ["#", "components"]:
+            wanted |= _refs(components.get(parts[2], {}).get(parts[3]))
+    used: dict[str, Any] = {}
+    for kind, definitions in sorted(components.items()):
+        kept = {name: d for name, d in sorted(definitions.items()) if _ref(kind, name) in seen}
+        if kept or kind == "securitySchemes":
+            used[kind] = kept or dict(definitions)
+    return used
+
+
+def _route_of(routes: RouteTable, app: str, method: str, path: str) -> Route | None:
+    """The route that sends `method path` to `app`, if any (internal endpoints such as /validate have none)."""
     route = routes.match(method.upper(), path)
-    return route is not None and route.app == app
+    return route if route is not None and route.app == app else None
 
 
 def merge_openapi(
@@ -93,15 +126,19 @@ def merge_openapi(
                 new_name = renames.get(_ref(kind, name), _ref(kind, name)).rsplit("/", 1)[1]
                 target.setdefault(new_name, _rewrite_refs(definition, renames))
         for path, item in (document.get("paths") or {}).items():
-            operations = {m: op for m, op in item.items() if m in HTTP_METHODS and _proxied(routes, app, m, path)}
+            operations = {m: (op, route) for m, op in item.items()
+                          if m in HTTP_METHODS and (route := _route_of(routes, app, m, path)) is not None}
             if not operations:
                 continue
             merged_item = paths.setdefault(path, {})
             for key, value in item.items():
                 if key not in HTTP_METHODS:
                     merged_item.setdefault(key, _rewrite_refs(copy.deepcopy(value), renames))
-            for method, operation in operations.items():
-                operation = _rewrite_refs(copy.deepcopy(operation), renames)
+            for method, (original, route) in operations.items():
+                operation = _rewrite_refs(copy.deepcopy(original), renames)
+                if not route.public and "security" not in operation:
+                    operation["security"] = [{BEARER: []}]
+                    components.setdefault("securitySchemes", {}).setdefault(BEARER, BEARER_SCHEME)
                 operation_id = operation.get("operationId")
                 if operation_id in operation_ids:
                     operation["operationId"] = operation_id = f"{app}.{operation_id}"
@@ -119,8 +156,9 @@ def merge_openapi(
         "paths": dict(sorted(paths.items())),
         "x-services": {"included": sorted(documents), "unavailable": dict(sorted(unavailable.items()))},
     }
-    if components:
-        merged["components"] = {kind: dict(sorted(defs.items())) for kind, defs in sorted(components.items())}
+    used = _used_components(paths, components)
+    if used:
+        merged["components"] = used
     return merged
 
 

@@ -42,22 +42,34 @@ def test_only_proxied_paths_of_each_service_are_kept() -> None:
     assert merged["paths"]["/api/orders"]["get"]["tags"] == ["ORDER-SERVICE"]
 
 
-def test_identical_components_are_shared_and_clashing_ones_renamed_with_their_refs() -> None:
+def test_protected_routes_ask_for_a_bearer_token_and_public_ones_do_not() -> None:
+    routes = RouteTable([Route(prefix="/api/auth/login", app="AUTH-SERVICE", public=True),
+                         Route(prefix="/api/auth", app="AUTH-SERVICE")])
+    auth = _doc({"/api/auth/login": {"post": _op("login")}, "/api/auth/me": {"get": _op("me")}}, {})
+    merged = merge_openapi(routes, {"AUTH-SERVICE": auth}, {})
+    assert "security" not in merged["paths"]["/api/auth/login"]["post"]
+    assert merged["paths"]["/api/auth/me"]["get"]["security"] == [{"bearerAuth": []}]
+    assert merged["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+
+
+def test_identical_components_are_shared_clashing_ones_renamed_and_unused_ones_dropped() -> None:
     problem = {"type": "object", "properties": {"status": {"type": "integer"}}}
-    orders = _doc({"/api/orders": {"get": _op("a", "Item")}},
+    page = {"type": "array", "items": {"$ref": "#/components/schemas/Item"}}
+    orders = _doc({"/api/orders": {"get": _op("a", "Page")}, "/api/orders/{id}": {"get": _op("c", "Problem")}},
                   {"Item": {"type": "object", "properties": {"id": {"type": "string"}}}, "Problem": problem,
-                   "Page": {"type": "array", "items": {"$ref": "#/components/schemas/Item"}}})
-    inventory = _doc({"/api/inventory": {"get": _op("b", "Page")}},
+                   "Page": page})
+    inventory = _doc({"/api/inventory": {"get": _op("b", "Page")}, "/validate": {"get": _op("v", "Identity")}},
                      {"Item": {"type": "object", "properties": {"sku": {"type": "string"}}}, "Problem": problem,
-                      "Page": {"type": "array", "items": {"$ref": "#/components/schemas/Item"}}})
+                      "Page": page, "Identity": {"type": "object"}})
     merged = merge_openapi(ROUTES, {"ORDER-SERVICE": orders, "INVENTORY-SERVICE": inventory}, {})
     schemas = merged["components"]["schemas"]
-    # INVENTORY-SERVICE sorts first, so it keeps the plain names; ORDER-SERVICE's clashing ones are renamed,
-    # and so is its Page, whose definition differs once its Item ref is renamed.
+    # INVENTORY-SERVICE sorts first, so it keeps the plain names; ORDER-SERVICE's clashing Item is renamed,
+    # and so is its Page, whose definition differs once its Item ref is renamed. Problem is the same in both,
+    # so it is shared; Identity is reached only from /validate, which the gateway does not route.
     assert set(schemas) == {"Item", "Page", "Problem", "ORDER-SERVICE.Item", "ORDER-SERVICE.Page"}
     assert schemas["ORDER-SERVICE.Page"]["items"]["$ref"] == "#/components/schemas/ORDER-SERVICE.Item"
     order_ref = merged["paths"]["/api/orders"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
-    assert order_ref == {"$ref": "#/components/schemas/ORDER-SERVICE.Item"}
+    assert order_ref == {"$ref": "#/components/schemas/ORDER-SERVICE.Page"}
     inventory_ref = merged["paths"]["/api/inventory"]["get"]["responses"]["200"]["content"]["application/json"]
     assert inventory_ref["schema"] == {"$ref": "#/components/schemas/Page"}
 
