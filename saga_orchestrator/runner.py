@@ -242,8 +242,17 @@ class SagaRunner:
             raise RuntimeError(f"saga {saga.id} is {saga.status} with no step under way")
         step = saga_definition.get(saga.current_step)
         started = time.perf_counter()
-        result = await self._call(saga, step.action, saga.context(), f"{saga.id}:{step.step}",
-                                  self.settings.step_deadline_secs, step.step)
+        key = f"{saga.id}:{step.step}"
+        result = await self._call(saga, step.action, saga.context(), key, self.settings.step_deadline_secs, step.step)
+        if not result.ok and not result.refused and step.compensation is None:
+            # The finish (confirm) has no compensation: if it landed late, after the earlier steps were undone,
+            # the order would stand CONFIRMED with its payment refunded and its stock released. So its outcome
+            # is settled before anything is undone: a replay under its key waits for the call still in flight,
+            # or makes it now, and a late copy of the original can only replay that answer.
+            settled = await self._call(saga, step.action, saga.context(), key,
+                                       self.settings.compensation_deadline_secs, f"{step.step}:replay")
+            result = CallResult(settled.ok, settled.refused, settled.status, settled.body,
+                                settled.error or result.error, result.attempts + settled.attempts)
         STEP_LATENCY.labels(step.step, "step", _outcome(result)).observe(time.perf_counter() - started)
         if result.ok:
             saga.step_succeeded(step.step, step.extract_results(result.body), result.attempts, result.error)
