@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.encoders import jsonable_encoder
 from sqlalchemy import JSON, Column, DateTime, Integer, MetaData, String, Table, delete, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import JSONResponse
@@ -70,6 +71,26 @@ async def _insert(session: AsyncSession, scope: str, key: str, fingerprint: str,
         raise _AlreadyRecorded from exc
 
 
+async def _claim(session: AsyncSession, scope: str, key: str, fingerprint: str) -> bool:
+    """Write the key's placeholder; False when a record with the key exists already.
+
+    INSERT ... ON CONFLICT DO NOTHING needs no savepoint, and a concurrent duplicate waits here for the
+    first request's transaction to end, then finds its record.
+    """
+    values = {"scope": scope, "key": key, "fingerprint": fingerprint, "status_code": 0, "body": None,
+              "created_at": datetime.now(UTC)}
+    dialect = session.get_bind().dialect.name
+    if dialect not in ("postgresql", "sqlite"):
+        try:
+            await _insert(session, scope, key, fingerprint, 0, None)
+        except _AlreadyRecorded:
+            return False
+        return True
+    upsert = postgresql.insert(records) if dialect == "postgresql" else sqlite.insert(records)
+    result = await session.execute(upsert.values(**values).on_conflict_do_nothing(index_elements=["scope", "key"]))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
 async def _replay(db: Database, scope: str, key: str, fingerprint: str, ttl_secs: int) -> JSONResponse | None:
     async with db.transaction() as session:
         row = (await session.execute(
@@ -105,34 +126,31 @@ async def run_idempotent(request: Request, identity: Identity, work: Work, statu
     fingerprint = _fingerprint(request, await request.body())
     ttl = request.app.state.settings.idempotency_ttl_secs
     scope = identity.subject
-    replay = await _replay(db, scope, key, fingerprint, ttl)
-    if replay is not None:
-        return replay
-    try:
-        async with db.transaction() as session:
-            # A placeholder first: a concurrent duplicate blocks here until this transaction ends.
-            await _insert(session, scope, key, fingerprint, 0, None)
-            result = await work(session)
-            payload = jsonable_encoder(result)
-            await session.execute(update(records).where(records.c.scope == scope, records.c.key == key)
-                                  .values(status_code=status_code, body=payload))
-        return _response(status_code, payload)
-    except _AlreadyRecorded:
-        pass
-    except DomainError as exc:
-        if exc.status >= 500:
-            raise
-        problem = domain_problem(exc)
+    # One transaction in the usual case: claim the key, do the work, store its answer. A key already
+    # taken is replayed (an expired record is dropped by _replay and the key claimed again, once).
+    for _ in range(2):
         try:
             async with db.transaction() as session:
-                await _insert(session, scope, key, fingerprint, exc.status, _body_of(problem))
-            return problem
-        except _AlreadyRecorded:
-            pass
-    replay = await _replay(db, scope, key, fingerprint, ttl)
-    if replay is None:
-        raise Conflict("The request with this key is still being processed.")
-    return replay
+                if await _claim(session, scope, key, fingerprint):
+                    result = await work(session)
+                    payload = jsonable_encoder(result)
+                    await session.execute(update(records).where(records.c.scope == scope, records.c.key == key)
+                                          .values(status_code=status_code, body=payload))
+                    return _response(status_code, payload)
+        except DomainError as exc:
+            if exc.status >= 500:
+                raise
+            problem = domain_problem(exc)
+            try:
+                async with db.transaction() as session:
+                    await _insert(session, scope, key, fingerprint, exc.status, _body_of(problem))
+                return problem
+            except _AlreadyRecorded:
+                pass
+        replay = await _replay(db, scope, key, fingerprint, ttl)
+        if replay is not None:
+            return replay
+    raise Conflict("The request with this key is still being processed.")
 
 
 def _body_of(response: JSONResponse) -> Any:
