@@ -8,7 +8,8 @@ GATEWAY_URL is set, then measures in one run:
   4. each process's RSS after the run, and CPU per saga per process
   5. event-store saves per saga in the run, and the store's own ceiling (saves/s)
 It prints a table and writes bench/results/latest.json. BENCH_SCALE (default 1) stretches every phase;
-BENCH_REPEAT (default 1) repeats the 64-client saga and bare phases, interleaved.
+BENCH_REPEAT (default 1) repeats the 64-client saga and bare phases, interleaved; BENCH_PHASES picks
+parts (store,sagas,bare,overhead); BENCH_FLEET_ENV="NAME=value ..." sets the fleet's environment.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 LEVELS = [int(x) for x in os.environ.get("BENCH_LEVELS", "1,16,64").split(",")]
 SCALE = float(os.environ.get("BENCH_SCALE", "1"))
 REPEAT = int(os.environ.get("BENCH_REPEAT", "1"))
+# Which parts run (all by default): store, sagas, bare, overhead.
+PHASES = set(os.environ.get("BENCH_PHASES", "store,sagas,bare,overhead").split(","))
 SECONDS = {1: 5.0, 16: 8.0}  # a level's measured seconds at scale 1 (others: 12)
 WARMUP = 3.0
 STATS_SETTLE_SECS = 11  # PostgreSQL backends publish their commit counts within 10 s of going idle
@@ -154,18 +157,19 @@ async def run(stack: Stack) -> dict[str, Any]:
         "python": platform.python_version(), "scale": SCALE, "levels": LEVELS, "repeat": REPEAT,
         "loadavg_start": os.getloadavg(), "gateway_url": stack.gateway_url, "fleet_started_by_bench": bool(stack.fleet),
     }
-    can_direct = all(p in stack.services for p in ("order_service", "inventory_service", "payment_service",
-                                                   "carrier_service", "shipment_service"))
+    can_direct = "bare" in PHASES and all(p in stack.services for p in (
+        "order_service", "inventory_service", "payment_service", "carrier_service", "shipment_service"))
 
-    print("event store ceiling (SagaStore saves, no HTTP) ...", flush=True)
-    report["event_store"] = await event_store.run([1, 64], 5 * SCALE)
-    for row in report["event_store"]:
+    if "store" in PHASES:
+        print("event store ceiling (SagaStore saves, no HTTP) ...", flush=True)
+        report["event_store"] = await event_store.run([1, 64], 5 * SCALE)
+    for row in report.get("event_store", []):
         print(f"  c={row['concurrency']:<3} {row['saves_per_sec']:8.1f} saves/s  {row['sagas_per_sec']:7.1f} "
               f"sagas/s at {row['saves_per_saga']} saves per saga", flush=True)
 
     base = _db_counts()
     print("placeCustomerOrder through the gateway ...", flush=True)
-    saga_runs = [await bench.sagas(level) for level in LEVELS]
+    saga_runs = [await bench.sagas(level) for level in LEVELS] if "sagas" in PHASES else []
     bare_runs: list[Figures] = []
     if can_direct:
         await asyncio.sleep(STATS_SETTLE_SECS)
@@ -183,12 +187,13 @@ async def run(stack: Stack) -> dict[str, Any]:
     top = max(LEVELS)
     for _ in range(REPEAT - 1):
         print(f"repeat at {top} clients ...", flush=True)
-        saga_runs.append(await bench.sagas(top))
+        if "sagas" in PHASES:
+            saga_runs.append(await bench.sagas(top))
         if can_direct:
             bare_runs.append(await bench.bare(top))
 
     overhead: list[Figures] = []
-    if "order_service" in stack.services and "auth_service" in stack.services:
+    if "overhead" in PHASES and "order_service" in stack.services and "auth_service" in stack.services:
         print(f"gateway overhead: GET /api/orders/{{id}} at {top} clients ...", flush=True)
         overhead.append(await bench.reads("GET direct to order_service", stack.services["order_service"], top))
         overhead.append(await bench.reads("GET through the gateway", stack.gateway_url, top))
@@ -277,7 +282,9 @@ def main() -> None:
     gateway_url = os.environ.get("GATEWAY_URL", "")
     started = time.monotonic()
     print(f"{os.cpu_count()} CPUs, load {os.getloadavg()}, scale {SCALE}", flush=True)
-    stack = attach(gateway_url) if gateway_url else start_fleet()
+    # BENCH_FLEET_ENV="LOG_LEVEL=WARNING DB_POOL_SIZE=5": settings for every service of the fleet (A/B runs).
+    fleet_env = dict(item.split("=", 1) for item in os.environ.get("BENCH_FLEET_ENV", "").split())
+    stack = attach(gateway_url) if gateway_url else start_fleet(fleet_env)
     try:
         prepare(stack)
         report = asyncio.run(run(stack))
