@@ -21,7 +21,7 @@ from uuid import UUID
 
 import structlog
 
-from saga_orchestrator.domain import TERMINAL, Saga, SagaStatus
+from saga_orchestrator.domain import TERMINAL, Saga, SagaStatus, StepStatus
 from saga_orchestrator.event_store import ConcurrentSagaUpdate, SagaStore
 from saga_orchestrator.index import SagaIndexStore
 from saga_orchestrator.metrics import SAGA_TAKEOVERS, SAGAS_FINISHED, STEP_LATENCY
@@ -283,11 +283,17 @@ class SagaRunner:
         started = time.perf_counter()
         context = saga.context()
         learned: dict[str, Any] = {}
+        record = saga.steps[name]
+        outcome_unknown = record.status == StepStatus.FAILED and not record.outcome_known
+        replay_first = step.replay_before_compensating and outcome_unknown
         try:
             compensation.render_path(context)
         except KeyError:
-            # The step's outcome is unknown and so is what its compensation must address (the order id
-            # of an order that may exist): ask again under the step's own key, which replays, not repeats.
+            replay_first = True
+        if replay_first:
+            # The step's outcome is unknown, and either its compensation cannot say what to undo (the order id
+            # of an order that may exist) or would not stop the step from landing after it: ask again under
+            # the step's own key, which replays, not repeats.
             replay = await self._call(saga, step.action, context, f"{saga.id}:{name}", deadline, f"{name}:replay")
             if replay.refused:  # it did not happen: nothing to undo
                 saga.compensation_succeeded(name, replay.attempts)

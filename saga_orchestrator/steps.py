@@ -56,6 +56,12 @@ class StepDefinition:
     compensation: ServiceCall | None
     # context key ← field of the action's response body; later steps and compensations read them.
     results: Mapping[str, str] = field(default_factory=dict)
+    # When the action's outcome is unknown (it timed out), replay it under its own key before compensating:
+    # the participant answers with the original's result (waiting for it if it still runs) or makes the call
+    # now, so a late copy of the original can only replay, never apply after the compensation. Needed where
+    # the compensation does not fence off a late action itself (inventory and payment record an empty
+    # compensation and refuse the late action; carrier and shipment would assign or ship a cancelled order).
+    replay_before_compensating: bool = False
 
     def extract_results(self, response: Any) -> dict[str, Any]:
         body = response if isinstance(response, dict) else {}
@@ -136,6 +142,7 @@ V1 = SagaDefinition(version=1, steps=(
             "weight_grams": c.get("allocated_weight_grams") or c["total_weight_grams"]}),
         ServiceCall(CARRIER, "POST", "/api/carriers/assignments/{order_id}/release"),
         results={"assignment_id": "id", "carrier_code": "carrier_code", "shipping_price_minor": "price_minor"},
+        replay_before_compensating=True,
     ),
     StepDefinition(
         SagaStep.CREATE_SHIPMENT,
@@ -144,6 +151,7 @@ V1 = SagaDefinition(version=1, steps=(
             "address": c["shipping_address"]}),
         ServiceCall(SHIPMENT, "POST", "/api/shipments/orders/{order_id}/cancel"),
         results={"shipment_id": "id", "tracking_number": "tracking_number"},
+        replay_before_compensating=True,
     ),
     StepDefinition(
         SagaStep.CONFIRM_ORDER,
