@@ -380,13 +380,20 @@ def _check_stock(reader: _Reader, report: InvariantReport, skus: list[str], init
                                                  f" {confirmed[sku]} = {initial - confirmed[sku]}")
 
 
-def unfinished_sagas(gateway_url: str, admin_token: str, *, since: datetime | None = None,
-                     timeout: float = 30) -> list[dict[str, Any]]:
-    """The sagas (created since `since`) that are not terminal yet."""
+def list_sagas(gateway_url: str, admin_token: str, *, since: datetime | None = None, status: str | None = None,
+               timeout: float = 30) -> list[dict[str, Any]]:
+    """Every saga created since `since` (newest first), optionally only those in one status."""
     since = _aware(since) if since is not None else None
     headers = {"Authorization": f"Bearer {admin_token}", "Accept": "application/json"}
     with httpx.Client(base_url=gateway_url.rstrip("/"), headers=headers, timeout=timeout) as client:
-        return [s for s in _Reader(client).pages("/api/customer-orders", since) if s["status"] not in TERMINAL]
+        return list(_Reader(client).pages("/api/customer-orders", since, {"status": status} if status else None))
+
+
+def unfinished_sagas(gateway_url: str, admin_token: str, *, since: datetime | None = None,
+                     timeout: float = 30) -> list[dict[str, Any]]:
+    """The sagas (created since `since`) that are not terminal yet."""
+    return [s for s in list_sagas(gateway_url, admin_token, since=since, timeout=timeout)
+            if s["status"] not in TERMINAL]
 
 
 def wait_until_settled(gateway_url: str, admin_token: str, *, since: datetime | None = None, timeout: float = 120,

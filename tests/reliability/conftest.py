@@ -1,0 +1,151 @@
+"""Fixtures of the reliability suite: the session's fleet with an orchestrator on short deadlines, stock, faults.
+
+Sizes scale with RELIABILITY_SCALE (1 in CI; `make reliability` runs 10): orders, kills, examples.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from tests.conftest import login, register_customer
+from tests.fleet import ADMIN_EMAIL, ADMIN_PASSWORD, Fleet, ServiceProcess
+
+SCALE = max(1, int(os.environ.get("RELIABILITY_SCALE", "1")))
+SEED = int(os.environ.get("RELIABILITY_SEED", str(random.randrange(1_000_000))))
+SAGA_APP = "SAGA-ORCHESTRATOR"
+# Short deadlines, so that a slow or dead participant fails a step within seconds; compensations keep trying
+# long enough for a killed service to come back.
+SAGA_ENV = {
+    "STEP_DEADLINE_SECS": "3",
+    "STEP_ATTEMPT_TIMEOUT_SECS": "2",
+    "COMPENSATION_DEADLINE_SECS": "30",
+    "RETRY_INITIAL_SECS": "0.05",
+    "RETRY_MAX_SECS": "0.5",
+    "LEASE_SECS": "4",
+    "RECOVERY_INTERVAL_SECS": "1",
+}
+
+
+def pytest_report_header() -> str:
+    return f"reliability: RELIABILITY_SCALE={SCALE} RELIABILITY_SEED={SEED}"
+
+
+@pytest.fixture
+def rng() -> random.Random:
+    return random.Random(SEED)
+
+
+def wait_gateway_routes(gateway_url: str, token: str, timeout: float = 30) -> None:
+    """Until the gateway reaches a saga orchestrator again (its registry copy refreshes every second)."""
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=gateway_url, timeout=5) as client:
+        while time.monotonic() < deadline:
+            try:
+                if client.get("/api/customer-orders", params={"limit": 1},
+                              headers={"Authorization": f"Bearer {token}"}).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+    raise TimeoutError("the gateway does not reach SAGA-ORCHESTRATOR")
+
+
+def _replace_orchestrator(fleet: Fleet, **env: str) -> ServiceProcess:
+    old = fleet.processes["saga_orchestrator"]
+    old.stop()
+    fleet.wait_deregistered(SAGA_APP, old.port)
+    return fleet.start("saga_orchestrator", env=env)
+
+
+@dataclass
+class Admin:
+    gateway_url: str
+    _token: str = ""
+    _at: float = 0.0
+
+    @property
+    def token(self) -> str:
+        # Access tokens live 15 minutes; a long run (RELIABILITY_SCALE=10) outlives several.
+        if time.monotonic() - self._at > 600:
+            with httpx.Client(base_url=self.gateway_url, timeout=30) as client:
+                self._token, self._at = login(client, ADMIN_EMAIL, ADMIN_PASSWORD), time.monotonic()
+        return self._token
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@pytest.fixture(scope="package")
+def rel_admin(gateway_url: str) -> Admin:
+    return Admin(gateway_url)
+
+
+@pytest.fixture(scope="package")
+def chaos_orchestrator(fleet: Fleet, gateway_url: str, rel_admin: Admin) -> Iterator[ServiceProcess]:
+    """The fleet's orchestrator on short deadlines for this package; the default one is restored afterwards."""
+    proc = _replace_orchestrator(fleet, **SAGA_ENV)
+    wait_gateway_routes(gateway_url, rel_admin.token)
+    yield proc
+    _replace_orchestrator(fleet)
+    wait_gateway_routes(gateway_url, rel_admin.token)
+
+
+@pytest.fixture(scope="package")
+def carrier(gateway_url: str, rel_admin: Admin) -> str:
+    """A carrier for DE that never runs out of capacity, so only stock and cards decide an order."""
+    code = f"REL{uuid.uuid4().hex[:8].upper()}"
+    with httpx.Client(base_url=gateway_url, timeout=30) as api:
+        response = api.post("/api/carriers", headers=rel_admin.headers, json={
+            "code": code, "name": "Reliable Parcel", "countries": ["DE"], "max_weight_grams": 1_000_000,
+            "daily_capacity": 1_000_000, "base_price_minor": 0, "price_per_kg_minor": 0, "currency": "EUR"})
+        assert response.status_code == 201, response.text
+    return code
+
+
+@pytest.fixture(scope="package")
+def shoppers(gateway_url: str) -> list[str]:
+    """Access tokens of a few customers (orders are spread over them)."""
+    with httpx.Client(base_url=gateway_url, timeout=30) as api:
+        return [register_customer(api).token for _ in range(4)]
+
+
+@pytest.fixture
+def new_product(gateway_url: str, rel_admin: Admin, carrier: str) -> Callable[[int], str]:
+    """Create a product with `on_hand` units that only this test orders; returns its sku."""
+
+    def create(on_hand: int) -> str:
+        sku = f"REL-{uuid.uuid4().hex[:10].upper()}"
+        with httpx.Client(base_url=gateway_url, timeout=30) as api:
+            response = api.post("/api/inventory/products", headers=rel_admin.headers, json={
+                "sku": sku, "name": "Reliability widget", "unit_price_minor": 990, "currency": "EUR",
+                "weight_grams": 250, "on_hand": on_hand})
+            assert response.status_code == 201, response.text
+        return sku
+
+    return create
+
+
+@pytest.fixture
+def faults(fleet: Fleet) -> Iterator[Callable[..., None]]:
+    """Inject faults into a service (by fleet process name); every touched service's faults are cleared after."""
+    touched: set[str] = set()
+
+    def inject(name: str, path_regex: str, method: str = "POST", status: int = 503, count: int = 1,
+               delay_ms: int = 0) -> None:
+        response = httpx.post(f"{fleet.processes[name].url}/_faults", json={
+            "method": method, "path_regex": path_regex, "status": status, "count": count, "delay_ms": delay_ms})
+        assert response.status_code == 201, response.text
+        touched.add(name)
+
+    yield inject
+    for name in touched:
+        httpx.delete(f"{fleet.processes[name].url}/_faults")
