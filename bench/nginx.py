@@ -33,10 +33,12 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         proxy_http_version 1.1;
-        proxy_set_header Connection "";
+        # (A location's own proxy_set_header lines replace the server's: each location keeps its upstream
+        # connections alive itself.)
         location = /_validate {{
             internal;
             proxy_pass http://auth/validate;
+            proxy_set_header Connection "";
             proxy_pass_request_body off;
             proxy_set_header Content-Length "";
             proxy_set_header X-Request-ID $request_id;
@@ -48,6 +50,7 @@ http {{
             auth_request_set $user_id $upstream_http_x_user_id;
             auth_request_set $user_roles $upstream_http_x_user_roles;
             auth_request_set $user_email $upstream_http_x_user_email;
+            proxy_set_header Connection "";
             proxy_set_header X-User-Id $user_id;
             proxy_set_header X-User-Roles $user_roles;
             proxy_set_header X-User-Email $user_email;
