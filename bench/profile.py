@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--only", default="", help="comma-separated process names to profile")
+    parser.add_argument("--gil", action="store_true", help="only samples that hold the GIL (Python's own CPU)")
     args = parser.parse_args()
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     out = args.out or Path(tempfile.mkdtemp(prefix="bench-profile-"))
@@ -70,9 +71,10 @@ def main() -> None:
         refresh_tokens(stack)
         asyncio.run(load(stack, args.clients, 5, args.bare))  # warm-up
         names = [n for n in stack.pids if not args.only or n in args.only.split(",")]
+        options = ["--duration", str(int(args.seconds)), "--rate", "200", "--format", "raw", "--nonblocking",
+                   *(["--gil"] if args.gil else [])]
         spies = {name: subprocess.Popen(
-            [py_spy, "record", "--pid", str(stack.pids[name]), "--duration", str(int(args.seconds)), "--rate", "200",
-             "--format", "raw", "--nonblocking", "--output", str(out / f"{name}.txt")],
+            [py_spy, "record", "--pid", str(stack.pids[name]), *options, "--output", str(out / f"{name}.txt")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for name in names}
         asyncio.run(load(stack, args.clients, args.seconds, args.bare))
         for spy in spies.values():

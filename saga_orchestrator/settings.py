@@ -34,7 +34,7 @@ class Settings(ServiceSettings):
     # transition at once). Each save waits for its own commit, so saving every transition made the
     # event store the first wall; recovery redoes unsaved steps under their idempotency keys.
     # 0 saves every transition.
-    event_store_checkpoint_secs: float = Field(default=1.0, ge=0)
+    event_store_checkpoint_secs: float = Field(default=2.0, ge=0)
 
     @model_validator(mode="after")
     def _default_database(self) -> Settings:
