@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 
 from sqlalchemy import BigInteger, Boolean, Date, ForeignKey, Index, Integer, String, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from shared.db import UTCDateTime, new_metadata
+from shared.db import UTCDateTime, new_id, new_metadata, utc_now
 from shared.idempotency import idempotency_table
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _uuid() -> str:
-    return str(uuid.uuid4())
 
 
 class Base(DeclarativeBase):
@@ -36,7 +27,7 @@ class AssignmentStatus:
 class Carrier(Base):
     __tablename__ = "carriers"
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=_uuid)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     code: Mapped[str] = mapped_column(String(32), unique=True)
     name: Mapped[str] = mapped_column(String(200))
     max_weight_grams: Mapped[int] = mapped_column(Integer)
@@ -45,8 +36,8 @@ class Carrier(Base):
     price_per_kg_minor: Mapped[int] = mapped_column(BigInteger)
     currency: Mapped[str] = mapped_column(String(3))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now, onupdate=_now)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now, onupdate=utc_now)
     country_rows: Mapped[list[CarrierCountry]] = relationship(
         back_populates="carrier", cascade="all, delete-orphan", lazy="selectin", order_by="CarrierCountry.country"
     )
@@ -86,7 +77,7 @@ class CarrierAssignment(Base):
         ),
     )
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=_uuid)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     order_id: Mapped[str] = mapped_column(String(64), index=True)
     carrier_id: Mapped[str] = mapped_column(ForeignKey("carriers.id"))
     carrier_code: Mapped[str] = mapped_column(String(32))
@@ -97,5 +88,5 @@ class CarrierAssignment(Base):
     status: Mapped[str] = mapped_column(String(16), default=AssignmentStatus.ASSIGNED)
     # The UTC day whose capacity this assignment uses.
     service_day: Mapped[date] = mapped_column(Date)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
     released_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

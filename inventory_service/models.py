@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from shared.db import UTCDateTime, new_metadata
+from shared.db import UTCDateTime, new_id, new_metadata, utc_now
 from shared.idempotency import idempotency_table
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _uuid() -> str:
-    return str(uuid.uuid4())
 
 
 class Base(DeclarativeBase):
@@ -45,8 +36,8 @@ class Product(Base):
     weight_grams: Mapped[int] = mapped_column(Integer)
     on_hand: Mapped[int] = mapped_column(BigInteger, default=0)
     reserved: Mapped[int] = mapped_column(BigInteger, default=0)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now, onupdate=_now)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now, onupdate=utc_now)
 
     @property
     def available(self) -> int:
@@ -65,11 +56,11 @@ class Allocation(Base):
 
     __tablename__ = "allocations"
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=_uuid)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     order_id: Mapped[str] = mapped_column(String(64), unique=True)
     status: Mapped[str] = mapped_column(String(16), default=AllocationStatus.ALLOCATED)
     currency: Mapped[str | None] = mapped_column(String(3), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
     released_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     lines: Mapped[list[AllocationLine]] = relationship(
         back_populates="allocation", cascade="all, delete-orphan", lazy="selectin", order_by="AllocationLine.sku"
@@ -89,7 +80,7 @@ class AllocationLine(Base):
 
     __tablename__ = "allocation_lines"
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=_uuid)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     allocation_id: Mapped[str] = mapped_column(ForeignKey("allocations.id", ondelete="CASCADE"), index=True)
     sku: Mapped[str] = mapped_column(String(64))
     quantity: Mapped[int] = mapped_column(Integer)

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from shared.db import UTCDateTime, new_metadata
+from shared.db import UTCDateTime, new_id, new_metadata, utc_now
 from shared.idempotency import idempotency_table
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _uuid() -> str:
-    return str(uuid.uuid4())
 
 
 class Base(DeclarativeBase):
@@ -44,7 +35,7 @@ class Payment(Base):
         CheckConstraint("refunded_minor <= amount_minor", name="refunded_within_amount"),
     )
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=_uuid)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     order_id: Mapped[str] = mapped_column(String(64), unique=True)
     customer_id: Mapped[str] = mapped_column(String(64), index=True)
     amount_minor: Mapped[int] = mapped_column(BigInteger)
@@ -53,8 +44,8 @@ class Payment(Base):
     refunded_minor: Mapped[int] = mapped_column(BigInteger, default=0)
     processor_reference: Mapped[str] = mapped_column(String(64))
     card_brand: Mapped[str] = mapped_column(String(16))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now, onupdate=_now)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now, onupdate=utc_now)
     refunds: Mapped[list[Refund]] = relationship(
         back_populates="payment", cascade="all, delete-orphan", lazy="selectin", order_by="Refund.created_at"
     )
@@ -64,11 +55,11 @@ class Refund(Base):
     __tablename__ = "refunds"
     __table_args__ = (CheckConstraint("amount_minor > 0", name="amount_positive"),)
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=_uuid)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     payment_id: Mapped[str] = mapped_column(ForeignKey("payments.id", ondelete="CASCADE"), index=True)
     amount_minor: Mapped[int] = mapped_column(BigInteger)
     reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
     payment: Mapped[Payment] = relationship(back_populates="refunds")
 
 
@@ -77,7 +68,7 @@ class ChargeAttempt(Base):
 
     __tablename__ = "charge_attempts"
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=_uuid)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     order_id: Mapped[str] = mapped_column(String(64), index=True)
     customer_id: Mapped[str] = mapped_column(String(64))
     amount_minor: Mapped[int] = mapped_column(BigInteger)
@@ -85,7 +76,7 @@ class ChargeAttempt(Base):
     payment_token: Mapped[str] = mapped_column(String(64))
     outcome: Mapped[str] = mapped_column(String(16))  # CAPTURED | DECLINED | UNAVAILABLE
     code: Mapped[str | None] = mapped_column(String(40), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
 
 
 class SettledBy:
@@ -104,4 +95,4 @@ class SettledOrder(Base):
 
     order_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     claimed_by: Mapped[str] = mapped_column(String(16))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)

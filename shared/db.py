@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -20,6 +21,16 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+def utc_now() -> datetime:
+    """Now, timezone-aware UTC: the default of every timestamp column."""
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    """A random UUID as text: the default of every surrogate key."""
+    return str(uuid.uuid4())
 
 
 class UTCDateTime(TypeDecorator[datetime]):

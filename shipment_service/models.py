@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, ForeignKey, Index, Integer, String, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from shared.db import UTCDateTime, new_metadata
+from shared.db import UTCDateTime, new_id, new_metadata, utc_now
 from shared.idempotency import idempotency_table
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _uuid() -> str:
-    return str(uuid.uuid4())
 
 
 class Base(DeclarativeBase):
@@ -58,15 +49,15 @@ class Shipment(Base):
         ),
     )
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=_uuid)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     order_id: Mapped[str] = mapped_column(String(64), index=True)
     customer_id: Mapped[str] = mapped_column(String(64), index=True)
     carrier_code: Mapped[str] = mapped_column(String(32))
     address: Mapped[dict[str, Any]] = mapped_column(JSON)
     tracking_number: Mapped[str] = mapped_column(String(32), unique=True)
     status: Mapped[str] = mapped_column(String(16), index=True, default=ShipmentStatus.CREATED)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now, onupdate=_now)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now, onupdate=utc_now)
     history: Mapped[list[ShipmentStatusChange]] = relationship(
         back_populates="shipment", cascade="all, delete-orphan", lazy="selectin",
         order_by="ShipmentStatusChange.position",
@@ -76,10 +67,10 @@ class Shipment(Base):
 class ShipmentStatusChange(Base):
     __tablename__ = "shipment_status_history"
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=_uuid)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     shipment_id: Mapped[str] = mapped_column(ForeignKey("shipments.id", ondelete="CASCADE"), index=True)
     position: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16))
-    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
     note: Mapped[str | None] = mapped_column(String(500), nullable=True)
     shipment: Mapped[Shipment] = relationship(back_populates="history")
