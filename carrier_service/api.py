@@ -77,7 +77,7 @@ async def list_carriers(
     country: CountryCode | None = None,
     active: bool | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> Page[CarrierOut]:
     async with request.app.state.db.transaction() as session:
         carriers, total = await service.list_carriers(session, country, active, limit, offset)

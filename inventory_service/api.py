@@ -57,7 +57,7 @@ async def list_products(
     request: Request,
     skus: Annotated[str | None, Query(max_length=40_000, description="Comma-separated skus.")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> Page[ProductOut]:
     wanted = _sku_list(skus)
     async with request.app.state.db.transaction() as session:

@@ -38,7 +38,7 @@ async def list_orders(
     customer_id: Annotated[str | None, Query(max_length=64)] = None,
     status: Literal["PENDING", "CONFIRMED", "CANCELLED"] | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> Page[OrderOut]:
     async with request.app.state.db.transaction() as session:
         orders, total = await service.list_orders(session, identity, customer_id, status, limit, offset)

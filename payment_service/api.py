@@ -63,7 +63,7 @@ async def list_payments(
     customer_id: Annotated[str | None, Query(pattern=CUSTOMER_ID_PATTERN)] = None,
     status: Literal["CAPTURED", "PARTIALLY_REFUNDED", "REFUNDED"] | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> Page[PaymentOut]:
     async with request.app.state.db.transaction() as session:
         payments, total = await service.list_payments(session, identity, order_id, customer_id, status, limit,

@@ -86,7 +86,7 @@ async def list_customer_orders(
     identity: Caller,
     status: SagaStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> Page[SagaSummary]:
     items, total = await service.list_sagas(_orchestrator(request), identity, status and str(status), limit, offset)
     return Page(items=items, total=total, limit=limit, offset=offset)
@@ -96,7 +96,8 @@ async def list_customer_orders(
 async def saga_event_feed(
     request: Request,
     identity: Admin,
-    after: Annotated[int, Query(ge=0, description="Last event id already seen (0 = from the start).")] = 0,
+    after: Annotated[int, Query(ge=0, le=2**63 - 1,
+                                description="Last event id already seen (0 = from the start).")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> EventFeed:
     items = await service.event_feed(_orchestrator(request), after, limit)

@@ -47,7 +47,7 @@ async def list_shipments(
     customer_id: Annotated[str | None, Query(max_length=64)] = None,
     status: StatusName | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> Page[ShipmentOut]:
     async with request.app.state.db.transaction() as session:
         shipments, total = await service.list_shipments(session, identity, order_id, customer_id, status, limit,
