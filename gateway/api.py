@@ -88,5 +88,5 @@ async def proxy(request: Request) -> Response:
             verdict = tighter(verdict, user_verdict)
     response = await gateway.forward(request, route, ctx, identity)
     if verdict is not None:
-        response.raw_headers.extend((k.lower().encode(), v.encode()) for k, v in verdict.headers())
+        response.raw_headers.extend(verdict.raw_headers())
     return response

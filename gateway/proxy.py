@@ -416,29 +416,31 @@ class Gateway:
         self.breakers.get(app, instance_id).record_failure()
         log.warning("upstream attempt failed", app=app, instance=instance_id, outcome=outcome, error=repr(exc))
 
-    def _candidates(self, app: str, tried: set[str]) -> tuple[list[Instance], list[Instance]]:
-        """(UP instances not tried yet, those of them whose breaker lets them be chosen now)."""
+    def _usable(self, app: str, tried: set[str]) -> list[Instance]:
+        """UP instances not tried yet whose breaker lets them be chosen now."""
         instances = self.registry.instances(app)
         self._prune_breakers(app, instances)
-        untried = [i for i in instances if i.instance_id not in tried]
-        usable = [i for i in untried if self.breakers.get(app, i.instance_id).available()]
-        return untried, usable
+        breakers = self.breakers
+        return [i for i in instances if i.instance_id not in tried and breakers.get(app, i.instance_id).available()]
 
     def _has_another(self, app: str, tried: set[str]) -> bool:
-        return bool(self._candidates(app, tried)[1])
+        return bool(self._usable(app, tried))
 
     def _choose(self, app: str, tried: set[str]) -> Instance:
         """Round robin over the instances a request may go to; 503 (with Retry-After if breakers) when none."""
-        untried, usable = self._candidates(app, tried)
+        usable = self._usable(app, tried)
         if not usable:
+            untried = [i for i in self.registry.instances(app) if i.instance_id not in tried]
             if not untried:
                 detail = f"{app} cannot be reached." if tried else f"No UP instance of {app} is registered."
                 raise ServiceUnavailable(detail, service=app)
             wait = min(self.breakers.get(app, i.instance_id).retry_after_secs() for i in untried)
             raise ServiceUnavailable(f"Every instance of {app} failed repeatedly; its circuit is open.",
                                      service=app, retry_after=max(1, wait))
-        cursor = self._cursors.setdefault(app, itertools.count())
-        instance = usable[next(cursor) % len(usable)]
+        cursor = self._cursors.get(app)
+        if cursor is None:
+            cursor = self._cursors[app] = itertools.count()
+        instance = usable[next(cursor) % len(usable)] if len(usable) > 1 else usable[0]
         self.breakers.get(app, instance.instance_id).begin()
         return instance
 
