@@ -10,8 +10,9 @@ from typing import Any
 import httpx
 import structlog
 from fastapi import Request
-from jose import jwt
-from jose.exceptions import JWTError
+from jose import jwk, jwt
+from jose.backends.base import Key
+from jose.exceptions import JOSEError, JWTError
 
 from shared.errors import Forbidden, ServiceUnavailable, Unauthorized
 from shared.registry_client import RegistryClient
@@ -56,6 +57,9 @@ class TokenVerifier:
         self._forced_at = 0.0
         self._lock = asyncio.Lock()
         self._static_keys: dict[str, dict[str, Any]] | None = None
+        # kid → (the JWK it was built from, the key object): python-jose rebuilds the RSA key from the
+        # JWK on every decode otherwise, half of a verification's time (~90 -> ~40 µs measured).
+        self._built: dict[str, tuple[dict[str, Any], Key]] = {}
 
     def use_keys(self, jwks: dict[str, Any]) -> None:
         """Pin the key set (auth_service verifies with its own keys, tests with theirs)."""
@@ -105,6 +109,15 @@ class TokenVerifier:
             raise Unauthorized("The token was signed with an unknown key.")
         return self._keys[kid]
 
+    def _built_key(self, kid: str, key: dict[str, Any]) -> Key:
+        built = self._built.get(kid)
+        if built is None or built[0] is not key:  # a refreshed key set holds new dicts: build again
+            try:
+                built = self._built[kid] = (key, jwk.construct(key, ALGORITHMS[0]))
+            except JOSEError as exc:
+                raise Unauthorized("The token was signed with a key that cannot be used.") from exc
+        return built[1]
+
     async def verify(self, token: str) -> Identity:
         try:
             header = jwt.get_unverified_header(token)
@@ -112,7 +125,8 @@ class TokenVerifier:
             raise Unauthorized("The token is malformed.") from exc
         if header.get("alg") not in ALGORITHMS:
             raise Unauthorized("The token's algorithm is not accepted.")
-        key = await self._key_for(str(header.get("kid", "")))
+        kid = str(header.get("kid", ""))
+        key = self._built_key(kid, await self._key_for(kid))
         try:
             claims = jwt.decode(
                 token,
