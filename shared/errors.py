@@ -119,6 +119,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DBAPIError)
     async def _database(_: Request, exc: DBAPIError) -> JSONResponse:
+        sqlstate = str(getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None) or "")
+        if sqlstate.startswith("22"):
+            # SQLSTATE class 22, data exception (e.g. a NUL character in text): the input's fault, not ours.
+            log.warning("database refused a value", sqlstate=sqlstate, error=repr(exc.orig))
+            return problem(422, "Unprocessable request", "A value cannot be stored (e.g. it contains a NUL "
+                           "character or is out of range).", "validation-error")
         # Connection refused, dropped or exhausted: transient, the caller may retry.
         log.warning("database unavailable", error=repr(exc.orig))
         return problem(503, "Service unavailable", "The service's database is unavailable; retry later.",

@@ -90,10 +90,6 @@ def test_an_oversized_body_is_refused_at_the_gateway(gateway_url: str, rel_admin
         assert response.status_code == 413 and _problem(response), (response.status_code, response.text[:300])
 
 
-@pytest.mark.xfail(strict=True, reason="known defect, shared/ (not this suite's to fix): a NUL inside a JSON string "
-                   "reaches PostgreSQL, which refuses it, and the service answers 503 'database unavailable' instead "
-                   "of 422. Fix: refuse NUL in shared.schemas' text types, or map SQLSTATE class 22 to 422 in "
-                   "shared.errors.")
 def test_a_nul_character_in_a_json_string_is_refused(gateway_url: str, rel_admin: Admin) -> None:
     with httpx.Client(base_url=gateway_url, timeout=30) as api:
         carrier = api.post("/api/carriers", headers=rel_admin.headers, json={
