@@ -285,12 +285,12 @@ class SagaRunner:
         learned: dict[str, Any] = {}
         record = saga.steps[name]
         outcome_unknown = record.status == StepStatus.FAILED and not record.outcome_known
-        replay_first = step.replay_before_compensating and outcome_unknown
         try:
             compensation.render_path(context)
+            addressable = True
         except KeyError:
-            replay_first = True
-        if replay_first:
+            addressable = False
+        if not addressable or (step.replay_before_compensating and outcome_unknown):
             # The step's outcome is unknown, and either its compensation cannot say what to undo (the order id
             # of an order that may exist) or would not stop the step from landing after it: ask again under
             # the step's own key, which replays, not repeats.
@@ -299,12 +299,14 @@ class SagaRunner:
                 saga.compensation_succeeded(name, replay.attempts)
                 self._finish_if_done(saga)
                 return
-            if not replay.ok:
+            if replay.ok:
+                learned = step.extract_results(replay.body)
+                context = {**context, **learned}
+            elif not addressable:
                 saga.compensation_failed(name, replay.error or "failed", replay.attempts)
                 saga.finish_compensation()
                 return
-            learned = step.extract_results(replay.body)
-            context = {**context, **learned}
+            # else the participant keeps failing the step: compensate all the same, as well as can be done.
         result = await self._call(saga, compensation, context, f"{saga.id}:{name}:compensate", deadline,
                                   f"{name}:compensate", not_found_is_done=True)
         STEP_LATENCY.labels(name, "compensation", _outcome(result)).observe(time.perf_counter() - started)
