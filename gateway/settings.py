@@ -46,7 +46,7 @@ class Settings(ServiceSettings):
     # Circuit breaker per instance: this many failures in a row (connection error, timeout, or one of the
     # statuses below) open it; after the cool-down one trial request decides whether it closes.
     breaker_failure_threshold: int = Field(default=5, ge=1)
-    breaker_cooldown_secs: float = Field(default=10.0, gt=0)
+    breaker_cooldown_secs: float = Field(default=5.0, gt=0)
     breaker_failure_statuses: list[int] = Field(default_factory=lambda: [502, 503, 504])
 
     # Token buckets: a sustained rate per second and a burst, per client address (before /validate) and per
