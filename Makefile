@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint seed clean bench
+.PHONY: up test lint seed clean bench reliability
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ seed: $(STAMP)
 ## The full test suite (needs PostgreSQL on 127.0.0.1:5432, user postgres).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+## The reliability suite at full size (RELIABILITY_SCALE=10: thousands of orders, every fault, more fuzzing);
+## prints what it tried and what it found. `make test` runs the same tests at RELIABILITY_SCALE=1.
+reliability: $(STAMP)
+	RELIABILITY_SCALE=$${RELIABILITY_SCALE:-10} $(BIN)/python -m pytest -s -q tests/reliability
 
 ## The saga path measured: throughput, latency, lower bound, gateway vs nginx, memory (bench/README.md).
 ## GATEWAY_URL=... targets a running stack; BENCH_SCALE=3 runs longer phases.

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from tests.conftest import login, register_customer
+from tests.conftest import User, login, register_customer
 from tests.fleet import ADMIN_EMAIL, ADMIN_PASSWORD, Fleet, ServiceProcess
 
 SCALE = max(1, int(os.environ.get("RELIABILITY_SCALE", "1")))
@@ -26,7 +26,7 @@ SAGA_APP = "SAGA-ORCHESTRATOR"
 SAGA_ENV = {
     "STEP_DEADLINE_SECS": "3",
     "STEP_ATTEMPT_TIMEOUT_SECS": "2",
-    "COMPENSATION_DEADLINE_SECS": "30",
+    "COMPENSATION_DEADLINE_SECS": "10",
     "RETRY_INITIAL_SECS": "0.05",
     "RETRY_MAX_SECS": "0.5",
     "LEASE_SECS": "4",
@@ -34,8 +34,26 @@ SAGA_ENV = {
 }
 
 
+JOURNAL: list[str] = []
+
+
 def pytest_report_header() -> str:
     return f"reliability: RELIABILITY_SCALE={SCALE} RELIABILITY_SEED={SEED}"
+
+
+def say(text: str) -> None:
+    """What a test tried or found: printed (seen with -s) and repeated in the summary at the end of the run."""
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0].rsplit("::", 1)[-1]
+    print(f"\n{text}")
+    JOURNAL.append(f"{test}: {text}")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if JOURNAL:
+        terminalreporter.section(f"reliability (RELIABILITY_SCALE={SCALE}, RELIABILITY_SEED={SEED}):"
+                                 " what was tried and found")
+        for line in JOURNAL:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture
@@ -111,11 +129,28 @@ def carrier(gateway_url: str, rel_admin: Admin) -> str:
     return code
 
 
+@dataclass
+class Shoppers:
+    """A few customers that orders are spread over; their access tokens are renewed like the admin's."""
+
+    gateway_url: str
+    users: list[User]
+    _at: float = 0.0
+
+    @property
+    def tokens(self) -> list[str]:
+        if time.monotonic() - self._at > 600:
+            with httpx.Client(base_url=self.gateway_url, timeout=30) as client:
+                for user in self.users:
+                    user.token = login(client, user.email, user.password)
+            self._at = time.monotonic()
+        return [user.token for user in self.users]
+
+
 @pytest.fixture(scope="package")
-def shoppers(gateway_url: str) -> list[str]:
-    """Access tokens of a few customers (orders are spread over them)."""
+def shoppers(gateway_url: str) -> Shoppers:
     with httpx.Client(base_url=gateway_url, timeout=30) as api:
-        return [register_customer(api).token for _ in range(4)]
+        return Shoppers(gateway_url, [register_customer(api) for _ in range(4)], time.monotonic())
 
 
 @pytest.fixture

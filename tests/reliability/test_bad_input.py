@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.fleet import Fleet
-from tests.reliability.conftest import Admin
+from tests.reliability.conftest import Admin, say
 
 pytestmark = pytest.mark.integration
 
@@ -162,7 +162,7 @@ def test_path_tricks_never_reach_another_service(fleet: Fleet, gateway_url: str,
         logs = proc.logs()
         wrong.extend(f"{target!r} reached {name}" for rid, (target, allowed) in sent.items()
                      if rid in logs and name not in allowed)
-    print(f"\ntried: {len(sent)} path tricks through the gateway; found {len(wrong)} that got through")
+    say(f"tried: {len(sent)} path tricks through the gateway; found {len(wrong)} that got through")
     assert not wrong, "\n".join(wrong)
 
 

@@ -14,31 +14,31 @@ from collections.abc import Callable
 import httpx
 import psycopg
 import pytest
-from jose import jwt
 
 from customer_cli.invariants import wait_until_settled
 from tests.fleet import PG_ADMIN_DSN, Fleet, ServiceProcess
-from tests.reliability.conftest import SCALE, Admin, wait_gateway_routes
+from tests.reliability.conftest import SCALE, Admin, Shoppers, say, wait_gateway_routes
 from tests.reliability.drive import order_bodies, run_load, running_load, settle_and_check
 
 pytestmark = pytest.mark.integration
 
 
 def _assert_clean(run_summary: str, report_ok: bool, rendered: str) -> None:
-    print(f"placed: {run_summary}\n{rendered}")
+    say(f"placed: {run_summary}")
+    say(f"found: {rendered.splitlines()[0]}")
     assert report_ok, rendered
 
 
 @pytest.mark.parametrize("victim", ["inventory_service", "payment_service"])
 def test_a_participant_killed_mid_load(chaos_orchestrator: ServiceProcess, fleet: Fleet, gateway_url: str,
-                                       rel_admin: Admin, shoppers: list[str], new_product: Callable[[int], str],
+                                       rel_admin: Admin, shoppers: Shoppers, new_product: Callable[[int], str],
                                        rng: random.Random, victim: str) -> None:
     orders, units = 40 * SCALE, 25 * SCALE
     sku = new_product(units)
     bodies = order_bodies(orders, sku, rng=rng, declined_share=0.1)
-    print(f"\ntried: {orders} orders for {units} units; SIGKILL {victim} after {orders // 3} were placed,"
+    say(f"tried: {orders} orders for {units} units; SIGKILL {victim} after {orders // 3} were placed,"
           " restart it 1 s later")
-    with running_load(gateway_url, shoppers, bodies, concurrency=10) as run:
+    with running_load(gateway_url, shoppers.tokens, bodies, concurrency=10) as run:
         run.wait_placed(orders // 3)
         fleet.processes[victim].kill()
         time.sleep(1)
@@ -50,15 +50,15 @@ def test_a_participant_killed_mid_load(chaos_orchestrator: ServiceProcess, fleet
 
 
 def test_the_orchestrator_sigkilled_at_random_moments(chaos_orchestrator: ServiceProcess, fleet: Fleet,
-                                                      gateway_url: str, rel_admin: Admin, shoppers: list[str],
+                                                      gateway_url: str, rel_admin: Admin, shoppers: Shoppers,
                                                       new_product: Callable[[int], str], rng: random.Random) -> None:
     orders, units, kills = 60 * SCALE, 40 * SCALE, 3 * SCALE
     sku = new_product(units)
     bodies = order_bodies(orders, sku, rng=rng, declined_share=0.1, flaky_share=0.2)
     moments = sorted(rng.uniform(0.05, 0.9) for _ in range(kills))
-    print(f"\ntried: {orders} orders for {units} units; SIGKILL the orchestrator {kills} times, after"
+    say(f"tried: {orders} orders for {units} units; SIGKILL the orchestrator {kills} times, after"
           f" {[round(m * orders) for m in moments]} orders were placed")
-    with running_load(gateway_url, shoppers, bodies, concurrency=10) as run:
+    with running_load(gateway_url, shoppers.tokens, bodies, concurrency=10) as run:
         for moment in moments:
             run.wait_placed(round(moment * orders))
             time.sleep(rng.uniform(0, 0.5))  # somewhere inside a step, a save, a lease renewal
@@ -84,20 +84,23 @@ SLOW_STEPS = {
     "create_shipment": ("shipment_service", "POST", r"^/api/shipments$"),
     "confirm_order": ("order_service", "POST", r"/confirm$"),
 }
-DELAY_MS = 4000  # beyond the 3 s step deadline: every attempt times out, then lands late
+DELAY_MS = 4000  # beyond the 3 s step deadline: every attempt times out
+# CI slows one step whose compensation fences late calls itself and one that the saga replays first; the long run
+# (RELIABILITY_SCALE > 1) slows every step.
+SLOW_IN_CI = ["make_payment", "assign_carrier"]
 
 
-@pytest.mark.parametrize("step", list(SLOW_STEPS))
+@pytest.mark.parametrize("step", list(SLOW_STEPS) if SCALE > 1 else SLOW_IN_CI)
 def test_a_participant_slower_than_the_step_deadline(chaos_orchestrator: ServiceProcess, fleet: Fleet,
-                                                     gateway_url: str, rel_admin: Admin, shoppers: list[str],
+                                                     gateway_url: str, rel_admin: Admin, shoppers: Shoppers,
                                                      new_product: Callable[[int], str], rng: random.Random,
                                                      faults: Callable[..., None], step: str) -> None:
     orders, units = 4 * SCALE, 3 * SCALE
     sku = new_product(units)
     name, method, path = SLOW_STEPS[step]
     faults(name, path, method=method, status=0, count=-1, delay_ms=DELAY_MS)
-    print(f"\ntried: {orders} orders while {name} answers {method} {path} after {DELAY_MS} ms")
-    run = run_load(gateway_url, shoppers, order_bodies(orders, sku, rng=rng), concurrency=orders)
+    say(f"tried: {orders} orders while {name} answers {method} {path} after {DELAY_MS} ms")
+    run = run_load(gateway_url, shoppers.tokens, order_bodies(orders, sku, rng=rng), concurrency=orders)
     assert not run.server_errors(), run.server_errors()[:5]
     assert set(run.statuses()) == {202}, run.summary()
     # While the service stays slow, sagas end compensated, or visibly waiting for an operator when even
@@ -153,20 +156,20 @@ def _hold_lock(dsn: str, statement: str, params: dict[str, object], seconds: flo
 
 @pytest.mark.parametrize("step", list(SLOW_WRITES))
 def test_a_participant_slow_in_its_database(chaos_orchestrator: ServiceProcess, fleet: Fleet, gateway_url: str,
-                                            rel_admin: Admin, shoppers: list[str], new_product: Callable[[int], str],
+                                            rel_admin: Admin, shoppers: Shoppers, new_product: Callable[[int], str],
                                             rng: random.Random, step: str) -> None:
     orders, units = 4 * SCALE, 3 * SCALE
     sku = new_product(units)
     package, statement = SLOW_WRITES[step]
-    customers = [str(jwt_subject(token)) for token in shoppers]
-    print(f"\ntried: {orders} orders while {package} holds `{statement[:60]}...` for {LOCK_SECS} s")
+    customers = [user.user_id for user in shoppers.users]
+    say(f"tried: {orders} orders while {package} holds `{statement[:60]}...` for {LOCK_SECS} s")
     held, errors = threading.Event(), list[BaseException]()
     locker = threading.Thread(target=_hold_lock, args=(_service_dsn(fleet, package), statement,
                                                        {"customers": customers}, LOCK_SECS, held, errors))
     locker.start()
     try:
         assert held.wait(10) and not errors, errors
-        run = run_load(gateway_url, shoppers, order_bodies(orders, sku, rng=rng), concurrency=orders)
+        run = run_load(gateway_url, shoppers.tokens, order_bodies(orders, sku, rng=rng), concurrency=orders)
     finally:
         locker.join()
     assert not errors, errors
@@ -174,10 +177,6 @@ def test_a_participant_slow_in_its_database(chaos_orchestrator: ServiceProcess, 
     assert set(run.statuses()) == {202}, run.summary()
     report = settle_and_check(gateway_url, rel_admin.token, run, initial_stock={sku: units})
     _assert_clean(run.summary(), report.ok, report.render())
-
-
-def jwt_subject(token: str) -> str:
-    return str(jwt.get_unverified_claims(token)["sub"])
 
 
 def _drop_connections(prefix: str) -> int:
@@ -189,19 +188,19 @@ def _drop_connections(prefix: str) -> int:
 
 
 def test_database_connections_dropped_mid_load(chaos_orchestrator: ServiceProcess, fleet: Fleet, gateway_url: str,
-                                               rel_admin: Admin, shoppers: list[str],
+                                               rel_admin: Admin, shoppers: Shoppers,
                                                new_product: Callable[[int], str], rng: random.Random) -> None:
     orders, units, drops = 60 * SCALE, 40 * SCALE, 3 * SCALE
     sku = new_product(units)
     bodies = order_bodies(orders, sku, rng=rng, declined_share=0.1)
-    print(f"\ntried: {orders} orders for {units} units; every connection to {fleet.db_prefix}_* terminated"
+    say(f"tried: {orders} orders for {units} units; every connection to {fleet.db_prefix}_* terminated"
           f" {drops} times")
     dropped: list[int] = []
-    with running_load(gateway_url, shoppers, bodies, concurrency=10) as run:
+    with running_load(gateway_url, shoppers.tokens, bodies, concurrency=10) as run:
         for i in range(drops):
             run.wait_placed(round((i + 1) * orders / (drops + 1)))
             dropped.append(_drop_connections(fleet.db_prefix))
-    print(f"connections terminated: {dropped}")
+    say(f"connections terminated: {dropped}")
     assert sum(dropped) > 0
     report = settle_and_check(gateway_url, rel_admin.token, run, initial_stock={sku: units})
     _assert_clean(run.summary(), report.ok, report.render())

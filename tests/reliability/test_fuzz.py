@@ -21,7 +21,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from tests.conftest import register_customer
 from tests.fleet import Fleet
-from tests.reliability.conftest import SCALE, SEED, Admin
+from tests.reliability.conftest import SCALE, SEED, Admin, say
 
 pytestmark = pytest.mark.integration
 
@@ -90,6 +90,6 @@ def test_openapi_fuzzing(fleet: Fleet, rel_admin: Admin, gateway_url: str, packa
         for operation in operations:
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
                 failures.extend(_fuzz_operation(operation, base_url, headers, mode, client))
-    print(f"\ntried: {len(operations)} operations of {package}, up to {EXAMPLES} valid and {EXAMPLES} invalid"
+    say(f"tried: {len(operations)} operations of {package}, up to {EXAMPLES} valid and {EXAMPLES} invalid"
           f" requests each (seed {SEED}); found {len(failures)} failing")
     assert not failures, "\n".join(failures)
