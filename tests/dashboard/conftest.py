@@ -54,9 +54,13 @@ def shop(gateway_url: str, admin: User) -> Shop:
     return open_shop(gateway_url, admin, "DASH")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Debian's chromium driven by Playwright; the tests skip (saying why) when it cannot be launched."""
+    """Debian's chromium driven by Playwright; the tests skip (saying why) when it cannot be launched.
+
+    Module-scoped on purpose: Playwright's sync API keeps an event loop running until it stops, and the
+    async tests of later modules cannot run their own while it does.
+    """
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the dev extra)")
     if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
         pytest.skip(f"no chromium at {CHROMIUM}: apt-get install -y chromium (CHROMIUM_PATH overrides)")
