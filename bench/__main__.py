@@ -143,7 +143,7 @@ def _db_counts() -> dict[str, dict[str, int]]:
 
 def _db_per(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]], count: int,
             key: str) -> dict[str, float]:
-    """Commits (or sessions opened) per saga in each database, over the sagas placed between two samples."""
+    """Transactions (or sessions opened) per saga in each database, over the sagas placed between two samples."""
     if not count:
         return {}
     deltas = {db: after[db][key] - before.get(db, {}).get(key, 0) for db in sorted(after) if db != "event_store"}
@@ -175,14 +175,14 @@ async def run(stack: Stack) -> dict[str, Any]:
         await asyncio.sleep(STATS_SETTLE_SECS)
         after_sagas = _db_counts()
         placed = sum(int(f.extra["attempts"]) for f in saga_runs)
-        report["commits_per_saga"] = {"orchestrated": _db_per(base, after_sagas, placed, "commits")}
+        report["transactions_per_saga"] = {"orchestrated": _db_per(base, after_sagas, placed, "transactions")}
         report["sessions_per_saga"] = {"orchestrated": _db_per(base, after_sagas, placed, "sessions")}
         print("lower bound: bare client, seven direct calls ...", flush=True)
         bare_runs = [await bench.bare(level) for level in LEVELS]
         await asyncio.sleep(STATS_SETTLE_SECS)
         after_bare = _db_counts()
         placed = sum(int(f.extra["attempts"]) for f in bare_runs)
-        report["commits_per_saga"]["bare"] = _db_per(after_sagas, after_bare, placed, "commits")
+        report["transactions_per_saga"]["bare"] = _db_per(after_sagas, after_bare, placed, "transactions")
         report["sessions_per_saga"]["bare"] = _db_per(after_sagas, after_bare, placed, "sessions")
     top = max(LEVELS)
     for _ in range(REPEAT - 1):
@@ -218,9 +218,10 @@ async def run(stack: Stack) -> dict[str, Any]:
 
 
 def _best(runs: list[Figures], level: int) -> Figures | None:
-    """Of repeated runs at one level, the median by throughput (noise from others' work on the machine)."""
+    """Of repeated runs at one level, the median by throughput, the lower one of an even count (the machine is
+    shared: others' work makes some runs slower, none faster)."""
     at = sorted((f for f in runs if f.concurrency == level), key=lambda f: f.per_sec)
-    return at[len(at) // 2] if at else None
+    return at[(len(at) - 1) // 2] if at else None
 
 
 def summarize(saga_runs: list[Figures], bare_runs: list[Figures], overhead: list[Figures],
@@ -263,7 +264,7 @@ def print_table(report: dict[str, Any]) -> None:
     print()
     for key, value in summary.items():
         print(f"{key:38} {value}")
-    for what in ("commits_per_saga", "sessions_per_saga"):
+    for what in ("transactions_per_saga", "sessions_per_saga"):
         for kind, per_db in report.get(what, {}).items():
             label = what.replace("_", " ")
             print(f"{label} ({kind}): " + ", ".join(f"{db} {n}" for db, n in per_db.items()))

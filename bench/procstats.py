@@ -97,12 +97,12 @@ class CpuMeter:
 
 
 def db_counters(pg_dsn: str, db_prefix: str) -> dict[str, dict[str, int]]:
-    """Per database of the bench: transactions committed and sessions (connections) opened so far.
-
-    pg_stat_database; a backend publishes its counts within 10 s of going idle.
+    """Per database of the bench: transactions (committed and rolled back: a pre-ping is one, whichever way it
+    ends) and sessions (connections) opened so far. pg_stat_database; a backend publishes its counts within
+    10 s of going idle.
     """
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        rows = conn.execute("SELECT datname, xact_commit, sessions FROM pg_stat_database WHERE datname LIKE %s",
-                            (db_prefix + "%",)).fetchall()
-    return {str(name)[len(db_prefix) + 1:]: {"commits": int(commits), "sessions": int(sessions)}
-            for name, commits, sessions in rows}
+        rows = conn.execute("SELECT datname, xact_commit + xact_rollback, sessions FROM pg_stat_database "
+                            "WHERE datname LIKE %s", (db_prefix + "%",)).fetchall()
+    return {str(name)[len(db_prefix) + 1:]: {"transactions": int(xacts), "sessions": int(sessions)}
+            for name, xacts, sessions in rows}
