@@ -24,6 +24,7 @@ import httpx
 from customer_cli.invariants import InvariantReport, check_invariants, list_sagas, wait_until_settled
 
 ADDRESS = {"name": "Ada", "line1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "DE"}
+NOWHERE = {**ADDRESS, "country": "ZZ"}  # no carrier serves it: refused after the payment, which is refunded
 RETRYABLE = frozenset({408, 425, 429, 502, 503, 504})
 
 
@@ -80,15 +81,16 @@ class LoadRun:
 
 
 def order_bodies(n: int, sku: str, *, rng: random.Random, declined_share: float = 0.0, flaky_share: float = 0.0,
-                 max_quantity: int = 1) -> list[dict[str, Any]]:
-    """`n` order bodies for `sku`, with the given shares of declined and flaky cards."""
+                 unshippable_share: float = 0.0, max_quantity: int = 1) -> list[dict[str, Any]]:
+    """`n` order bodies for `sku`, with the given shares of declined and flaky cards and of unshippable addresses."""
     bodies = []
     for _ in range(n):
         roll = rng.random()
         token = ("tok_chargeDeclined" if roll < declined_share else
                  "tok_flaky" if roll < declined_share + flaky_share else "tok_visa")
+        address = NOWHERE if rng.random() < unshippable_share else ADDRESS
         bodies.append({"lines": [{"sku": sku, "quantity": rng.randint(1, max_quantity)}],
-                       "shipping_address": ADDRESS, "payment_token": token})
+                       "shipping_address": address, "payment_token": token})
     return bodies
 
 

@@ -35,7 +35,7 @@ def test_a_participant_killed_mid_load(chaos_orchestrator: ServiceProcess, fleet
                                        rng: random.Random, victim: str) -> None:
     orders, units = 40 * SCALE, 25 * SCALE
     sku = new_product(units)
-    bodies = order_bodies(orders, sku, rng=rng, declined_share=0.1)
+    bodies = order_bodies(orders, sku, rng=rng, declined_share=0.1, unshippable_share=0.1)
     say(f"tried: {orders} orders for {units} units; SIGKILL {victim} after {orders // 3} were placed,"
           " restart it 1 s later")
     with running_load(gateway_url, shoppers.tokens, bodies, concurrency=10) as run:
@@ -54,7 +54,7 @@ def test_the_orchestrator_sigkilled_at_random_moments(chaos_orchestrator: Servic
                                                       new_product: Callable[[int], str], rng: random.Random) -> None:
     orders, units, kills = 60 * SCALE, 40 * SCALE, 3 * SCALE
     sku = new_product(units)
-    bodies = order_bodies(orders, sku, rng=rng, declined_share=0.1, flaky_share=0.2)
+    bodies = order_bodies(orders, sku, rng=rng, declined_share=0.1, flaky_share=0.2, unshippable_share=0.1)
     moments = sorted(rng.uniform(0.05, 0.9) for _ in range(kills))
     say(f"tried: {orders} orders for {units} units; SIGKILL the orchestrator {kills} times, after"
           f" {[round(m * orders) for m in moments]} orders were placed")
