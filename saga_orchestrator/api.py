@@ -7,7 +7,6 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Header, Query, Request
-from fastapi.encoders import jsonable_encoder
 from starlette.responses import JSONResponse
 
 from saga_orchestrator import service
@@ -74,10 +73,10 @@ async def place_customer_order(
         saga_id = UUID(row.saga_id)
         if await orch.runner.wait(saga_id, wait):
             view = await service.get_saga(orch, identity, saga_id)
-            return JSONResponse(jsonable_encoder(view), status_code=200, headers=headers)
+            return JSONResponse(view.model_dump(mode="json", by_alias=True), status_code=200, headers=headers)
         row = await service.get_row(orch, identity, saga_id)
     accepted = SagaAccepted(saga_id=row.saga_id, status=row.status, status_url=service.status_url(row.saga_id))
-    return JSONResponse(jsonable_encoder(accepted), status_code=202, headers=headers)
+    return JSONResponse(accepted.model_dump(mode="json", by_alias=True), status_code=202, headers=headers)
 
 
 @router.get("", response_model=Page[SagaSummary])
@@ -114,5 +113,5 @@ async def get_customer_order(saga_id: str, request: Request, identity: Caller) -
 async def retry_customer_order(saga_id: str, request: Request, identity: Admin) -> JSONResponse:
     row = await service.retry_saga(_orchestrator(request), identity, _saga_id(saga_id))
     accepted = SagaAccepted(saga_id=row.saga_id, status=row.status, status_url=service.status_url(row.saga_id))
-    return JSONResponse(jsonable_encoder(accepted), status_code=202,
+    return JSONResponse(accepted.model_dump(mode="json", by_alias=True), status_code=202,
                         headers={"Location": service.status_url(row.saga_id)})
