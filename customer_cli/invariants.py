@@ -224,6 +224,7 @@ def _check(reader: _Reader, report: InvariantReport, skus: list[str], initial_st
     report.counts.update(f"saga:{s['status']}" for s in sagas)
     saga_of_order: dict[str, str] = {}
     checked: list[dict[str, Any]] = []  # the orders of finished sagas, in the state their saga promises
+    stuck: list[str] = []  # the orders of sagas whose compensation failed: their state is whatever it is
     for saga in sagas:
         saga_id, status, order_id = saga["saga_id"], saga["status"], saga.get("order_id")
         if status not in TERMINAL:
@@ -235,6 +236,9 @@ def _check(reader: _Reader, report: InvariantReport, skus: list[str], initial_st
                 report.notes.append(f"saga {saga_id}: {message}")
             else:
                 report.add(COMPENSATION_FAILED, saga_id, message)
+            if order_id is not None:
+                saga_of_order[order_id] = saga_id
+                stuck.append(order_id)
             continue
         if order_id is None:
             if status == "COMPLETED":
@@ -262,10 +266,17 @@ def _check(reader: _Reader, report: InvariantReport, skus: list[str], initial_st
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         found = {oid: (alloc, assign) for oid, alloc, assign in
-                 pool.map(per_order, [order["id"] for order in checked])}
+                 pool.map(per_order, [order["id"] for order in checked] + stuck)}
 
     held: Counter[str] = Counter()  # stock held by live allocations of orders in scope
     confirmed: Counter[str] = Counter()
+    waiting: Counter[str] = Counter()  # stock still held by orders whose compensation failed
+    for order_id in stuck:
+        allocation = found[order_id][0]
+        if allocation is not None and allocation["status"] == "ALLOCATED":
+            for line in allocation["lines"]:
+                held[line["sku"]] += int(line["quantity"])
+                waiting[line["sku"]] += int(line["quantity"])
     for order in checked:
         order_id = order["id"]
         allocation, assignment = found[order_id]
@@ -285,7 +296,7 @@ def _check(reader: _Reader, report: InvariantReport, skus: list[str], initial_st
 
     _note_strays(report, payments, shipments, saga_of_order)
     if skus:
-        _check_stock(reader, report, skus, initial_stock, held, confirmed)
+        _check_stock(reader, report, skus, initial_stock, held, confirmed, waiting)
 
 
 def _check_confirmed(report: InvariantReport, order: dict[str, Any], paid: list[dict[str, Any]],
@@ -351,7 +362,9 @@ def _note_strays(report: InvariantReport, payments: dict[str, list[dict[str, Any
 
 
 def _check_stock(reader: _Reader, report: InvariantReport, skus: list[str], initial_stock: dict[str, int],
-                 held: Counter[str], confirmed: Counter[str]) -> None:
+                 held: Counter[str], confirmed: Counter[str], waiting: Counter[str]) -> None:
+    """Stock is conserved: what is reserved is what confirmed orders hold (plus what failed compensations
+    still hold, which is noted, not counted against the fleet twice)."""
     products = {p["sku"]: p for p in reader.pages("/api/inventory/products", None, {"skus": ",".join(skus)})}
     for sku in skus:
         product = products.get(sku)
@@ -366,8 +379,12 @@ def _check_stock(reader: _Reader, report: InvariantReport, skus: list[str], init
         if reserved != held[sku]:
             report.add(STOCK_CONSERVED, sku, f"reserved {reserved} but the live allocations of orders in scope hold"
                                              f" {held[sku]}")
-        if reserved != confirmed[sku]:
-            report.add(STOCK_CONSERVED, sku, f"reserved {reserved} but confirmed orders hold {confirmed[sku]}")
+        if waiting[sku]:
+            report.stock[sku]["held_by_failed_compensations"] = waiting[sku]
+            report.notes.append(f"{sku}: {waiting[sku]} units are held by orders whose compensation failed")
+        if reserved != confirmed[sku] + waiting[sku]:
+            report.add(STOCK_CONSERVED, sku, f"reserved {reserved} but confirmed orders hold {confirmed[sku]}"
+                       + (f" (and failed compensations {waiting[sku]})" if waiting[sku] else ""))
         if sku in initial_stock:
             initial = initial_stock[sku]
             report.stock[sku]["initial"] = initial
@@ -375,9 +392,11 @@ def _check_stock(reader: _Reader, report: InvariantReport, skus: list[str], init
                 report.add(NO_OVERSELL, sku, f"confirmed {confirmed[sku]} of an initial stock of {initial}")
             if on_hand != initial:
                 report.add(STOCK_CONSERVED, sku, f"on_hand {on_hand} differs from the initial {initial}")
-            if available != initial - confirmed[sku]:
+            expected = initial - confirmed[sku] - waiting[sku]
+            if available != expected:
                 report.add(STOCK_CONSERVED, sku, f"available {available}, expected initial {initial} - confirmed"
-                                                 f" {confirmed[sku]} = {initial - confirmed[sku]}")
+                                                 f" {confirmed[sku]}" + (f" - held {waiting[sku]}" if waiting[sku]
+                                                                          else "") + f" = {expected}")
 
 
 def list_sagas(gateway_url: str, admin_token: str, *, since: datetime | None = None, status: str | None = None,

@@ -216,6 +216,18 @@ def test_compensation_failed_is_visible_and_refusable() -> None:
     assert strict.by_rule() == {invariants.COMPENSATION_FAILED: 1}
 
 
+def test_stock_held_by_a_failed_compensation_is_noted_not_counted_twice() -> None:
+    fleet = consistent_fleet()
+    next(s for s in fleet.sagas if s["saga_id"] == "saga-2")["status"] = "COMPENSATION_FAILED"
+    fleet.allocations["order-2"]["status"] = "ALLOCATED"  # its release is what failed
+    fleet.product(SKU, on_hand=10, reserved=6)
+    lenient = fleet.check()
+    assert lenient.ok, lenient.render()
+    assert lenient.stock[SKU]["held_by_failed_compensations"] == 2
+    assert any("compensation failed" in note for note in lenient.notes)
+    assert fleet.check(allow_compensation_failed=False).by_rule() == {invariants.COMPENSATION_FAILED: 1}
+
+
 def test_since_scopes_the_check() -> None:
     fleet = consistent_fleet()
     fleet.sagas[-1]["status"] = "RUNNING"  # saga-1, the oldest
