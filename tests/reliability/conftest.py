@@ -19,7 +19,9 @@ from tests.conftest import User, login, register_customer
 from tests.fleet import ADMIN_EMAIL, ADMIN_PASSWORD, Fleet, ServiceProcess
 
 SCALE = max(1, int(os.environ.get("RELIABILITY_SCALE", "1")))
-SEED = int(os.environ.get("RELIABILITY_SEED", str(random.randrange(1_000_000))))
+# CI (scale 1) replays one fixed seed, so that a red run is the code's doing; the long run explores (it prints
+# its seed: RELIABILITY_SEED=<seed> replays it).
+SEED = int(os.environ.get("RELIABILITY_SEED") or (random.randrange(1_000_000) if SCALE > 1 else 20261126))
 SAGA_APP = "SAGA-ORCHESTRATOR"
 # Short deadlines, so that a slow or dead participant fails a step within seconds; compensations keep trying
 # long enough for a killed service to come back.

@@ -9,7 +9,7 @@ import pytest
 
 from tests.fleet import ServiceProcess
 from tests.reliability.conftest import SCALE, Admin, Shoppers, say
-from tests.reliability.drive import NOWHERE, order_bodies, run_load, settle_and_check
+from tests.reliability.drive import order_bodies, run_load, settle_and_check
 
 pytestmark = pytest.mark.integration
 
@@ -33,10 +33,7 @@ def test_scarce_stock_under_concurrent_orders(chaos_orchestrator: ServiceProcess
     report = settle_and_check(gateway_url, rel_admin.token, run, initial_stock={sku: units})
     say(f"found: {report.render()}")
     assert report.ok, report.render()
+    # Demand exceeds supply many times over: some sold, never more than there was, every other order refused.
     sold = report.stock[sku]["confirmed"]
     assert 0 < sold <= units
-    # Demand exceeds supply many times over: refusals happened, and only a late release can leave stock unsold.
-    assert report.counts["saga:COMPENSATED"] >= orders - units
-    given_back = sum(1 for b in bodies
-                     if b["payment_token"] == "tok_chargeDeclined" or b["shipping_address"] == NOWHERE)
-    assert report.stock[sku]["available"] <= given_back
+    assert report.counts["saga:COMPLETED"] == sold and report.counts["saga:COMPENSATED"] == orders - sold
