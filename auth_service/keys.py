@@ -218,7 +218,8 @@ class KeyRing:
                     await self.load()
 
     async def mint(self, subject: str, roles: list[str], email: str, ttl_secs: int) -> MintedToken:
-        await self.reload_if_stale()
+        # No reload here: mint runs inside callers' transactions, and a reload opens its own, which on
+        # SQLite waits for the caller's write lock (a 30 s hang). Callers reload before they begin.
         if self._signer is None:
             raise ServiceUnavailable("No signing key is available.")
         now = int(time.time())

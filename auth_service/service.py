@@ -149,6 +149,7 @@ class AuthService:
     async def login(self, raw_email: str, password: str, address: str) -> TokenPair:
         email = raw_email.strip().lower()
         account_key, address_key = f"account:{email}", f"address:{address}"
+        await self.keyring.reload_if_stale()  # before any transaction: see KeyRing.mint
         async with self.db.transaction() as session:
             await self._refuse_if_throttled(session, account_key, address_key)
             user = await _user_by_email(session, email)
@@ -233,6 +234,7 @@ class AuthService:
         legitimate one alike, and the user logs in again.
         """
         reused_family: str | None = None
+        await self.keyring.reload_if_stale()  # before any transaction: see KeyRing.mint
         async with self.db.transaction() as session:
             token = await _refresh_token_by_hash(session, _sha256(refresh_token))
             if token is None:
@@ -324,6 +326,7 @@ class AuthService:
         secret_ok = hmac.compare_digest(client_secret.encode(), self.settings.service_client_secret.encode())
         if not (known and secret_ok):
             raise Unauthorized("The client credentials are not valid.")
+        await self.keyring.reload_if_stale()
         minted = await self.keyring.mint(f"service:{client_id}", [Role.SERVICE], "",
                                          self.settings.access_token_ttl_secs)
         return minted.token, minted.expires_in
