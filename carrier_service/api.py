@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import JSONResponse
 
@@ -17,14 +17,11 @@ from carrier_service.schemas import (
     CarrierUpdate,
     ReleaseOut,
 )
-from shared.auth import Identity, require_admin, require_identity, require_privileged
+from shared.auth import Admin, Caller, Privileged
 from shared.idempotency import run_idempotent
 from shared.schemas import CountryCode, Page
 
 router = APIRouter(prefix="/api/carriers", tags=["carriers"])
-Caller = Annotated[Identity, Depends(require_identity)]
-Admin = Annotated[Identity, Depends(require_admin)]
-Privileged = Annotated[Identity, Depends(require_privileged)]
 OrderIdPath = Annotated[str, Path(max_length=64)]
 
 

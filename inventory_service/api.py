@@ -5,14 +5,12 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import JSONResponse
 
 from inventory_service import service
 from inventory_service.schemas import (
-    ORDER_ID_PATTERN,
-    SKU_PATTERN,
     AllocationCreate,
     AllocationOut,
     ProductCreate,
@@ -21,14 +19,12 @@ from inventory_service.schemas import (
     ReleaseOut,
     Restock,
 )
-from shared.auth import Identity, require_admin, require_privileged
+from shared.auth import Admin, Privileged
 from shared.errors import InvalidRequest
 from shared.idempotency import run_idempotent
-from shared.schemas import Page
+from shared.schemas import ORDER_ID_PATTERN, SKU_PATTERN, Page
 
 router = APIRouter(prefix="/api/inventory", tags=["inventory"])
-Admin = Annotated[Identity, Depends(require_admin)]
-Privileged = Annotated[Identity, Depends(require_privileged)]
 SkuPath = Annotated[str, Path(pattern=SKU_PATTERN)]
 OrderIdPath = Annotated[str, Path(pattern=ORDER_ID_PATTERN)]
 

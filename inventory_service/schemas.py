@@ -7,12 +7,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from shared.schemas import Currency, MinorUnits, NonEmptyText, Quantity, Sku, StrictModel
+from shared.schemas import ORDER_ID_PATTERN, Currency, MinorUnits, NonEmptyText, Quantity, Sku, StrictModel
 
 # The same shape as shared.schemas.Sku, for path and query parameters.
-SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 # Order ids are UUIDs from order_service; anything id-like up to the column's 64 characters is accepted.
-ORDER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9:._-]{0,63}$"
 
 OrderId = Annotated[str, StringConstraints(pattern=ORDER_ID_PATTERN)]
 WeightGrams = Annotated[int, Field(gt=0, le=1_000_000, strict=True, description="Grams per unit, at most 1 t.")]

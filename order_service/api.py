@@ -4,19 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import JSONResponse
 
 from order_service import service
 from order_service.schemas import LinesAdd, OrderCancel, OrderCreate, OrderOut
-from shared.auth import Identity, require_identity, require_privileged
+from shared.auth import Caller, Privileged
 from shared.idempotency import run_idempotent
 from shared.schemas import Page
 
 router = APIRouter(prefix="/api/orders", tags=["orders"])
-Caller = Annotated[Identity, Depends(require_identity)]
-Privileged = Annotated[Identity, Depends(require_privileged)]
 
 
 def _out(order: object) -> OrderOut:

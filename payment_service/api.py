@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import JSONResponse
 
@@ -21,13 +21,11 @@ from payment_service.schemas import (
     RefundOut,
     RefundReceipt,
 )
-from shared.auth import Identity, require_identity, require_privileged
+from shared.auth import Caller, Privileged
 from shared.idempotency import run_idempotent
 from shared.schemas import Page
 
 router = APIRouter(prefix="/api/payments", tags=["payments"])
-Caller = Annotated[Identity, Depends(require_identity)]
-Privileged = Annotated[Identity, Depends(require_privileged)]
 PaymentIdPath = Annotated[str, Path(pattern=PAYMENT_ID_PATTERN)]
 OrderIdPath = Annotated[str, Path(pattern=ORDER_ID_PATTERN)]
 

@@ -7,10 +7,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from shared.schemas import Currency, NonEmptyText, StrictModel
+from shared.schemas import ORDER_ID_PATTERN, Currency, NonEmptyText, StrictModel
 
 # Order ids are UUIDs from order_service; anything id-like up to the column's 64 characters is accepted.
-ORDER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9:._-]{0,63}$"
 # Customer ids are auth_service user ids: printable, at most 64 characters.
 CUSTOMER_ID_PATTERN = r"^[^\x00-\x1f\x7f]{1,64}$"
 PAYMENT_ID_PATTERN = r"^[A-Za-z0-9-]{1,36}$"

@@ -6,21 +6,19 @@ import re
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from starlette.responses import JSONResponse
 
 from saga_orchestrator import service
 from saga_orchestrator.domain import SagaStatus, saga_uuid
 from saga_orchestrator.schemas import CustomerOrderCreate, EventFeed, SagaAccepted, SagaSummary, SagaView
-from shared.auth import Identity, require_admin, require_identity
+from shared.auth import Admin, Caller
 from shared.errors import DomainError, InvalidRequest, NotFound
 from shared.idempotency import HEADER as IDEMPOTENCY_HEADER
 from shared.idempotency import REPLAYED_HEADER
 from shared.schemas import Page
 
 router = APIRouter(prefix=service.BASE_PATH, tags=["customer-orders"])
-Caller = Annotated[Identity, Depends(require_identity)]
-Admin = Annotated[Identity, Depends(require_admin)]
 MAX_WAIT_SECS = 30
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.IGNORECASE)
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import structlog
-from fastapi import Request
+from fastapi import Depends, Request
 from jose import jwk, jwt
 from jose.backends.base import Key
 from jose.exceptions import JOSEError, JWTError
@@ -180,6 +180,12 @@ async def require_privileged(request: Request) -> Identity:
     if not identity.is_privileged:
         raise Forbidden("This operation is reserved to the fleet's services and admins.")
     return identity
+
+
+# The three kinds of caller a route can ask for, as FastAPI parameter types.
+Caller = Annotated[Identity, Depends(require_identity)]
+Admin = Annotated[Identity, Depends(require_admin)]
+Privileged = Annotated[Identity, Depends(require_privileged)]
 
 
 class ServiceTokens:

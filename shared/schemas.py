@@ -8,7 +8,10 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
 CountryCode = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
-Sku = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+# Order ids as the saga and the services exchange them (UUIDs, or test ids with ':' and '.').
+ORDER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9:._-]{0,63}$"
+Sku = Annotated[str, StringConstraints(pattern=SKU_PATTERN)]
 NonEmptyText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 # Money is an integer count of the currency's minor unit (cents), never a float.
 MinorUnits = Annotated[int, Field(ge=0, le=10**12, strict=True)]

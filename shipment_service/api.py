@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import JSONResponse
 
-from shared.auth import Identity, require_identity, require_privileged
+from shared.auth import Caller, Privileged
 from shared.idempotency import run_idempotent
 from shared.schemas import Page
 from shipment_service import service
@@ -22,8 +22,6 @@ from shipment_service.schemas import (
 )
 
 router = APIRouter(prefix="/api/shipments", tags=["shipments"])
-Caller = Annotated[Identity, Depends(require_identity)]
-Privileged = Annotated[Identity, Depends(require_privileged)]
 IdPath = Annotated[str, Path(max_length=64)]
 
 
