@@ -28,7 +28,7 @@ def summarize(path: Path, top: int) -> str:
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        if not stack:
+        if not stack or not count.isdigit():  # a frame name with a newline in it (exec'd code) splits a line
             continue
         samples = int(count)
         total += samples

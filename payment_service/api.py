@@ -47,7 +47,8 @@ async def make_payment(body: PaymentCreate, request: Request, identity: Privileg
         return _out(await service.make_payment(session, body, failed_attempts))
 
     try:
-        return await run_idempotent(request, identity, work, status_code=201)
+        # The charge reaches the card processor: the key is claimed first, so a retry never charges twice.
+        return await run_idempotent(request, identity, work, status_code=201, claim_first=True)
     finally:
         # Declines and processor errors roll the charge's transaction back; their attempts are kept apart.
         await service.record_attempts(request.app.state.db, failed_attempts)

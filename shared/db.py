@@ -85,9 +85,13 @@ def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
+    # Every connection is kept: overflow connections (opened for one request, closed after it) cost a
+    # backend start, asyncpg's type introspection and re-prepared statements each time; under saga load
+    # they were the largest single item of a service's database time. A request waits for a connection
+    # instead (up to pool_timeout, then 503).
     if make_url(url).get_driver_name() != "asyncpg":
-        return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
-    engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size)
+        return create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_pre_ping=True)
+    engine = create_async_engine(url, pool_size=pool_size, max_overflow=0)
 
     @event.listens_for(engine.sync_engine, "checkout")
     def _ping(dbapi_connection, _record, _proxy):  # type: ignore[no-untyped-def]

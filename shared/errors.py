@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import DataError, DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
@@ -129,6 +130,12 @@ def install_error_handlers(app: FastAPI) -> None:
         log.warning("database unavailable", error=repr(exc.orig))
         return problem(503, "Service unavailable", "The service's database is unavailable; retry later.",
                        "unavailable", headers={"Retry-After": "1"})
+
+    @app.exception_handler(PoolTimeout)
+    async def _pool_exhausted(_: Request, exc: PoolTimeout) -> JSONResponse:
+        log.warning("no database connection free", error=str(exc))
+        return problem(503, "Service unavailable", "The service is busy; retry later.", "unavailable",
+                       headers={"Retry-After": "1"})
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

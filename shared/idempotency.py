@@ -80,21 +80,22 @@ async def _insert(session: AsyncSession, scope: str, key: str, fingerprint: str,
         raise _AlreadyRecorded from exc
 
 
-async def _claim(session: AsyncSession, scope: str, key: str, fingerprint: str) -> bool:
-    """Write the key's placeholder; False when a record with the key exists already.
+async def _record(session: AsyncSession, scope: str, key: str, fingerprint: str, status_code: int,
+                  body: Any) -> bool:
+    """Store the key's answer; False when a record with the key exists already.
 
-    INSERT ... ON CONFLICT DO NOTHING needs no savepoint, and a concurrent duplicate waits here for the
-    first request's transaction to end, then finds its record.
+    INSERT ... ON CONFLICT DO NOTHING needs no savepoint; a concurrent duplicate's insert waits here for the
+    first request's transaction to end, then finds its record (and its own work is rolled back).
     """
-    values = {"scope": scope, "key": key, "fingerprint": fingerprint, "status_code": 0, "body": None,
-              "created_at": datetime.now(UTC)}
     dialect = session.get_bind().dialect.name
     if dialect not in ("postgresql", "sqlite"):
         try:
-            await _insert(session, scope, key, fingerprint, 0, None)
+            await _insert(session, scope, key, fingerprint, status_code, body)
         except _AlreadyRecorded:
             return False
         return True
+    values = {"scope": scope, "key": key, "fingerprint": fingerprint, "status_code": status_code, "body": body,
+              "created_at": datetime.now(UTC)}
     upsert = postgresql.insert(records) if dialect == "postgresql" else sqlite.insert(records)
     result = await session.execute(upsert.values(**values).on_conflict_do_nothing(index_elements=["scope", "key"]))
     return bool(result.rowcount)  # type: ignore[attr-defined]
@@ -115,13 +116,19 @@ async def _replay(db: Database, scope: str, key: str, fingerprint: str, ttl_secs
     return _response(row.status_code, row.body, replayed=True)
 
 
-async def run_idempotent(request: Request, identity: Identity, work: Work, status_code: int = 200) -> JSONResponse:
+async def run_idempotent(request: Request, identity: Identity, work: Work, status_code: int = 200,
+                         claim_first: bool = False) -> JSONResponse:
     """Run `work` in one transaction; with an Idempotency-Key, store its answer with it and replay later.
 
     The key's record is written in the same transaction as the work, so a crash never leaves one
     without the other. A concurrent duplicate waits on the record's primary key and then replays.
     Refusals (4xx) are stored too: a declined card stays declined. 5xx answers are not stored, so
     the caller may retry them.
+
+    By default the work runs first and its answer is stored after it (one statement): a retry of a key
+    already answered redoes the work inside a transaction that is then rolled back, which is harmless for
+    work that only touches this database. `claim_first=True` is for work with an effect outside it (a
+    card processor): the key is claimed before the work (one statement more), so a retry never repeats it.
     """
     db: Database = request.app.state.db
     key = request.headers.get(HEADER)
@@ -135,27 +142,32 @@ async def run_idempotent(request: Request, identity: Identity, work: Work, statu
     fingerprint = _fingerprint(request, await request.body())
     ttl = request.app.state.settings.idempotency_ttl_secs
     scope = identity.subject
-    # One transaction in the usual case: claim the key, do the work, store its answer. A key already
-    # taken is replayed (an expired record is dropped by _replay and the key claimed again, once).
+    # One transaction and one extra statement in the usual case: do the work, then store its answer under
+    # the key. A key already taken (a retry, or a concurrent duplicate that committed first) rolls the work
+    # back and replays the stored answer; an expired record is dropped by _replay and the work done again, once.
     for _ in range(2):
         try:
             async with db.transaction() as session:
-                if await _claim(session, scope, key, fingerprint):
-                    result = await work(session)
-                    payload = _encoded(result)
+                if claim_first and not await _record(session, scope, key, fingerprint, 0, None):
+                    raise _AlreadyRecorded
+                result = await work(session)
+                payload = _encoded(result)
+                if claim_first:
                     await session.execute(update(records).where(records.c.scope == scope, records.c.key == key)
                                           .values(status_code=status_code, body=payload))
-                    return _response(status_code, payload)
+                elif not await _record(session, scope, key, fingerprint, status_code, payload):
+                    raise _AlreadyRecorded  # rolls the work back
+            return _response(status_code, payload)
+        except _AlreadyRecorded:
+            pass
         except DomainError as exc:
             if exc.status >= 500:
                 raise
             problem = domain_problem(exc)
-            try:
-                async with db.transaction() as session:
-                    await _insert(session, scope, key, fingerprint, exc.status, _body_of(problem))
+            async with db.transaction() as session:
+                recorded = await _record(session, scope, key, fingerprint, exc.status, _body_of(problem))
+            if recorded:
                 return problem
-            except _AlreadyRecorded:
-                pass
         replay = await _replay(db, scope, key, fingerprint, ttl)
         if replay is not None:
             return replay

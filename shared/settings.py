@@ -24,7 +24,7 @@ class ServiceSettings(BaseSettings):
     instance_host: str = "127.0.0.1"
 
     database_url: str = ""
-    db_pool_size: int = 10
+    db_pool_size: int = 10  # connections kept open; a request waits for a free one (then 503)
     run_migrations: bool = True
 
     # Empty disables registration and discovery (used by in-process unit tests).

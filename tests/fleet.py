@@ -128,8 +128,9 @@ class Fleet:
             "EUREKA_RENEWAL_INTERVAL_SECS": "1",
             "EUREKA_LEASE_DURATION_SECS": "3",
             "FAULT_INJECTION": "true",
-            # Eight services and their replicas share one PostgreSQL (max_connections 100 by default).
-            "DB_POOL_SIZE": "4",
+            # Eight services and their replicas share one PostgreSQL (.ci/run raises max_connections to 300);
+            # every pooled connection is kept open, none beyond the pool.
+            "DB_POOL_SIZE": "8",
             "BOOTSTRAP_ADMIN_EMAIL": ADMIN_EMAIL,
             "BOOTSTRAP_ADMIN_PASSWORD": ADMIN_PASSWORD,
             "LOG_LEVEL": "INFO",
