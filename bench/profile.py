@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--only", default="", help="comma-separated process names to profile")
     parser.add_argument("--gil", action="store_true", help="only samples that hold the GIL (Python's own CPU)")
+    parser.add_argument("--native", action="store_true", help="C frames too (extension modules, the interpreter)")
     args = parser.parse_args()
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     out = args.out or Path(tempfile.mkdtemp(prefix="bench-profile-"))
@@ -71,8 +72,11 @@ def main() -> None:
         refresh_tokens(stack)
         asyncio.run(load(stack, args.clients, 5, args.bare))  # warm-up
         names = [n for n in stack.pids if not args.only or n in args.only.split(",")]
-        options = ["--duration", str(int(args.seconds)), "--rate", "200", "--format", "raw", "--nonblocking",
-                   *(["--gil"] if args.gil else [])]
+        # (native stacks need the process paused while sampled: py-spy refuses --nonblocking with them)
+        options = ["--duration", str(int(args.seconds)), "--rate", "200", "--format", "raw",
+                   *([] if args.native else ["--nonblocking"]),
+                   *(["--gil"] if args.gil else []),
+                   *(["--native"] if args.native else [])]
         spies = {name: subprocess.Popen(
             [py_spy, "record", "--pid", str(stack.pids[name]), *options, "--output", str(out / f"{name}.txt")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for name in names}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -73,3 +74,20 @@ ATTACKS = {
 async def test_attacks_are_refused(verifier: TokenVerifier, attack: str) -> None:
     with pytest.raises(Unauthorized):
         await verifier.verify(ATTACKS[attack]())
+
+
+async def test_a_verified_token_is_remembered_until_it_expires(verifier: TokenVerifier) -> None:
+    token = mint("u1", ("customer",), exp=int(time.time()) + 1)
+    assert (await verifier.verify(token)).subject == "u1"
+    assert (await verifier.verify(token)).subject == "u1"  # from the cache
+    await asyncio.sleep(2.1)
+    with pytest.raises(Unauthorized):
+        await verifier.verify(token)
+
+
+async def test_a_remembered_token_ends_with_its_key(verifier: TokenVerifier) -> None:
+    token = mint("u1", ("customer",))
+    await verifier.verify(token)
+    verifier.use_keys({"keys": []})  # the key withdrawn from the key set
+    with pytest.raises(Unauthorized):
+        await verifier.verify(token)
