@@ -70,7 +70,7 @@ async def place_customer_order(
         headers["Preference-Applied"] = f"wait={wait}"
         saga_id = UUID(row.saga_id)
         if await orch.runner.wait(saga_id, wait):
-            view = await service.get_saga(orch, identity, saga_id)
+            view = await service.get_saga(orch, identity, saga_id, just_finished=True)
             return JSONResponse(view.model_dump(mode="json", by_alias=True), status_code=200, headers=headers)
         row = await service.get_row(orch, identity, saga_id)
     accepted = SagaAccepted(saga_id=row.saga_id, status=row.status, status_url=service.status_url(row.saga_id))

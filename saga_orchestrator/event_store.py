@@ -10,6 +10,7 @@ is under way are written together in the next one (group commit), one transactio
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -45,6 +46,9 @@ class ConcurrentSagaUpdate(Exception):
 
 # Saves written together in one transaction at most (a bound on one INSERT's size, not a tuning knob).
 MAX_SAVES_PER_WRITE = 256
+# Histories of sagas born in this process kept in memory (oldest out first): enough for every saga in
+# flight plus the ones just finished, whose `Prefer: wait` answer is rendered from here.
+RECENT_HISTORIES = 512
 
 
 @dataclass
@@ -105,6 +109,8 @@ class SagaStore:
         self._app: SagaApplication | None = None
         self._queue: list[_PendingSave] = []
         self._writer: asyncio.Task[None] | None = None
+        # saga id → every event saved for it, when all of them were saved by this process
+        self._recent: OrderedDict[UUID, list[DomainEventProtocol[UUID]]] = OrderedDict()
 
     @property
     def app(self) -> SagaApplication:
@@ -147,7 +153,32 @@ class SagaStore:
         self._queue.append(pending)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_queued(), name="event-store-writer")
-        await asyncio.shield(pending.done)
+        try:
+            await asyncio.shield(pending.done)
+        except BaseException:
+            self._recent.pop(saga.id, None)
+            raise
+        self._remember(saga.id, events)
+
+    def _remember(self, saga_id: UUID, events: list[DomainEventProtocol[UUID]]) -> None:
+        if events[0].originator_version == 1:
+            self._recent[saga_id] = list(events)
+            if len(self._recent) > RECENT_HISTORIES:
+                self._recent.popitem(last=False)
+        elif saga_id in self._recent:
+            self._recent[saga_id].extend(events)
+
+    def recent_history(self, saga_id: UUID) -> tuple[Saga, list[DomainEventProtocol[UUID]]] | None:
+        """The saga and its events from memory, once, if this process saved all of them and it has ended
+        (no read of the store); None otherwise (another replica took part, or it is still running)."""
+        events = self._recent.get(saga_id)
+        if not events:
+            return None
+        saga: Saga = project_aggregate(None, events)
+        if not saga.is_terminal:
+            return None
+        del self._recent[saga_id]
+        return saga, events
 
     async def _write_queued(self) -> None:
         while self._queue:

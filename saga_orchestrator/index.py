@@ -1,5 +1,8 @@
 """The saga index in SQL: idempotency keys, status queries, and the per-saga lease that replicas take turns on.
 
+Every operation here is one statement, run in autocommit mode (no BEGIN/COMMIT round trips); `page` reads
+a count and a page, which need not be one snapshot.
+
 A replica drives a saga only while it holds the saga's lease: `owner` is its id and `lease_until`
 lies in the future. Claims and renewals are conditional UPDATEs, so two replicas can never both
 believe they hold it; a crashed owner's lease simply runs out and another replica claims it. The
@@ -35,11 +38,11 @@ class SagaIndexStore:
     # -- idempotency and queries ----------------------------------------------------------------
 
     async def get(self, saga_id: UUID) -> SagaIndex | None:
-        async with self.db.transaction() as session:
+        async with self.db.autocommit() as session:
             return await session.get(SagaIndex, str(saga_id))
 
     async def find_by_key(self, customer_id: str, idempotency_key: str) -> SagaIndex | None:
-        async with self.db.transaction() as session:
+        async with self.db.autocommit() as session:
             query = select(SagaIndex).where(SagaIndex.customer_id == customer_id,
                                             SagaIndex.idempotency_key == idempotency_key)
             return (await session.execute(query)).scalar_one_or_none()
@@ -53,7 +56,7 @@ class SagaIndexStore:
             currency=saga.currency, start_request=start_request, owner=self.owner, lease_until=now + self.lease,
             created_at=now, updated_at=now)
         try:
-            async with self.db.transaction() as session:
+            async with self.db.autocommit() as session:
                 session.add(row)
         except IntegrityError:
             return None
@@ -66,7 +69,7 @@ class SagaIndexStore:
             query = query.where(SagaIndex.customer_id == customer_id)
         if status:
             query = query.where(SagaIndex.status == status)
-        async with self.db.transaction() as session:
+        async with self.db.autocommit() as session:
             total = (await session.execute(select(func.count()).select_from(query.subquery()))).scalar_one()
             rows = await session.execute(
                 query.order_by(SagaIndex.created_at.desc(), SagaIndex.saga_id).limit(limit).offset(offset))
@@ -80,7 +83,7 @@ class SagaIndexStore:
     async def claim(self, saga_id: UUID) -> bool:
         """Take the lease of an unfinished saga that is free, expired, or already ours."""
         now = _now()
-        async with self.db.transaction() as session:
+        async with self.db.autocommit() as session:
             result = await session.execute(
                 update(SagaIndex)
                 .where(SagaIndex.saga_id == str(saga_id), SagaIndex.status.in_(_UNFINISHED), self._claimable(now))
@@ -90,7 +93,7 @@ class SagaIndexStore:
     async def claim_for_retry(self, saga_id: UUID) -> bool:
         """An operator's retry: take a COMPENSATION_FAILED saga (only one retry wins)."""
         now = _now()
-        async with self.db.transaction() as session:
+        async with self.db.autocommit() as session:
             result = await session.execute(
                 update(SagaIndex)
                 .where(SagaIndex.saga_id == str(saga_id),
@@ -102,7 +105,7 @@ class SagaIndexStore:
     async def renew(self, saga_id: UUID) -> bool:
         """Extend our lease; False when it is no longer ours (stop driving the saga)."""
         now = _now()
-        async with self.db.transaction() as session:
+        async with self.db.autocommit() as session:
             result = await session.execute(
                 update(SagaIndex)
                 .where(SagaIndex.saga_id == str(saga_id), SagaIndex.owner == self.owner)
@@ -114,14 +117,14 @@ class SagaIndexStore:
         now = _now()
         values: dict[str, Any] = {"status": str(saga.status), "order_id": saga.order_id, "updated_at": now}
         values.update({"owner": None, "lease_until": None} if release else {"lease_until": now + self.lease})
-        async with self.db.transaction() as session:
+        async with self.db.autocommit() as session:
             result = await session.execute(
                 update(SagaIndex).where(SagaIndex.saga_id == str(saga.id), SagaIndex.owner == self.owner)
                 .values(**values))
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def release(self, saga_id: UUID) -> None:
-        async with self.db.transaction() as session:
+        async with self.db.autocommit() as session:
             await session.execute(
                 update(SagaIndex).where(SagaIndex.saga_id == str(saga_id), SagaIndex.owner == self.owner)
                 .values(owner=None, lease_until=None))
@@ -129,7 +132,7 @@ class SagaIndexStore:
     async def resumable(self, limit: int, exclude: set[UUID]) -> list[UUID]:
         """Unfinished sagas that nobody drives: no owner, an expired lease, or ours from before a restart."""
         now = _now()
-        async with self.db.transaction() as session:
+        async with self.db.autocommit() as session:
             rows = await session.execute(
                 select(SagaIndex.saga_id)
                 .where(SagaIndex.status.in_(_UNFINISHED), self._claimable(now))

@@ -234,8 +234,11 @@ def saga_view(saga: Saga, events: list[Any]) -> SagaView:
         status_url=status_url(saga.id))
 
 
-async def get_saga(orch: Orchestrator, identity: Identity, saga_id: UUID) -> SagaView:
-    saga, events = await orch.store.history(saga_id)
+async def get_saga(orch: Orchestrator, identity: Identity, saga_id: UUID, just_finished: bool = False) -> SagaView:
+    """`just_finished`: the saga has just ended (a `Prefer: wait` answer): if this replica drove it from its
+    start, its view is rendered from memory instead of a read of the store."""
+    recent = orch.store.recent_history(saga_id) if just_finished else None
+    saga, events = recent if recent is not None else await orch.store.history(saga_id)
     # Another customer's saga is reported as missing, so ids cannot be probed.
     if saga is None or not identity.may_access(saga.customer_id):
         raise NotFound(f"Saga {saga_id} does not exist.")

@@ -113,11 +113,28 @@ class Database:
         self.url = url
         self.engine = create_engine(url, pool_size)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # The same pool in autocommit mode, for work of one statement (not on SQLite, whose BEGIN IMMEDIATE
+        # listener would open a transaction that autocommit mode never ends).
+        self._autocommit_sessions = None if is_sqlite(url) else async_sessionmaker(
+            self.engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         async with self.sessions() as session, session.begin():
             yield session
+
+    @asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[AsyncSession]:
+        """A session for ONE statement, which commits by itself: on PostgreSQL no BEGIN and COMMIT round
+        trips (two of the four a one-statement transaction costs). Several statements here are not atomic:
+        use `transaction()` for those. Elsewhere (SQLite) it is a transaction."""
+        if self._autocommit_sessions is None:
+            async with self.transaction() as session:
+                yield session
+            return
+        async with self._autocommit_sessions() as session:
+            yield session
+            await session.commit()  # flushes what was added; the statement committed itself
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:

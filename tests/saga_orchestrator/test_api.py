@@ -110,6 +110,21 @@ async def test_accepted_then_waited_for(client: httpx.AsyncClient, fake: FakePar
     assert other_body.status_code == 422
 
 
+@pytest.mark.parametrize("token", ["tok_visa", "tok_chargeDeclined"])
+async def test_the_waited_for_answer_is_the_stored_saga(client: httpx.AsyncClient, fake: FakeParticipants,
+                                                        token: str) -> None:
+    """A `Prefer: wait` answer is rendered from the driving replica's memory: it must equal the stored saga."""
+    if token == "tok_chargeDeclined":
+        fake.failures["make_payment"] = refused(402, "card_declined")
+    waited = await client.post("/api/customer-orders", json=body(payment_token=token),
+                               headers=keyed(ALICE, Prefer="wait=5"))
+    assert waited.status_code == 200, waited.text
+    stored = await client.get(waited.json()["status_url"], headers=ALICE)
+    assert stored.status_code == 200
+    assert waited.json() == stored.json()
+    assert waited.json()["status"] in ("COMPLETED", "COMPENSATED")
+
+
 async def test_wait_is_capped_and_answers_202_while_running(client: httpx.AsyncClient,
                                                             fake: FakeParticipants) -> None:
     fake.delay = 0.5
