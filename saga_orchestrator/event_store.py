@@ -160,7 +160,7 @@ class SagaStore:
             raise
         self._remember(saga.id, events)
 
-    def _remember(self, saga_id: UUID, events: list[DomainEventProtocol[UUID]]) -> None:
+    def _remember(self, saga_id: UUID, events: Sequence[DomainEventProtocol[UUID]]) -> None:
         if events[0].originator_version == 1:
             self._recent[saga_id] = list(events)
             if len(self._recent) > RECENT_HISTORIES:
@@ -174,8 +174,8 @@ class SagaStore:
         events = self._recent.get(saga_id)
         if not events:
             return None
-        saga: Saga = project_aggregate(None, events)
-        if not saga.is_terminal:
+        saga: Saga | None = project_aggregate(None, events)
+        if saga is None or not saga.is_terminal:
             return None
         del self._recent[saga_id]
         return saga, events
