@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import JSONResponse
 
 from payment_service import service
-from payment_service.models import ChargeAttempt, Payment, Refund
+from payment_service.models import Payment, Refund
 from payment_service.schemas import (
     CUSTOMER_ID_PATTERN,
     ORDER_ID_PATTERN,
@@ -30,7 +31,7 @@ PaymentIdPath = Annotated[str, Path(pattern=PAYMENT_ID_PATTERN)]
 OrderIdPath = Annotated[str, Path(pattern=ORDER_ID_PATTERN)]
 
 
-def _out(payment: Payment) -> PaymentOut:
+def _out(payment: Payment | Mapping[str, Any]) -> PaymentOut:
     return PaymentOut.model_validate(payment)
 
 
@@ -41,7 +42,7 @@ def _receipt(refund: Refund, payment: Payment) -> RefundReceipt:
 
 @router.post("", status_code=201, response_model=PaymentOut)
 async def make_payment(body: PaymentCreate, request: Request, identity: Privileged) -> JSONResponse:
-    failed_attempts: list[ChargeAttempt] = []
+    failed_attempts: list[service.AttemptValues] = []
 
     async def work(session: AsyncSession) -> PaymentOut:
         return _out(await service.make_payment(session, body, failed_attempts))

@@ -43,6 +43,11 @@ _DECLINES = {
 TEST_TOKENS = frozenset({*_BRANDS, *_DECLINES, "tok_processingError"})
 
 
+def counts_attempts(token: str) -> bool:
+    """Whether the outcome for `token` depends on `attempt`: for the other tokens the caller need not count."""
+    return token == "tok_flaky"
+
+
 def charge(token: str, amount_minor: int, currency: str, attempt: int) -> ChargeResult:
     """Charge `amount_minor` of `currency` to the card behind `token`; `attempt` counts from 1 per order."""
     if token in _DECLINES:

@@ -2,89 +2,106 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, Row, Table, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from payment_service import processor
 from payment_service.models import ChargeAttempt, Payment, PaymentStatus, Refund, SettledBy, SettledOrder
 from payment_service.schemas import PaymentCreate
 from shared.auth import Identity
-from shared.db import Database
+from shared.db import Database, new_id, utc_now
 from shared.errors import Conflict, NotFound, PaymentRequired, ServiceUnavailable
 
+# The hot paths use the tables directly (Core statements): no unit of work, no instances loaded to change a column.
+payments = cast(Table, Payment.__table__)
+refunds = cast(Table, Refund.__table__)
+charge_attempts = cast(Table, ChargeAttempt.__table__)
+settled_orders = cast(Table, SettledOrder.__table__)
 
-async def _payment_of_order(session: AsyncSession, order_id: str, for_update: bool = False) -> Payment | None:
-    query = select(Payment).where(Payment.order_id == order_id).execution_options(populate_existing=True)
-    if for_update:
-        query = query.with_for_update()
-    return (await session.execute(query)).scalar_one_or_none()
+# A payment's id, amount_minor and refunded_minor (what the compensation answers with).
+PaymentAmounts = Row[Any, Any, Any]
+# The columns of a charge_attempts row to insert (its id and created_at are the columns' defaults).
+AttemptValues = dict[str, Any]
 
 
-async def _settled_by(session: AsyncSession, order_id: str) -> str | None:
-    settled = await session.get(SettledOrder, order_id, populate_existing=True)
-    return settled.claimed_by if settled is not None else None
+async def _claim(session: AsyncSession, order_id: str, claimed_by: str) -> bool:
+    """Mark the order settled by `claimed_by`; False when a charge or a compensation got to it first.
+
+    A concurrent claim of the same order waits on the primary key until the first one's transaction ends:
+    after a commit it claims nothing, after a rollback it claims the order.
+    """
+    insert_row = sqlite.insert if session.get_bind().dialect.name == "sqlite" else postgresql.insert
+    result = await session.execute(insert_row(settled_orders).values(order_id=order_id, claimed_by=claimed_by)
+                                   .on_conflict_do_nothing(index_elements=[settled_orders.c.order_id]))
+    return bool(cast(CursorResult[Any], result).rowcount)
 
 
-def _already_settled(order_id: str, claimed_by: str, payment: Payment | None) -> Conflict:
-    if payment is not None:
-        return Conflict(f"Order {order_id} already has a payment ({payment.status}); an order is charged once.",
-                        order_id=order_id, payment_id=payment.id, payment_status=payment.status)
-    if claimed_by == SettledBy.COMPENSATION:
+async def _already_settled(session: AsyncSession, order_id: str) -> Conflict:
+    settled = (await session.execute(
+        select(settled_orders.c.claimed_by, payments.c.id, payments.c.status)
+        .select_from(settled_orders.outerjoin(payments, payments.c.order_id == settled_orders.c.order_id))
+        .where(settled_orders.c.order_id == order_id))).one_or_none()
+    if settled is not None and settled.id is not None:
+        return Conflict(f"Order {order_id} already has a payment ({settled.status}); an order is charged once.",
+                        order_id=order_id, payment_id=settled.id, payment_status=settled.status)
+    if settled is not None and settled.claimed_by == SettledBy.COMPENSATION:
         return Conflict(f"Order {order_id} was compensated before it was charged; it cannot be charged now.",
                         order_id=order_id)
     return Conflict(f"Order {order_id} is already paid.", order_id=order_id)
 
 
-async def make_payment(session: AsyncSession, data: PaymentCreate, failed_attempts: list[ChargeAttempt]) -> Payment:
-    """Charge the card once per order. Refusals raise; their attempts go to `failed_attempts`.
+async def _attempts_so_far(session: AsyncSession, data: PaymentCreate) -> int:
+    if not processor.counts_attempts(data.payment_token):
+        return 0  # the outcome does not depend on it
+    return int((await session.execute(select(func.count()).select_from(charge_attempts).where(
+        charge_attempts.c.order_id == data.order_id,
+        charge_attempts.c.payment_token == data.payment_token))).scalar_one())
 
-    A refusal rolls the caller's transaction back, so the caller saves `failed_attempts` afterwards in a
-    transaction of its own (`record_attempts`): a decline is kept on file, and tok_flaky counts its failures.
+
+async def make_payment(session: AsyncSession, data: PaymentCreate, failed_attempts: list[AttemptValues]
+                       ) -> dict[str, Any]:
+    """Charge the card once per order; the new payment's columns. Refusals raise; their attempts go to
+    `failed_attempts`.
+
+    The order is claimed before the processor is called, so a concurrent charge of it (or a compensation)
+    waits and is then refused, never charged too. A refusal rolls the caller's transaction back, claim
+    included, so the caller saves `failed_attempts` afterwards in a transaction of its own
+    (`record_attempts`): a decline is kept on file, and tok_flaky counts its failures.
     """
-    payment = await _payment_of_order(session, data.order_id)
-    claimed_by = await _settled_by(session, data.order_id)
-    if payment is not None or claimed_by is not None:
-        raise _already_settled(data.order_id, claimed_by or SettledBy.PAYMENT, payment)
-
-    previous = (await session.execute(select(func.count()).select_from(ChargeAttempt).where(
-        ChargeAttempt.order_id == data.order_id, ChargeAttempt.payment_token == data.payment_token))).scalar_one()
-    result = processor.charge(data.payment_token, data.amount_minor, data.currency, attempt=int(previous) + 1)
-    attempt = ChargeAttempt(order_id=data.order_id, customer_id=data.customer_id, amount_minor=data.amount_minor,
-                            currency=data.currency, payment_token=data.payment_token)
+    if not await _claim(session, data.order_id, SettledBy.PAYMENT):
+        raise await _already_settled(session, data.order_id)
+    previous = await _attempts_so_far(session, data)
+    result = processor.charge(data.payment_token, data.amount_minor, data.currency, attempt=previous + 1)
+    attempt: AttemptValues = {"order_id": data.order_id, "customer_id": data.customer_id,
+                              "amount_minor": data.amount_minor, "currency": data.currency,
+                              "payment_token": data.payment_token}
     match result:
         case processor.Declined(code=code, message=message):
-            attempt.outcome, attempt.code = "DECLINED", code
-            failed_attempts.append(attempt)
+            failed_attempts.append({**attempt, "outcome": "DECLINED", "code": code})
             raise PaymentRequired(message, code=code, order_id=data.order_id)
         case processor.Unavailable(code=code, message=message):
-            attempt.outcome, attempt.code = "UNAVAILABLE", code
-            failed_attempts.append(attempt)
+            failed_attempts.append({**attempt, "outcome": "UNAVAILABLE", "code": code})
             raise ServiceUnavailable(message, code=code, order_id=data.order_id, retry_after=1)
         case processor.Captured(reference=reference, brand=brand):
-            attempt.outcome = "CAPTURED"
+            pass
 
-    payment = Payment(order_id=data.order_id, customer_id=data.customer_id, amount_minor=data.amount_minor,
-                      currency=data.currency, status=PaymentStatus.CAPTURED, refunded_minor=0,
-                      processor_reference=reference, card_brand=brand, refunds=[])
-    try:
-        # A concurrent charge or compensation of the same order waits on this key, then one of them fails here.
-        async with session.begin_nested():
-            session.add(SettledOrder(order_id=data.order_id, claimed_by=SettledBy.PAYMENT))
-            session.add(payment)
-            await session.flush()
-    except IntegrityError as exc:
-        raise _already_settled(data.order_id, await _settled_by(session, data.order_id) or SettledBy.PAYMENT,
-                               await _payment_of_order(session, data.order_id)) from exc
-    session.add(attempt)
-    await session.flush()
-    return payment
+    now = utc_now()
+    payment = {"id": new_id(), "order_id": data.order_id, "customer_id": data.customer_id,
+               "amount_minor": data.amount_minor, "currency": data.currency, "status": PaymentStatus.CAPTURED,
+               "refunded_minor": 0, "processor_reference": reference, "card_brand": brand,
+               "created_at": now, "updated_at": now}
+    await session.execute(insert(payments).values(payment))
+    await session.execute(insert(charge_attempts).values(**attempt, outcome="CAPTURED"))
+    return {**payment, "refunds": []}
 
 
-async def record_attempts(db: Database, attempts: list[ChargeAttempt]) -> None:
+async def record_attempts(db: Database, attempts: list[AttemptValues]) -> None:
     if attempts:
         async with db.transaction() as session:
-            session.add_all(attempts)
+            await session.execute(insert(charge_attempts), attempts)
 
 
 async def get_payment(session: AsyncSession, identity: Identity, payment_id: str, for_update: bool = False
@@ -141,28 +158,34 @@ async def refund_payment(session: AsyncSession, identity: Identity, payment_id: 
     return refund, payment
 
 
-async def refund_order(session: AsyncSession, order_id: str) -> Payment | None:
+async def _order_payment_locked(session: AsyncSession, order_id: str) -> PaymentAmounts | None:
+    return (await session.execute(
+        select(payments.c.id, payments.c.amount_minor, payments.c.refunded_minor)
+        .where(payments.c.order_id == order_id).with_for_update())).one_or_none()
+
+
+async def refund_order(session: AsyncSession, order_id: str) -> PaymentAmounts | None:
     """The saga's compensation: refund whatever is left of the order's payment, at most once; None: never charged.
 
     With no payment, the order is marked settled by compensation, so a charge that arrives late (the
     saga timed out waiting for it) is refused rather than taking money for a cancelled order.
     """
-    payment = await _payment_of_order(session, order_id, for_update=True)
+    payment = await _order_payment_locked(session, order_id)
     if payment is None:
-        if await _settled_by(session, order_id) is not None:
+        if await _claim(session, order_id, SettledBy.COMPENSATION):
             return None
-        try:
-            async with session.begin_nested():
-                session.add(SettledOrder(order_id=order_id, claimed_by=SettledBy.COMPENSATION))
-                await session.flush()
+        # Settled already: by an earlier compensation, or by a charge that committed meanwhile.
+        payment = await _order_payment_locked(session, order_id)
+        if payment is None:
             return None
-        except IntegrityError:
-            # A charge (or another compensation) committed meanwhile.
-            payment = await _payment_of_order(session, order_id, for_update=True)
-            if payment is None:
-                return None
     refundable = payment.amount_minor - payment.refunded_minor
-    if refundable > 0:
-        _refund(payment, refundable, "order compensated")
-        await session.flush()
+    if refundable <= 0:
+        return payment
+    # The row is locked: refunding the rest makes the payment fully refunded.
+    payment = (await session.execute(
+        update(payments).where(payments.c.id == payment.id)
+        .values(refunded_minor=payments.c.amount_minor, status=PaymentStatus.REFUNDED)
+        .returning(payments.c.id, payments.c.amount_minor, payments.c.refunded_minor))).one()
+    await session.execute(insert(refunds).values(payment_id=payment.id, amount_minor=refundable,
+                                                 reason="order compensated"))
     return payment

@@ -157,6 +157,27 @@ async def test_concurrent_charges_of_one_order_capture_once(client: httpx.AsyncC
     assert await payments_of_order(client, body["order_id"]) == 1
 
 
+
+async def test_charging_a_paid_order_names_its_payment(client: httpx.AsyncClient) -> None:
+    payment = await paid(client)
+    refused = await charge(client, charge_body(payment["order_id"], token="tok_mastercard"))
+    assert refused.status_code == 409 and refused.headers["content-type"] == PROBLEM
+    problem = refused.json()
+    assert (problem["order_id"], problem["payment_id"], problem["payment_status"]) == (
+        payment["order_id"], payment["id"], "CAPTURED")
+    assert "already has a payment (CAPTURED)" in problem["detail"]
+
+
+async def test_a_refused_charge_leaves_the_order_free(served: tuple[FastAPI, httpx.AsyncClient]) -> None:
+    # The decline rolls the order's claim back: a compensation then finds nothing, and claims it.
+    app, client = served
+    body = charge_body(token="tok_chargeDeclined")
+    assert (await charge(client, body)).status_code == 402
+    compensated = await client.post(f"/api/payments/orders/{body['order_id']}/refund", headers=SERVICE)
+    assert compensated.json()["status"] == "NONE"
+    assert (await charge(client, {**body, "payment_token": "tok_visa"})).status_code == 409
+    assert await attempts_of(app, body["order_id"]) == 1
+
 # --- refunds ---------------------------------------------------------------------------------------------
 
 
@@ -238,6 +259,31 @@ async def test_compensation_without_payment_is_none_and_refuses_a_late_charge(cl
     assert late.status_code == 409 and "compensated" in late.json()["detail"]
     assert await payments_of_order(client, order_id) == 0
 
+
+
+async def test_concurrent_compensations_refund_once(client: httpx.AsyncClient) -> None:
+    payment = await paid(client, amount=700)
+    url = f"/api/payments/orders/{payment['order_id']}/refund"
+    responses = await asyncio.gather(*(client.post(url, headers=SERVICE) for _ in range(8)))
+    assert {r.status_code for r in responses} == {200}
+    assert {(r.json()["status"], r.json()["refunded_minor"]) for r in responses} == {("REFUNDED", 700)}
+    final = (await client.get(f"/api/payments/{payment['id']}", headers=ADMIN)).json()
+    assert final["status"] == "REFUNDED" and [r["amount_minor"] for r in final["refunds"]] == [700]
+
+
+async def test_a_charge_racing_its_compensation_is_refunded_or_refused(client: httpx.AsyncClient) -> None:
+    for _ in range(10):
+        body = charge_body()
+        charged, compensated = await asyncio.gather(
+            charge(client, body), client.post(f"/api/payments/orders/{body['order_id']}/refund", headers=SERVICE))
+        assert compensated.status_code == 200
+        if compensated.json()["status"] == "NONE":
+            assert charged.status_code == 409 and "compensated" in charged.json()["detail"]
+            assert await payments_of_order(client, body["order_id"]) == 0
+        else:
+            assert charged.status_code == 201 and compensated.json()["payment_id"] == charged.json()["id"]
+            final = (await client.get(f"/api/payments/{charged.json()['id']}", headers=ADMIN)).json()
+            assert (final["status"], final["refunded_minor"]) == ("REFUNDED", body["amount_minor"])
 
 # --- reading and ownership -------------------------------------------------------------------------------
 

@@ -34,3 +34,13 @@ def test_processing_error_is_transient_every_time() -> None:
 def test_flaky_fails_twice_then_captures() -> None:
     outcomes = [type(processor.charge("tok_flaky", 1000, "EUR", attempt)) for attempt in (1, 2, 3, 4)]
     assert outcomes == [processor.Unavailable, processor.Unavailable, processor.Captured, processor.Captured]
+
+
+@pytest.mark.parametrize("token", sorted(processor.TEST_TOKENS | {"tok_unknown"}))
+def test_only_tokens_that_count_attempts_depend_on_the_attempt(token: str) -> None:
+    # make_payment skips counting earlier attempts for the other tokens: their outcome must not depend on it.
+    if processor.counts_attempts(token):
+        return
+    outcomes = {(type(result), getattr(result, "code", None), getattr(result, "brand", None))
+                for result in (processor.charge(token, 1000, "EUR", attempt) for attempt in (1, 2, 3, 10))}
+    assert len(outcomes) == 1
