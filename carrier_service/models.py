@@ -46,11 +46,6 @@ class Carrier(Base):
     def countries(self) -> list[str]:
         return [row.country for row in self.country_rows]
 
-    def price_for(self, weight_grams: int) -> int:
-        """Base price plus the per-kg price for every started kilogram (integer math, no floats)."""
-        started_kg = -(-weight_grams // 1000)
-        return self.base_price_minor + started_kg * self.price_per_kg_minor
-
 
 class CarrierCountry(Base):
     """One row per country a carrier serves, so "who serves DE" is an indexed lookup."""

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from typing import Any, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import Row, Table, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -74,54 +75,81 @@ async def list_carriers(
     return list(rows.scalars()), int(total)
 
 
-async def _live_assignment(session: AsyncSession, order_id: str, for_update: bool = False) -> CarrierAssignment | None:
-    query = select(CarrierAssignment).where(
-        CarrierAssignment.order_id == order_id, CarrierAssignment.status == AssignmentStatus.ASSIGNED
+# The saga's step and its compensation run on every order: Core statements on the tables, no ORM unit of work.
+carriers = cast(Table, Carrier.__table__)
+carrier_countries = cast(Table, CarrierCountry.__table__)
+assignments = cast(Table, CarrierAssignment.__table__)
+# A result row of any columns, read by name.
+AnyRow = Row[*tuple[Any, ...]]
+
+
+async def _live_assignment(session: AsyncSession, order_id: str) -> AnyRow | None:
+    query = select(assignments.c.id, assignments.c.carrier_code).where(
+        assignments.c.order_id == order_id, assignments.c.status == AssignmentStatus.ASSIGNED
     )
-    if for_update:
-        query = query.with_for_update()
-    return (await session.execute(query)).scalar_one_or_none()
+    return (await session.execute(query)).one_or_none()
 
 
-async def _lock_carriers_serving(session: AsyncSession, country: str) -> list[Carrier]:
+async def _lock_carriers_serving(session: AsyncSession, country: str, order_id: str) -> list[AnyRow]:
     """Lock every active carrier serving the country, in id order so concurrent assignments cannot deadlock.
 
     Holding these row locks while counting today's load is what keeps capacity from being overbooked:
     a concurrent assignment to the same carrier waits here until this transaction commits, then counts again.
+    Each row also carries the order's live assignment id (None without one), saving a statement.
     """
-    query = (
-        select(Carrier)
-        .join(CarrierCountry, CarrierCountry.carrier_id == Carrier.id)
-        .where(CarrierCountry.country == country, Carrier.active.is_(True))
-        .order_by(Carrier.id)
-        .with_for_update(of=Carrier)
+    live_assignment_id = (
+        select(assignments.c.id)
+        .where(assignments.c.order_id == order_id, assignments.c.status == AssignmentStatus.ASSIGNED)
+        .scalar_subquery()
+        .label("live_assignment_id")
     )
-    return list((await session.execute(query)).scalars())
+    query = (
+        select(carriers.c.id, carriers.c.code, carriers.c.max_weight_grams, carriers.c.daily_capacity,
+               carriers.c.base_price_minor, carriers.c.price_per_kg_minor, carriers.c.currency, live_assignment_id)
+        .join(carrier_countries, carrier_countries.c.carrier_id == carriers.c.id)
+        .where(carrier_countries.c.country == country, carriers.c.active.is_(True))
+        .order_by(carriers.c.id)
+        .with_for_update(of=carriers)
+    )
+    return list((await session.execute(query)).all())
 
 
 async def _load_today(session: AsyncSession, carrier_ids: list[str], day: date) -> dict[str, int]:
+    # A statement of its own, after the locks: its snapshot sees every assignment committed before them.
     rows = await session.execute(
-        select(CarrierAssignment.carrier_id, func.count())
+        select(assignments.c.carrier_id, func.count())
         .where(
-            CarrierAssignment.carrier_id.in_(carrier_ids),
-            CarrierAssignment.service_day == day,
-            CarrierAssignment.status == AssignmentStatus.ASSIGNED,
+            assignments.c.carrier_id.in_(carrier_ids),
+            assignments.c.service_day == day,
+            assignments.c.status == AssignmentStatus.ASSIGNED,
         )
-        .group_by(CarrierAssignment.carrier_id)
+        .group_by(assignments.c.carrier_id)
     )
     return {carrier_id: int(count) for carrier_id, count in rows.all()}
+
+
+def price_for(carrier: AnyRow, weight_grams: int) -> int:
+    """Base price plus the per-kg price for every started kilogram (integer math, no floats)."""
+    started_kg = -(-weight_grams // 1000)
+    return int(carrier.base_price_minor + started_kg * carrier.price_per_kg_minor)
 
 
 def _no_carrier(detail: str, code: str, **extra: object) -> Conflict:
     return Conflict(f"No carrier fits: {detail}.", reason=detail, code=code, **extra)
 
 
-async def assign_carrier(session: AsyncSession, data: AssignmentRequest) -> CarrierAssignment:
-    existing = await _live_assignment(session, data.order_id)
+async def _refuse_if_assigned(session: AsyncSession, order_id: str) -> None:
+    existing = await _live_assignment(session, order_id)
     if existing is not None:
-        raise Conflict(f"Order {data.order_id} already has carrier {existing.carrier_code} assigned.",
+        raise Conflict(f"Order {order_id} already has carrier {existing.carrier_code} assigned.",
                        code="already_assigned", assignment_id=existing.id)
-    serving = await _lock_carriers_serving(session, data.country)
+
+
+async def assign_carrier(session: AsyncSession, data: AssignmentRequest) -> AnyRow:
+    serving = await _lock_carriers_serving(session, data.country, data.order_id)
+    # A live assignment is refused before any other reason; with no carrier rows there is no id to look at.
+    if not serving or serving[0].live_assignment_id is not None:
+        await _refuse_if_assigned(session, data.order_id)
     if not serving:
         raise _no_carrier(f"no carrier serves country {data.country}", "country_not_served")
     fitting = [carrier for carrier in serving if carrier.max_weight_grams >= data.weight_grams]
@@ -132,36 +160,36 @@ async def assign_carrier(session: AsyncSession, data: AssignmentRequest) -> Carr
     with_room = [carrier for carrier in fitting if load.get(carrier.id, 0) < carrier.daily_capacity]
     if not with_room:
         raise _no_carrier(f"all carriers serving {data.country} are at capacity today", "at_capacity")
-    chosen = min(with_room, key=lambda carrier: (carrier.price_for(data.weight_grams), carrier.code))
-    assignment = CarrierAssignment(
-        order_id=data.order_id,
-        carrier_id=chosen.id,
-        carrier_code=chosen.code,
-        country=data.country,
-        weight_grams=data.weight_grams,
-        price_minor=chosen.price_for(data.weight_grams),
-        currency=chosen.currency,
-        status=AssignmentStatus.ASSIGNED,
-        service_day=day,
-    )
+    chosen = min(with_room, key=lambda carrier: (price_for(carrier, data.weight_grams), carrier.code))
     try:
-        async with session.begin_nested():
-            session.add(assignment)
-            await session.flush()
+        # No savepoint: a failed insert ends the work, and the caller rolls the transaction back.
+        return (await session.execute(insert(assignments).values(
+            order_id=data.order_id,
+            carrier_id=chosen.id,
+            carrier_code=chosen.code,
+            country=data.country,
+            weight_grams=data.weight_grams,
+            price_minor=price_for(chosen, data.weight_grams),
+            currency=chosen.currency,
+            status=AssignmentStatus.ASSIGNED,
+            service_day=day,
+        ).returning(*assignments.c))).one()
     except IntegrityError as exc:  # a concurrent assignment of the same order committed first
         raise Conflict(f"Order {data.order_id} already has a carrier assigned.", code="already_assigned") from exc
-    return assignment
 
 
-async def release_assignment(session: AsyncSession, order_id: str) -> CarrierAssignment | None:
-    """Release the order's live assignment; None when it holds none (released already, or never assigned)."""
-    assignment = await _live_assignment(session, order_id, for_update=True)
-    if assignment is None:
-        return None
-    assignment.status = AssignmentStatus.RELEASED
-    assignment.released_at = datetime.now(UTC)
-    await session.flush()
-    return assignment
+async def release_assignment(session: AsyncSession, order_id: str) -> AnyRow | None:
+    """Release the order's live assignment; None when it holds none (released already, or never assigned).
+
+    One conditional UPDATE: a concurrent release waits on the row, re-checks the status, and changes nothing.
+    """
+    result = await session.execute(
+        update(assignments)
+        .where(assignments.c.order_id == order_id, assignments.c.status == AssignmentStatus.ASSIGNED)
+        .values(status=AssignmentStatus.RELEASED, released_at=datetime.now(UTC))
+        .returning(*assignments.c)
+    )
+    return result.one_or_none()
 
 
 async def get_assignment(session: AsyncSession, order_id: str) -> CarrierAssignment:

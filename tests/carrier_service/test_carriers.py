@@ -221,6 +221,17 @@ async def test_order_has_one_live_assignment(client: httpx.AsyncClient) -> None:
     assert live.json()["id"] == reassigned.json()["id"] and live.json()["status"] == "ASSIGNED"
 
 
+async def test_live_assignment_is_refused_before_any_other_reason(client: httpx.AsyncClient) -> None:
+    carrier = await new_carrier(client, countries=["BV"], max_weight_grams=1000, daily_capacity=1)
+    first = await assign(client, "BV", 100, "bv-order")
+    assert first.status_code == 201
+    for country, weight in (("BV", 100), ("BV", 5000), ("HM", 100)):  # at capacity, overweight, unserved
+        again = await assign(client, country, weight, "bv-order")
+        assert again.status_code == 409 and again.headers["content-type"] == "application/problem+json"
+        assert again.json()["code"] == "already_assigned" and again.json()["assignment_id"] == first.json()["id"]
+        assert carrier["code"] in again.json()["detail"]
+
+
 async def test_capacity_is_per_utc_day(client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
     await new_carrier(client, countries=["JE"], daily_capacity=1)
     today = service.utc_today()
@@ -343,6 +354,20 @@ async def test_concurrent_assignments_of_one_order_keep_one(client: httpx.AsyncC
     assert sorted(r.status_code for r in responses) == [201] + [409] * 7
     released = await client.post("/api/carriers/assignments/au-order/release", headers=SERVICE)
     assert released.json()["status"] == "RELEASED"
+
+
+async def test_concurrent_releases_free_one_place(client: httpx.AsyncClient, server_url: str) -> None:
+    await new_carrier(client, countries=["TK"], daily_capacity=1)
+    assert (await assign(client, "TK", 100, "tk-order")).status_code == 201
+    async with httpx.AsyncClient(base_url=server_url, timeout=60) as http:
+        responses = await asyncio.gather(*[
+            http.post("/api/carriers/assignments/tk-order/release", headers={**SERVICE, "Idempotency-Key": f"tk-{i}"})
+            for i in range(6)
+        ])
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+    assert sorted(r.json()["status"] for r in responses) == ["NONE"] * 5 + ["RELEASED"]
+    assert (await assign(client, "TK", 100, "tk-other")).status_code == 201
+    assert (await assign(client, "TK", 100, "tk-third")).status_code == 409
 
 
 # --- seed -------------------------------------------------------------------------------------------------------
