@@ -209,7 +209,7 @@ class KeyRing:
             return  # the verifier reports the malformed token
         if not kid or self.knows(kid):
             return
-        async with self.db.sessions() as session:
+        async with self.db.autocommit() as session:
             published = await session.scalar(select(SigningKey.kid).where(
                 SigningKey.kid == kid, or_(SigningKey.retired_at.is_(None), SigningKey.retired_at > now_utc())))
         if published is not None:

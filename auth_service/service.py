@@ -287,7 +287,7 @@ class AuthService:
     async def _is_revoked(self, jti: str) -> bool:
         if jti in self._revoked_here:
             return True
-        async with self.db.sessions() as session:
+        async with self.db.autocommit() as session:  # one SELECT: no BEGIN/ROLLBACK round trips
             found = await session.scalar(select(RevokedToken.jti).where(RevokedToken.jti == jti))
         return found is not None
 
