@@ -17,14 +17,10 @@ from shared.schemas import Page
 router = APIRouter(prefix="/api/orders", tags=["orders"])
 
 
-def _out(order: object) -> OrderOut:
-    return OrderOut.model_validate(order)
-
-
 @router.post("", status_code=201, response_model=OrderOut)
 async def create_order(body: OrderCreate, request: Request, identity: Caller) -> JSONResponse:
     async def work(session: AsyncSession) -> OrderOut:
-        return _out(await service.create_order(session, identity, body))
+        return await service.create_order(session, identity, body)
 
     return await run_idempotent(request, identity, work, status_code=201)
 
@@ -40,19 +36,19 @@ async def list_orders(
 ) -> Page[OrderOut]:
     async with request.app.state.db.transaction() as session:
         orders, total = await service.list_orders(session, identity, customer_id, status, limit, offset)
-        return Page(items=[_out(o) for o in orders], total=total, limit=limit, offset=offset)
+        return Page(items=orders, total=total, limit=limit, offset=offset)
 
 
 @router.get("/{order_id}", response_model=OrderOut)
 async def get_order(order_id: str, request: Request, identity: Caller) -> OrderOut:
     async with request.app.state.db.transaction() as session:
-        return _out(await service.get_order(session, identity, order_id))
+        return await service.get_order(session, identity, order_id)
 
 
 @router.post("/{order_id}/lines", response_model=OrderOut)
 async def add_lines(order_id: str, body: LinesAdd, request: Request, identity: Privileged) -> JSONResponse:
     async def work(session: AsyncSession) -> OrderOut:
-        return _out(await service.add_lines(session, identity, order_id, body.lines))
+        return await service.add_lines(session, identity, order_id, body.lines)
 
     return await run_idempotent(request, identity, work)
 
@@ -60,7 +56,7 @@ async def add_lines(order_id: str, body: LinesAdd, request: Request, identity: P
 @router.delete("/{order_id}/lines", response_model=OrderOut)
 async def remove_all_lines(order_id: str, request: Request, identity: Privileged) -> JSONResponse:
     async def work(session: AsyncSession) -> OrderOut:
-        return _out(await service.remove_lines(session, identity, order_id))
+        return await service.remove_lines(session, identity, order_id)
 
     return await run_idempotent(request, identity, work)
 
@@ -68,7 +64,7 @@ async def remove_all_lines(order_id: str, request: Request, identity: Privileged
 @router.delete("/{order_id}/lines/{line_id}", response_model=OrderOut)
 async def remove_line(order_id: str, line_id: str, request: Request, identity: Privileged) -> JSONResponse:
     async def work(session: AsyncSession) -> OrderOut:
-        return _out(await service.remove_lines(session, identity, order_id, line_id))
+        return await service.remove_lines(session, identity, order_id, line_id)
 
     return await run_idempotent(request, identity, work)
 
@@ -80,7 +76,7 @@ async def cancel_order(
     reason = body.reason if body else "cancelled"
 
     async def work(session: AsyncSession) -> OrderOut:
-        return _out(await service.cancel_order(session, identity, order_id, reason))
+        return await service.cancel_order(session, identity, order_id, reason)
 
     return await run_idempotent(request, identity, work)
 
@@ -88,6 +84,6 @@ async def cancel_order(
 @router.post("/{order_id}/confirm", response_model=OrderOut)
 async def confirm_order(order_id: str, request: Request, identity: Privileged) -> JSONResponse:
     async def work(session: AsyncSession) -> OrderOut:
-        return _out(await service.confirm_order(session, identity, order_id))
+        return await service.confirm_order(session, identity, order_id)
 
     return await run_idempotent(request, identity, work)
