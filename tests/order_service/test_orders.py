@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from sqlalchemy import select
 
 from order_service.app import create_app
+from order_service.models import OrderLine
 from order_service.settings import Settings
 from tests.inprocess import ADMIN, SERVICE, bearer, fresh_database_url, running_app
 
@@ -15,10 +19,15 @@ ADDRESS = {"name": "Ada", "line1": "1 Main St", "city": "Berlin", "postal_code":
 
 
 @pytest.fixture(scope="module")
-async def client() -> AsyncIterator[httpx.AsyncClient]:
+async def app_and_client() -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     settings = Settings(database_url=fresh_database_url("cs_unit_order"), eureka_server_url="")
-    async with running_app(create_app, settings) as (_, client):
-        yield client
+    async with running_app(create_app, settings) as app_and_client:
+        yield app_and_client
+
+
+@pytest.fixture(scope="module")
+def client(app_and_client: tuple[FastAPI, httpx.AsyncClient]) -> httpx.AsyncClient:
+    return app_and_client[1]
 
 
 async def new_order(client: httpx.AsyncClient, customer: str = "cust-1") -> dict:
@@ -142,3 +151,70 @@ async def test_nul_bytes_and_long_ids_are_4xx(client: httpx.AsyncClient) -> None
     assert (await client.get("/api/orders", params={"customer_id": "a\x00b"}, headers=ADMIN)).status_code == 400
     response = await client.post("/api/orders", json={"customer_id": "c" * 65}, headers=SERVICE)
     assert response.status_code == 422
+
+
+def one_line(sku: str) -> dict:
+    return {"lines": [{"sku": sku, "quantity": 1, "unit_price_minor": 10}]}
+
+
+async def test_concurrent_add_lines_keep_every_line_and_distinct_positions(
+    app_and_client: tuple[FastAPI, httpx.AsyncClient],
+) -> None:
+    app, client = app_and_client
+    order = await new_order(client)
+    two_lines = [{"lines": [{"sku": f"{sku}{i}", "quantity": 1, "unit_price_minor": 1} for sku in "AB"]}
+                 for i in range(8)]
+    answers = await asyncio.gather(*(client.post(f"/api/orders/{order['id']}/lines", headers=SERVICE, json=body)
+                                     for body in two_lines))
+    assert [a.status_code for a in answers] == [200] * 8
+    # Each answer shows the lines added before it, then its own two: the adds were serialised.
+    assert sorted(len(a.json()["lines"]) for a in answers) == list(range(2, 17, 2))
+    final = (await client.get(f"/api/orders/{order['id']}", headers=SERVICE)).json()
+    assert len(final["lines"]) == 16 and final["total_minor"] == 16
+    async with app.state.db.transaction() as session:
+        positions = (await session.execute(select(OrderLine.position).where(OrderLine.order_id == order["id"])
+                                           .order_by(OrderLine.position))).scalars().all()
+    assert positions == list(range(1, 17))
+
+
+async def test_confirm_racing_the_lines_compensation_never_confirms_an_empty_order(
+    client: httpx.AsyncClient,
+) -> None:
+    for _ in range(10):
+        order = await new_order(client)
+        await client.post(f"/api/orders/{order['id']}/lines", headers=SERVICE, json=one_line("X"))
+        confirm, remove = await asyncio.gather(
+            client.post(f"/api/orders/{order['id']}/confirm", headers=SERVICE),
+            client.delete(f"/api/orders/{order['id']}/lines", headers=SERVICE))
+        final = (await client.get(f"/api/orders/{order['id']}", headers=SERVICE)).json()
+        if confirm.status_code == 200:
+            assert remove.status_code == 409
+            assert final["status"] == "CONFIRMED" and len(final["lines"]) == 1
+        else:
+            assert confirm.status_code == 409 and confirm.json()["order_status"] == "PENDING"
+            assert remove.status_code == 200
+            assert final["status"] == "PENDING" and final["lines"] == []
+
+
+async def test_confirm_racing_cancel_has_one_winner(client: httpx.AsyncClient) -> None:
+    for _ in range(10):
+        order = await new_order(client)
+        await client.post(f"/api/orders/{order['id']}/lines", headers=SERVICE, json=one_line("X"))
+        confirm, cancel = await asyncio.gather(
+            client.post(f"/api/orders/{order['id']}/confirm", headers=SERVICE),
+            client.post(f"/api/orders/{order['id']}/cancel", headers=SERVICE))
+        assert sorted((confirm.status_code, cancel.status_code)) == [200, 409]
+        final = (await client.get(f"/api/orders/{order['id']}", headers=SERVICE)).json()
+        assert final["status"] == ("CONFIRMED" if confirm.status_code == 200 else "CANCELLED")
+        loser = cancel if confirm.status_code == 200 else confirm
+        assert loser.json()["order_status"] == final["status"]
+
+
+async def test_status_changes_touch_updated_at_and_line_changes_do_not(client: httpx.AsyncClient) -> None:
+    order = await new_order(client)
+    added = (await client.post(f"/api/orders/{order['id']}/lines", headers=SERVICE, json=one_line("X"))).json()
+    assert added["updated_at"] == order["updated_at"]
+    confirmed = (await client.post(f"/api/orders/{order['id']}/confirm", headers=SERVICE)).json()
+    assert confirmed["updated_at"] > order["updated_at"] and confirmed["created_at"] == order["created_at"]
+    again = (await client.post(f"/api/orders/{order['id']}/confirm", headers=SERVICE)).json()
+    assert again == confirmed
