@@ -151,7 +151,8 @@ async def remove_lines(
 
 async def _leave_pending(session: AsyncSession, identity: Identity, order_id: str, status: str, action: str,
                          **values: Any) -> tuple[Row[Any], bool]:
-    """Move a PENDING order to `status` in one conditional UPDATE, which also locks its row.
+    """Move a PENDING order to `status` in one conditional UPDATE, which also locks its row (and sets
+    updated_at: Core applies the column's onupdate as the ORM did).
 
     Returns the order and whether it changed. An order already in `status` is returned unchanged (a retried
     step); a missing order, another customer's, or one in the other final status is refused as before.
