@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from bench import event_store
+from bench import event_store, floor
 from bench.load import Figures, closed_loop
 from bench.nginx import Nginx
 from bench.procstats import CpuMeter, db_counters, rss_mb
@@ -38,8 +38,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 LEVELS = [int(x) for x in os.environ.get("BENCH_LEVELS", "1,16,64").split(",")]
 SCALE = float(os.environ.get("BENCH_SCALE", "1"))
 REPEAT = int(os.environ.get("BENCH_REPEAT", "1"))
-# Which parts run (all by default): store, sagas, bare, overhead.
-PHASES = set(os.environ.get("BENCH_PHASES", "store,sagas,bare,overhead").split(","))
+# Which parts run (all by default): floor, store, sagas, bare, overhead.
+PHASES = set(os.environ.get("BENCH_PHASES", "floor,store,sagas,bare,overhead").split(","))
 SECONDS = {1: 5.0, 16: 8.0}  # a level's measured seconds at scale 1 (others: 12)
 WARMUP = 3.0
 STATS_SETTLE_SECS = 11  # PostgreSQL backends publish their commit counts within 10 s of going idle
@@ -160,6 +160,14 @@ async def run(stack: Stack) -> dict[str, Any]:
     can_direct = "bare" in PHASES and all(p in stack.services for p in (
         "order_service", "inventory_service", "payment_service", "carrier_service", "shipment_service"))
 
+    if "floor" in PHASES:
+        print("the floor: one HTTP hop and one SQL statement with none of the project's code ...", flush=True)
+        report["floor"] = await floor.run(max(LEVELS), 6 * SCALE)
+        fl = report["floor"]
+        print(f"  HTTP hop: {fl['http']['requests_per_sec']:.0f} requests/s, CPU ms per request: server "
+              f"{fl['http']['server_cpu_ms']}, client {fl['http']['client_cpu_ms']}", flush=True)
+        print(f"  SQL statement (SQLAlchemy asyncpg, autocommit): {fl['sql']['statements_per_sec']:.0f}/s, CPU ms: "
+              f"client {fl['sql']['client_cpu_ms']}, postgres {fl['sql']['postgres_cpu_ms']}", flush=True)
     if "store" in PHASES:
         print("event store ceiling (SagaStore saves, no HTTP) ...", flush=True)
         report["event_store"] = await event_store.run([1, 64], 5 * SCALE)
@@ -245,6 +253,16 @@ def summarize(saga_runs: list[Figures], bare_runs: list[Figures], overhead: list
         summary["gateway_vs_direct"] = round(gw.per_sec / direct.per_sec, 2)
     if ng and direct and direct.per_sec:
         summary["nginx_vs_direct"] = round(ng.per_sec / direct.per_sec, 2)
+    if saga and saga.extra.get("cpu_ms_per_op"):
+        # The system's own CPU (the load generator, on the same cores, is left out).
+        spent = sum(v for k, v in saga.extra["cpu_ms_per_op"].items() if k != "load generator")
+        summary["cpu_ms_per_saga"] = round(spent, 1)
+        summary["cpu_bound_sagas_per_sec"] = round((os.cpu_count() or 1) * 1000 / spent, 1)
+    if bare and bare.extra.get("cpu_ms_per_op"):
+        summary["cpu_ms_per_bare_saga"] = round(sum(v for k, v in bare.extra["cpu_ms_per_op"].items()
+                                                    if k != "load generator"), 1)
+    if "floor" in report:
+        summary["floor_hops_only_sagas_per_sec"] = report["floor"]["hops_only_sagas_per_sec"]
     store = max(report.get("event_store", []), key=lambda r: r["saves_per_sec"], default=None)
     saves = summary.get("saves_per_saga")
     if store and saves:

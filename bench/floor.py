@@ -1,0 +1,123 @@
+"""The floor under the saga: what one HTTP hop and one SQL statement cost on this machine, with none of the
+project's code in them, measured like the saga phases (closed loop, 64 clients, CPU from /proc).
+
+- http: `bench.floor_app` (FastAPI, one route, a small JSON answer, no middleware) under uvicorn with the
+  services' settings (uvloop, httptools, no access log), one process, driven by the bench's own aiohttp
+  clients on keep-alive connections: CPU ms per request in the server and in the client.
+- sql: one primary-key-shaped `SELECT` through `shared.db.Database` (SQLAlchemy's asyncpg engine, the
+  services' pool of 10) in autocommit mode, 64 tasks: CPU ms per statement in this process and in
+  PostgreSQL's backends.
+A saga through the gateway makes 11 requests (client → gateway, gateway → /validate, gateway → orchestrator,
+the catalogue lookup, the seven steps), each paid for by a server and a client; together with its SQL
+statements these give the most sagas/s the two cores could finish if every hop cost only the floor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+import aiohttp
+import psycopg
+from sqlalchemy import Integer, bindparam, select, text
+
+from bench.load import closed_loop
+from bench.procstats import cpu_secs
+from shared.db import Database
+from tests.fleet import PG_ADMIN_DSN, PG_URL_BASE, recreate_databases
+
+DB_NAME = "cs_bench_floor"
+HOPS_PER_SAGA = 11
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def http_floor(clients: int, seconds: float) -> dict[str, Any]:
+    port = _free_port()
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "uvicorn", "bench.floor_app:app", "--host", "127.0.0.1", "--port", str(port),
+        "--no-access-log", "--log-level", "warning", stdout=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/ping"
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients + 8)) as session:
+            for _ in range(100):
+                try:
+                    async with session.get(url) as response:
+                        if response.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.1)
+
+            async def one(_: int) -> bool:
+                async with session.get(url) as response:
+                    await response.read()
+                    return response.status == 200
+
+            await closed_loop("warm-up", one, clients, 2, 0)
+            server_before, client_before = cpu_secs(server.pid), cpu_secs(os.getpid())
+            figures = await closed_loop("HTTP floor", one, clients, seconds, 0)
+            server_used, client_used = cpu_secs(server.pid) - server_before, cpu_secs(os.getpid()) - client_before
+    finally:
+        server.terminate()
+        await asyncio.wait_for(server.wait(), 10)
+    done = max(1, figures.completed)
+    return {"requests_per_sec": figures.per_sec, "server_cpu_ms": round(server_used * 1000 / done, 3),
+            "client_cpu_ms": round(client_used * 1000 / done, 3)}
+
+
+def _backend_cpu() -> float:
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        pids = [int(r[0]) for r in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s",
+                                                (DB_NAME,)).fetchall()]
+    return sum(cpu_secs(pid) for pid in pids)
+
+
+async def sql_floor(clients: int, seconds: float) -> dict[str, Any]:
+    recreate_databases([DB_NAME])
+    db = Database(f"{PG_URL_BASE}/{DB_NAME}", pool_size=10)
+    try:
+        async with db.transaction() as session:
+            await session.execute(text("CREATE TABLE item (id integer PRIMARY KEY, name text NOT NULL)"))
+            await session.execute(text("INSERT INTO item SELECT g, 'item ' || g FROM generate_series(1, 1000) g"))
+        query = select(text("name")).select_from(text("item")).where(
+            text("id = :id").bindparams(bindparam("id", type_=Integer)))
+
+        async def one(client: int) -> bool:
+            async with db.autocommit() as session:
+                return (await session.execute(query, {"id": client + 1})).scalar_one() is not None
+
+        await closed_loop("warm-up", one, clients, 2, 0)
+        pg_before, client_before = _backend_cpu(), cpu_secs(os.getpid())
+        figures = await closed_loop("SQL floor", one, clients, seconds, 0)
+        pg_used, client_used = _backend_cpu() - pg_before, cpu_secs(os.getpid()) - client_before
+    finally:
+        await db.dispose()
+    done = max(1, figures.completed)
+    return {"statements_per_sec": figures.per_sec, "client_cpu_ms": round(client_used * 1000 / done, 3),
+            "postgres_cpu_ms": round(pg_used * 1000 / done, 3)}
+
+
+async def run(clients: int = 64, seconds: float = 6.0) -> dict[str, Any]:
+    http = await http_floor(clients, seconds)
+    sql = await sql_floor(clients, seconds)
+    hop_ms = http["server_cpu_ms"] + http["client_cpu_ms"]
+    cores = os.cpu_count() or 1
+    return {"http": http, "sql": sql, "hops_per_saga": HOPS_PER_SAGA,
+            "hop_cpu_ms": round(hop_ms, 3),
+            "statement_cpu_ms": round(sql["client_cpu_ms"] + sql["postgres_cpu_ms"], 3),
+            # The most sagas/s the cores could finish if a saga were nothing but its hops at the floor's cost.
+            "hops_only_sagas_per_sec": round(cores * 1000 / (HOPS_PER_SAGA * hop_ms), 1),
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+if __name__ == "__main__":
+    print(asyncio.run(run()))
