@@ -58,7 +58,7 @@ async def list_products(
     wanted = _sku_list(skus)
     async with request.app.state.db.transaction() as session:
         products, total = await service.list_products(session, wanted, limit, offset)
-        return Page(items=[_product(p) for p in products], total=total, limit=limit, offset=offset)
+    return Page(items=[_product(p) for p in products], total=total, limit=limit, offset=offset)
 
 
 @router.get("/products/{sku}", response_model=ProductOut)

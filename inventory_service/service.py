@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 from collections import Counter
-from datetime import UTC, datetime
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy import CursorResult, RowMapping, Table, bindparam, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from inventory_service.models import Allocation, AllocationLine, AllocationStatus, Product
 from inventory_service.schemas import AllocationLineIn, ProductCreate, ProductUpdate
-from shared.errors import Conflict, InvalidRequest, NotFound
+from shared.db import new_id, utc_now
+from shared.errors import Conflict, DomainError, InvalidRequest, NotFound
+
+# The hot paths use the tables directly (Core statements): no unit of work, no instances loaded to change a column.
+products = cast(Table, Product.__table__)
+allocations = cast(Table, Allocation.__table__)
+allocation_lines = cast(Table, AllocationLine.__table__)
+
+# What can still be allocated: the stock rules and the catalogue's `available` are this one expression.
+available_stock = products.c.on_hand - products.c.reserved
 
 
 async def create_product(session: AsyncSession, data: ProductCreate) -> Product:
@@ -39,13 +49,18 @@ async def get_product(session: AsyncSession, sku: str) -> Product:
 
 async def list_products(
     session: AsyncSession, skus: list[str] | None, limit: int, offset: int
-) -> tuple[list[Product], int]:
-    query = select(Product)
-    if skus is not None:
-        query = query.where(Product.sku.in_(skus))
-    total = (await session.execute(select(func.count()).select_from(query.subquery()))).scalar_one()
-    rows = await session.execute(query.order_by(Product.sku).limit(limit).offset(offset))
-    return list(rows.scalars()), int(total)
+) -> tuple[list[RowMapping], int]:
+    """One page of the catalogue, as rows with every ProductOut field, and the number of products matching."""
+    match = [products.c.sku.in_(skus)] if skus is not None else []
+    rows = (await session.execute(
+        select(*products.c, available_stock.label("available")).where(*match)
+        .order_by(products.c.sku).limit(limit).offset(offset))).mappings().all()
+    if len(rows) < limit and (rows or offset == 0):
+        # A short page that reaches the end of the matches tells the total: no count needed (the
+        # orchestrator's pricing lookup, every saga, is such a page).
+        return list(rows), offset + len(rows)
+    total = (await session.execute(select(func.count()).select_from(products).where(*match))).scalar_one()
+    return list(rows), int(total)
 
 
 async def update_product(session: AsyncSession, sku: str, data: ProductUpdate) -> Product:
@@ -65,72 +80,125 @@ async def restock(session: AsyncSession, sku: str, quantity: int) -> Product:
     return await get_product(session, sku)
 
 
-async def _find_allocation(session: AsyncSession, order_id: str, for_update: bool = False) -> Allocation | None:
-    query = select(Allocation).where(Allocation.order_id == order_id).execution_options(populate_existing=True)
-    if for_update:
-        query = query.with_for_update()
-    return (await session.execute(query)).scalar_one_or_none()
-
-
 def _already_allocated(order_id: str, status: str) -> Conflict:
     return Conflict(f"Order {order_id} already has an allocation ({status}); an order is allocated once.",
                     order_id=order_id, allocation_status=status)
 
 
-async def allocate_stock(session: AsyncSession, order_id: str, lines: list[AllocationLineIn]) -> Allocation:
-    """Reserve every line or none: any refusal raises, and the caller's transaction rolls back."""
+def _allocation_view(allocation: Mapping[Any, Any], lines: Sequence[Mapping[Any, Any]]) -> dict[str, Any]:
+    """An allocation with its lines (in sku order) and their totals: every AllocationOut field."""
+    return {**allocation, "lines": lines,
+            "total_minor": sum(line["quantity"] * line["unit_price_minor"] for line in lines),
+            "total_weight_grams": sum(line["quantity"] * line["weight_grams"] for line in lines)}
+
+
+async def _claim_order(session: AsyncSession, allocation: dict[str, Any]) -> bool:
+    """Insert the order's allocation row; False when the order has one already (allocated or released).
+
+    A concurrent claim of the same order waits on the unique order_id until the first one's transaction
+    ends: after a commit it claims nothing, after a rollback it claims the order.
+    """
+    insert_row = sqlite.insert if session.get_bind().dialect.name == "sqlite" else postgresql.insert
+    result = await session.execute(insert_row(allocations).values(**allocation)
+                                   .on_conflict_do_nothing(index_elements=[allocations.c.order_id]))
+    return bool(cast(CursorResult[Any], result).rowcount)
+
+
+async def _allocation_status(session: AsyncSession, order_id: str) -> str | None:
+    return cast(str | None, (await session.execute(
+        select(allocations.c.status).where(allocations.c.order_id == order_id))).scalar_one_or_none())
+
+
+async def _allocation_refused(session: AsyncSession, order_id: str, wanted: Counter[str], short_sku: str | None
+                              ) -> DomainError:
+    """Why an allocation is refused: the first rule it breaks, in the order they apply (an order is allocated
+    once; every sku exists; one currency; enough stock of each, `short_sku` being the first short one).
+
+    Only a refusal pays for these reads; the caller raises the answer, which rolls back what it reserved.
+    """
+    status = await _allocation_status(session, order_id)
+    if status is not None:
+        return _already_allocated(order_id, status)
+    found = {row.sku: row for row in (await session.execute(
+        select(products.c.sku, products.c.currency, available_stock.label("available"))
+        .where(products.c.sku.in_(wanted)))).all()}
+    unknown = sorted(set(wanted) - set(found))
+    if unknown:
+        return InvalidRequest(f"Unknown sku: {', '.join(unknown)}.", unknown_skus=unknown)
+    currencies = sorted({row.currency for row in found.values()})
+    if len(currencies) > 1 or short_sku is None:
+        return InvalidRequest(f"The lines mix currencies ({', '.join(currencies)}).", currencies=currencies)
+    quantity, left = wanted[short_sku], found[short_sku].available
+    return Conflict(f"Insufficient stock for {short_sku}: requested {quantity}, available {left}.",
+                    sku=short_sku, requested=quantity, available=left)
+
+
+async def allocate_stock(session: AsyncSession, order_id: str, lines: list[AllocationLineIn]) -> dict[str, Any]:
+    """Reserve every line or none: any refusal raises, and the caller's transaction rolls back.
+
+    Returns the new allocation's AllocationOut fields. The usual case is one conditional UPDATE per sku and
+    two INSERTs; why a refusal is refused is worked out only when one happens.
+    """
     wanted = Counter[str]()
     for line in lines:
         wanted[line.sku] += line.quantity
-    existing = await _find_allocation(session, order_id)
-    if existing is not None:
-        raise _already_allocated(order_id, existing.status)
-
-    products = {p.sku: p for p in (await session.execute(
-        select(Product).where(Product.sku.in_(wanted)))).scalars()}
-    unknown = sorted(set(wanted) - set(products))
-    if unknown:
-        raise InvalidRequest(f"Unknown sku: {', '.join(unknown)}.", unknown_skus=unknown)
-    currencies = sorted({p.currency for p in products.values()})
-    if len(currencies) > 1:
-        raise InvalidRequest(f"The lines mix currencies ({', '.join(currencies)}).", currencies=currencies)
-
-    allocation = Allocation(order_id=order_id, status=AllocationStatus.ALLOCATED, currency=currencies[0], lines=[])
-    try:
-        # Claim the order first: a concurrent allocation for it waits on the unique index, then fails here.
-        async with session.begin_nested():
-            session.add(allocation)
-            await session.flush()
-    except IntegrityError as exc:
-        raise _already_allocated(order_id, AllocationStatus.ALLOCATED) from exc
 
     # One conditional UPDATE per sku, in sku order so two orders never wait on each other's rows.
     # PostgreSQL re-checks the WHERE after waiting for a concurrent writer; SQLite runs one writer at a time.
+    # Each returns the price and weight the line keeps (a snapshot: later catalogue changes leave it alone).
+    held: list[dict[str, Any]] = []
+    currencies = set[str]()
     for sku in sorted(wanted):
         quantity = wanted[sku]
-        result = await session.execute(
-            update(Product)
-            .where(Product.sku == sku, Product.on_hand - Product.reserved >= quantity)
-            .values(reserved=Product.reserved + quantity)
-            .execution_options(synchronize_session=False))
-        if cast(CursorResult[Any], result).rowcount != 1:
-            on_hand, reserved = (await session.execute(
-                select(Product.on_hand, Product.reserved).where(Product.sku == sku))).one()
-            available = on_hand - reserved
-            raise Conflict(f"Insufficient stock for {sku}: requested {quantity}, available {available}.",
-                           sku=sku, requested=quantity, available=available)
-        product = products[sku]
-        allocation.lines.append(AllocationLine(sku=sku, quantity=quantity, unit_price_minor=product.unit_price_minor,
-                                               weight_grams=product.weight_grams))
-    await session.flush()
-    return allocation
+        product = (await session.execute(
+            update(products).where(products.c.sku == sku, available_stock >= quantity)
+            .values(reserved=products.c.reserved + quantity)
+            .returning(products.c.currency, products.c.unit_price_minor, products.c.weight_grams))).one_or_none()
+        if product is None:  # unknown, or short (or the order is taken: the first rule broken is answered)
+            raise await _allocation_refused(session, order_id, wanted, short_sku=sku)
+        currencies.add(product.currency)
+        held.append({"sku": sku, "quantity": quantity, "unit_price_minor": product.unit_price_minor,
+                     "weight_grams": product.weight_grams})
+    if len(currencies) > 1:
+        raise await _allocation_refused(session, order_id, wanted, short_sku=None)
+
+    allocation = {"id": new_id(), "order_id": order_id, "status": AllocationStatus.ALLOCATED,
+                  "currency": currencies.pop(), "created_at": utc_now(), "released_at": None}
+    # The order is claimed after its stock; an order taken already (allocated, or released before it was
+    # allocated: a late allocate after the saga compensated it) is refused, and the reservations roll back.
+    if not await _claim_order(session, allocation):
+        status = await _allocation_status(session, order_id)
+        raise _already_allocated(order_id, status or AllocationStatus.ALLOCATED)
+    await session.execute(insert(allocation_lines).values(
+        [{"id": new_id(), "allocation_id": allocation["id"], **line} for line in held]))
+    return _allocation_view(allocation, held)
 
 
-async def get_allocation(session: AsyncSession, order_id: str) -> Allocation:
-    allocation = await _find_allocation(session, order_id)
+async def get_allocation(session: AsyncSession, order_id: str) -> dict[str, Any]:
+    allocation = (await session.execute(
+        select(allocations.c.id, allocations.c.order_id, allocations.c.status, allocations.c.currency,
+               allocations.c.created_at, allocations.c.released_at)
+        .where(allocations.c.order_id == order_id))).mappings().one_or_none()
     if allocation is None:
         raise NotFound(f"Order {order_id} has no allocation.", order_id=order_id)
-    return allocation
+    lines = (await session.execute(
+        select(allocation_lines.c.sku, allocation_lines.c.quantity, allocation_lines.c.unit_price_minor,
+               allocation_lines.c.weight_grams)
+        .where(allocation_lines.c.allocation_id == allocation["id"])
+        .order_by(allocation_lines.c.sku))).mappings().all()
+    return _allocation_view(allocation, lines)
+
+
+async def _mark_released(session: AsyncSession, order_id: str) -> str | None:
+    """Release the order's allocation if it is allocated; its id, or None (no allocation, or released already).
+
+    A concurrent release of the same allocation waits on its row, then finds it released.
+    """
+    return cast(str | None, (await session.execute(
+        update(allocations)
+        .where(allocations.c.order_id == order_id, allocations.c.status == AllocationStatus.ALLOCATED)
+        .values(status=AllocationStatus.RELEASED, released_at=utc_now())
+        .returning(allocations.c.id))).scalar_one_or_none())
 
 
 async def release_allocation(session: AsyncSession, order_id: str) -> str:
@@ -140,27 +208,26 @@ async def release_allocation(session: AsyncSession, order_id: str) -> str:
     that arrives late (the saga timed out waiting for it and compensated) is refused instead of
     holding stock for a cancelled order.
     """
-    allocation = await _find_allocation(session, order_id, for_update=True)
-    if allocation is None:
-        marker = Allocation(order_id=order_id, status=AllocationStatus.RELEASED, released_at=datetime.now(UTC),
-                            lines=[])
-        try:
-            async with session.begin_nested():
-                session.add(marker)
-                await session.flush()
+    released = await _mark_released(session, order_id)
+    if released is None:
+        marker = {"id": new_id(), "order_id": order_id, "status": AllocationStatus.RELEASED, "currency": None,
+                  "created_at": utc_now(), "released_at": utc_now()}
+        if await _claim_order(session, marker):
             return AllocationStatus.NONE
-        except IntegrityError:
-            # An allocation committed meanwhile: release that one.
-            allocation = await _find_allocation(session, order_id, for_update=True)
-            if allocation is None:
-                raise
-    if allocation.status == AllocationStatus.RELEASED:
-        return AllocationStatus.RELEASED if allocation.lines else AllocationStatus.NONE
-    for line in sorted(allocation.lines, key=lambda line: line.sku):
+        # The order has an allocation: released already, or committed meanwhile (the marker waited for it).
+        released = await _mark_released(session, order_id)
+    if released is None:
+        has_lines = (await session.execute(
+            select(allocation_lines.c.id).join(allocations, allocations.c.id == allocation_lines.c.allocation_id)
+            .where(allocations.c.order_id == order_id).limit(1))).first() is not None
+        return AllocationStatus.RELEASED if has_lines else AllocationStatus.NONE
+    lines = (await session.execute(
+        select(allocation_lines.c.sku, allocation_lines.c.quantity)
+        .where(allocation_lines.c.allocation_id == released).order_by(allocation_lines.c.sku))).all()
+    # In sku order, as allocations take them, so the two never wait on each other's rows; one round trip.
+    if lines:
         await session.execute(
-            update(Product).where(Product.sku == line.sku).values(reserved=Product.reserved - line.quantity)
-            .execution_options(synchronize_session=False))
-    allocation.status = AllocationStatus.RELEASED
-    allocation.released_at = datetime.now(UTC)
-    await session.flush()
+            update(products).where(products.c.sku == bindparam("line_sku"))
+            .values(reserved=products.c.reserved - bindparam("line_quantity")),
+            [{"line_sku": line.sku, "line_quantity": line.quantity} for line in lines])
     return AllocationStatus.RELEASED

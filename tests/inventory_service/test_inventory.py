@@ -472,3 +472,76 @@ async def test_concurrent_allocations_do_not_oversell_on_sqlite(tmp_path: Path) 
         outcomes = await race(client, sku, 20)
         assert outcomes == Counter({201: 5, 409: 15})
         assert (await product(client, sku))["reserved"] == 5
+
+
+async def test_refusals_answer_the_first_rule_broken(client: httpx.AsyncClient) -> None:
+    # The rules apply in this order: one allocation per order, known skus, one currency, enough stock.
+    eur = await new_product(client, on_hand=1)
+    usd = await new_product(client, on_hand=0, currency="USD")
+    order_id = new_order_id()
+    assert (await allocate(client, order_id, [{"sku": eur["sku"], "quantity": 1}])).status_code == 201
+    taken = await allocate(client, order_id, [{"sku": "GHOST-2", "quantity": 1}, {"sku": usd["sku"], "quantity": 5}])
+    assert taken.status_code == 409 and taken.json()["allocation_status"] == "ALLOCATED"
+    unknown = await allocate(client, new_order_id(), [{"sku": "GHOST-2", "quantity": 1},
+                                                      {"sku": usd["sku"], "quantity": 5}])
+    assert unknown.status_code == 422 and unknown.json()["unknown_skus"] == ["GHOST-2"]
+    other = await new_product(client, on_hand=5)
+    mixed = await allocate(client, new_order_id(), [{"sku": other["sku"], "quantity": 1},
+                                                    {"sku": usd["sku"], "quantity": 5}])
+    assert mixed.status_code == 422 and mixed.json()["currencies"] == ["EUR", "USD"]
+    assert (await product(client, other["sku"]))["reserved"] == 0
+
+
+async def test_list_total_past_the_end(client: httpx.AsyncClient) -> None:
+    skus = [(await new_product(client))["sku"] for _ in range(3)]
+    for params, total, count in (({"limit": 3}, 3, 3), ({"limit": 5}, 3, 3), ({"offset": 1, "limit": 5}, 3, 2),
+                                 ({"offset": 3}, 3, 0), ({"offset": 9}, 3, 0)):
+        page = (await client.get("/api/inventory/products", params={"skus": ",".join(skus), **params})).json()
+        assert (page["total"], len(page["items"])) == (total, count), params
+    nothing = (await client.get("/api/inventory/products", params={"skus": "GHOST-3"})).json()
+    assert (nothing["total"], nothing["items"]) == (0, [])
+
+
+async def test_concurrent_duplicates_allocate_and_release_once(served: tuple[FastAPI, httpx.AsyncClient]) -> None:
+    app, client = served
+    stem = new_sku()
+    a = await new_product(client, on_hand=50, sku=f"{stem}-A")
+    b = await new_product(client, on_hand=50, sku=f"{stem}-B")
+    lines = [{"sku": b["sku"], "quantity": 2}, {"sku": a["sku"], "quantity": 1}]
+    order_id = new_order_id()
+    settings = Settings(database_url=app.state.settings.database_url, eureka_server_url="", db_pool_size=20)
+    async with serving(settings) as base_url, httpx.AsyncClient(
+        base_url=base_url, timeout=60, limits=httpx.Limits(max_connections=30)
+    ) as http:
+        allocations = await asyncio.gather(*(
+            allocate(http, order_id, lines, {**SERVICE, "Idempotency-Key": f"{order_id}:{i}"}) for i in range(10)))
+        assert Counter(r.status_code for r in allocations) == Counter({201: 1, 409: 9})
+        assert {r.json()["allocation_status"] for r in allocations if r.status_code == 409} == {"ALLOCATED"}
+        assert ((await product(client, a["sku"]))["reserved"], (await product(client, b["sku"]))["reserved"]) == (1, 2)
+        releases = await asyncio.gather(*(
+            http.post(f"/api/inventory/allocations/{order_id}/release", headers=SERVICE) for _ in range(10)))
+    assert {(r.status_code, r.json()["status"]) for r in releases} == {(200, "RELEASED")}
+    assert ((await product(client, a["sku"]))["reserved"], (await product(client, b["sku"]))["reserved"]) == (0, 0)
+
+
+async def test_allocate_racing_its_compensation_never_leaves_stock_held(
+    served: tuple[FastAPI, httpx.AsyncClient],
+) -> None:
+    # Whichever commits first, the order ends released with nothing reserved: the release either releases
+    # the allocation or records the empty one that refuses it.
+    app, client = served
+    sku = (await new_product(client, on_hand=100))["sku"]
+    settings = Settings(database_url=app.state.settings.database_url, eureka_server_url="", db_pool_size=20)
+    async with serving(settings) as base_url, httpx.AsyncClient(
+        base_url=base_url, timeout=60, limits=httpx.Limits(max_connections=50)
+    ) as http:
+        async def allocate_and_release(order_id: str) -> tuple[int, str]:
+            allocated, released = await asyncio.gather(
+                allocate(http, order_id, [{"sku": sku, "quantity": 1}]),
+                http.post(f"/api/inventory/allocations/{order_id}/release", headers=SERVICE))
+            assert released.status_code == 200, released.text
+            return allocated.status_code, released.json()["status"]
+
+        outcomes = await asyncio.gather(*(allocate_and_release(new_order_id()) for _ in range(20)))
+    assert set(outcomes) <= {(201, "RELEASED"), (409, "NONE")}, outcomes
+    assert (await product(client, sku))["reserved"] == 0
