@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import secrets
+from collections.abc import Sequence
+from typing import Any, cast
 
-from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Row, Table, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.auth import Identity
@@ -23,14 +25,26 @@ def new_tracking_number() -> str:
     return TRACKING_PREFIX + base64.b32encode(secrets.token_bytes(8)).decode()[:12]
 
 
-async def _live_shipment(session: AsyncSession, order_id: str, for_update: bool = False) -> Shipment | None:
-    query = select(Shipment).where(Shipment.order_id == order_id, Shipment.status != ShipmentStatus.CANCELLED)
-    if for_update:
-        query = query.with_for_update()
-    return (await session.execute(query)).scalar_one_or_none()
+# The saga's step and its compensation run on every order: Core statements on the tables, no ORM unit of work.
+shipments = cast(Table, Shipment.__table__)
+history = cast(Table, ShipmentStatusChange.__table__)
+_CHANGE_COLUMNS = (history.c.status, history.c.at, history.c.note)
+# A result row of any columns, read by name.
+AnyRow = Row[*tuple[Any, ...]]
 
 
-def _already_shipped(order_id: str, shipment_id: str | None = None) -> Conflict:
+def _insert_unless_taken(session: AsyncSession, table: Table) -> postgresql.Insert | sqlite.Insert:
+    """INSERT ... ON CONFLICT DO NOTHING: a taken unique key inserts no row and leaves the transaction usable."""
+    dialect_insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    return dialect_insert(table).on_conflict_do_nothing()
+
+
+def _shipment_view(shipment: AnyRow, changes: Sequence[AnyRow]) -> dict[str, Any]:
+    """The shipment row with its status history, as the response schema reads it."""
+    return {**shipment._mapping, "history": [change._mapping for change in changes]}
+
+
+def _already_shipped(order_id: str, shipment_id: str) -> Conflict:
     return Conflict(f"Order {order_id} already has a live shipment.", code="already_shipped",
                     shipment_id=shipment_id)
 
@@ -40,32 +54,31 @@ def _record(shipment: Shipment, status: str, note: str | None) -> None:
     shipment.history.append(ShipmentStatusChange(position=len(shipment.history) + 1, status=status, note=note))
 
 
-async def create_shipment(session: AsyncSession, data: ShipmentCreate) -> Shipment:
-    existing = await _live_shipment(session, data.order_id)
-    if existing is not None:
-        raise _already_shipped(data.order_id, existing.id)
+async def _add_change(session: AsyncSession, shipment_id: str, position: int, status: str,
+                      note: str | None) -> AnyRow:
+    return (await session.execute(insert(history).values(
+        shipment_id=shipment_id, position=position, status=status, note=note).returning(*_CHANGE_COLUMNS))).one()
+
+
+async def create_shipment(session: AsyncSession, data: ShipmentCreate) -> dict[str, Any]:
     for _ in range(_TRACKING_ATTEMPTS):
-        shipment = Shipment(
+        shipment = (await session.execute(_insert_unless_taken(session, shipments).values(
             order_id=data.order_id,
             customer_id=data.customer_id,
             carrier_code=data.carrier_code,
             address=data.address.model_dump(),
             tracking_number=new_tracking_number(),
-            history=[],
-        )
-        _record(shipment, ShipmentStatus.CREATED, None)
-        try:
-            # Added inside the savepoint: begin_nested() flushes what is pending before the savepoint starts.
-            async with session.begin_nested():
-                session.add(shipment)
-                await session.flush()
-            return shipment
-        except IntegrityError:
-            # Either a concurrent create for the same order won, or (astronomically rarely) the tracking
-            # number is taken: the savepoint keeps the transaction usable to tell which.
-            raced = await _live_shipment(session, data.order_id)
-            if raced is not None:
-                raise _already_shipped(data.order_id, raced.id) from None
+            status=ShipmentStatus.CREATED,
+        ).returning(*shipments.c))).one_or_none()
+        if shipment is not None:
+            created = await _add_change(session, shipment.id, 1, ShipmentStatus.CREATED, None)
+            return _shipment_view(shipment, [created])
+        # The order has a live shipment (a concurrent create waits for it to commit first), or
+        # (astronomically rarely) the tracking number is taken: then try another.
+        live = (await session.execute(select(shipments.c.id).where(
+            shipments.c.order_id == data.order_id, shipments.c.status != ShipmentStatus.CANCELLED))).scalar()
+        if live is not None:
+            raise _already_shipped(data.order_id, live)
     raise ServiceUnavailable("Could not allocate a unique tracking number; retry the request.")
 
 
@@ -121,12 +134,16 @@ def _move(shipment: Shipment, status: str, note: str | None) -> Shipment:
     return shipment
 
 
+def _not_cancellable(shipment_id: str, status: str) -> Conflict:
+    return Conflict(f"Shipment {shipment_id} is {status}: it can only be cancelled before dispatch.",
+                    shipment_status=status)
+
+
 def _cancel(shipment: Shipment, reason: str) -> Shipment:
     if shipment.status == ShipmentStatus.CANCELLED:
         return shipment
     if shipment.status != ShipmentStatus.CREATED:
-        raise Conflict(f"Shipment {shipment.id} is {shipment.status}: it can only be cancelled before dispatch.",
-                       shipment_status=shipment.status)
+        raise _not_cancellable(shipment.id, shipment.status)
     return _move(shipment, ShipmentStatus.CANCELLED, reason)
 
 
@@ -136,14 +153,30 @@ async def cancel_shipment(session: AsyncSession, identity: Identity, shipment_id
     return shipment
 
 
-async def cancel_order_shipment(session: AsyncSession, order_id: str, reason: str) -> Shipment | None:
-    """The saga's compensation: cancel the order's live shipment; None when it has none."""
-    shipment = await _live_shipment(session, order_id, for_update=True)
+async def cancel_order_shipment(session: AsyncSession, order_id: str, reason: str) -> dict[str, Any] | None:
+    """The saga's compensation: cancel the order's live shipment; None when it has none.
+
+    One conditional UPDATE: a concurrent dispatch holds the row, and this waits and re-checks the status.
+    """
+    shipment = (await session.execute(
+        update(shipments)
+        .where(shipments.c.order_id == order_id, shipments.c.status == ShipmentStatus.CREATED)
+        .values(status=ShipmentStatus.CANCELLED)
+        .returning(*shipments.c)
+    )).one_or_none()
     if shipment is None:
+        gone = (await session.execute(select(shipments.c.id, shipments.c.status).where(
+            shipments.c.order_id == order_id,
+            shipments.c.status.not_in((ShipmentStatus.CREATED, ShipmentStatus.CANCELLED)),
+        ))).one_or_none()
+        if gone is not None:
+            raise _not_cancellable(gone.id, gone.status)
         return None
-    _cancel(shipment, reason)
-    await session.flush()
-    return shipment
+    # The row lock taken by the UPDATE keeps the history still while it is read and extended.
+    changes = (await session.execute(
+        select(*_CHANGE_COLUMNS).where(history.c.shipment_id == shipment.id).order_by(history.c.position))).all()
+    cancelled = await _add_change(session, shipment.id, len(changes) + 1, ShipmentStatus.CANCELLED, reason)
+    return _shipment_view(shipment, [*changes, cancelled])
 
 
 async def change_status(

@@ -157,6 +157,12 @@ async def test_compensation_cancels_by_order(client: httpx.AsyncClient) -> None:
     first = await client.post("/api/shipments/orders/order-comp/cancel", headers=headers)
     assert first.status_code == 200, first.text
     assert first.json()["status"] == "CANCELLED" and first.json()["shipment"]["id"] == shipment["id"]
+    cancelled = first.json()["shipment"]
+    assert cancelled["status"] == "CANCELLED" and cancelled["updated_at"] > shipment["updated_at"]
+    assert cancelled["history"][0] == shipment["history"][0]
+    assert [(h["status"], h["note"]) for h in cancelled["history"]] == [("CREATED", None),
+                                                                        ("CANCELLED", "order compensated")]
+    assert (await client.get(f"/api/shipments/{shipment['id']}", headers=SERVICE)).json() == cancelled
     replayed = await client.post("/api/shipments/orders/order-comp/cancel", headers=headers)
     assert replayed.json() == first.json() and replayed.headers.get("idempotent-replayed") == "true"
     other_key = await client.post("/api/shipments/orders/order-comp/cancel", headers=SERVICE)
@@ -174,7 +180,21 @@ async def test_compensation_after_dispatch_is_409(client: httpx.AsyncClient) -> 
     shipment = await new_shipment(client, order_id="order-gone")
     await set_status(client, shipment["id"], "DISPATCHED")
     response = await client.post("/api/shipments/orders/order-gone/cancel", headers=SERVICE)
-    assert response.status_code == 409
+    assert response.status_code == 409 and response.headers["content-type"] == "application/problem+json"
+    assert response.json()["shipment_status"] == "DISPATCHED" and shipment["id"] in response.json()["detail"]
+
+
+async def test_concurrent_compensations_cancel_once(client: httpx.AsyncClient) -> None:
+    shipment = await new_shipment(client, order_id="order-comp-race")
+    responses = await asyncio.gather(*[
+        client.post("/api/shipments/orders/order-comp-race/cancel", json={"reason": f"saga failed {i}"},
+                    headers={**SERVICE, "Idempotency-Key": f"comp-race-{i}"})
+        for i in range(6)
+    ])
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+    assert sorted(r.json()["status"] for r in responses) == ["CANCELLED"] + ["NONE"] * 5
+    got = (await client.get(f"/api/shipments/{shipment['id']}", headers=SERVICE)).json()
+    assert [h["status"] for h in got["history"]] == ["CREATED", "CANCELLED"]
 
 
 async def test_customers_see_and_cancel_only_their_own(client: httpx.AsyncClient) -> None:
