@@ -109,8 +109,8 @@ class SagaStore:
         self._app: SagaApplication | None = None
         self._queue: list[_PendingSave] = []
         self._writer: asyncio.Task[None] | None = None
-        # saga id → every event saved for it, when all of them were saved by this process
-        self._recent: OrderedDict[UUID, list[DomainEventProtocol[UUID]]] = OrderedDict()
+        # saga id → (the aggregate, every event saved for it), when all of them were saved by this process
+        self._recent: OrderedDict[UUID, tuple[Saga, list[DomainEventProtocol[UUID]]]] = OrderedDict()
 
     @property
     def app(self) -> SagaApplication:
@@ -158,27 +158,28 @@ class SagaStore:
         except BaseException:
             self._recent.pop(saga.id, None)
             raise
-        self._remember(saga.id, events)
+        self._remember(saga, events)
 
-    def _remember(self, saga_id: UUID, events: Sequence[DomainEventProtocol[UUID]]) -> None:
+    def _remember(self, saga: Saga, events: Sequence[DomainEventProtocol[UUID]]) -> None:
         if events[0].originator_version == 1:
-            self._recent[saga_id] = list(events)
+            self._recent[saga.id] = (saga, list(events))
             if len(self._recent) > RECENT_HISTORIES:
                 self._recent.popitem(last=False)
-        elif saga_id in self._recent:
-            self._recent[saga_id].extend(events)
+        elif saga.id in self._recent:
+            remembered, history = self._recent[saga.id]
+            if remembered is saga and history[-1].originator_version + 1 == events[0].originator_version:
+                history.extend(events)
+            else:  # another copy of the aggregate saved it (a resumed driver): the store is the truth
+                del self._recent[saga.id]
 
     def recent_history(self, saga_id: UUID) -> tuple[Saga, list[DomainEventProtocol[UUID]]] | None:
         """The saga and its events from memory, once, if this process saved all of them and it has ended
         (no read of the store); None otherwise (another replica took part, or it is still running)."""
-        events = self._recent.get(saga_id)
-        if not events:
-            return None
-        saga: Saga | None = project_aggregate(None, events)
-        if saga is None or not saga.is_terminal:
+        recent = self._recent.get(saga_id)
+        if recent is None or not recent[0].is_terminal or recent[0].version != recent[1][-1].originator_version:
             return None
         del self._recent[saga_id]
-        return saga, events
+        return recent
 
     async def _write_queued(self) -> None:
         while self._queue:

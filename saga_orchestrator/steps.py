@@ -8,6 +8,8 @@ a new version, never by editing one that running sagas may still use.
 
 from __future__ import annotations
 
+import functools
+import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -34,6 +36,12 @@ class SagaStep(StrEnum):
     CONFIRM_ORDER = "confirm_order"  # the finish: the order is CONFIRMED only after the six steps
 
 
+@functools.cache
+def _path_fields(template: str) -> tuple[str, ...]:
+    """The names a path template fills in, e.g. ("order_id",) for "/api/orders/{order_id}/confirm"."""
+    return tuple(name for _, name, _, _ in string.Formatter().parse(template) if name)
+
+
 @dataclass(frozen=True)
 class ServiceCall:
     app: str
@@ -43,7 +51,13 @@ class ServiceCall:
 
     def render_path(self, context: Context) -> str:
         """KeyError when the path needs a result that is not known (yet)."""
-        return self.path.format_map({k: quote(str(v), safe="") for k, v in context.items() if v is not None})
+        values = {}
+        for name in _path_fields(self.path):
+            value = context.get(name)
+            if value is None:
+                raise KeyError(name)
+            values[name] = quote(str(value), safe="")
+        return self.path.format_map(values)
 
     def render_body(self, context: Context) -> dict[str, Any] | None:
         return self.body(context) if self.body is not None else None
