@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import Table, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from saga_orchestrator.domain import UNFINISHED, Saga, SagaStatus
@@ -23,6 +23,9 @@ from saga_orchestrator.models import SagaIndex
 from shared.db import Database
 
 _UNFINISHED = [str(s) for s in UNFINISHED]
+# Writes go to the table itself (Core statements: no unit of work, no ORM session synchronisation).
+_TABLE: Table = SagaIndex.__table__  # type: ignore[assignment]
+_C = _TABLE.c
 
 
 def _now() -> datetime:
@@ -55,9 +58,10 @@ class SagaIndexStore:
             fingerprint=saga.fingerprint, status=str(saga.status), order_id=None, total_minor=saga.total_minor,
             currency=saga.currency, start_request=start_request, owner=self.owner, lease_until=now + self.lease,
             created_at=now, updated_at=now)
+        values = {column.key: getattr(row, column.key) for column in _TABLE.columns}
         try:
             async with self.db.autocommit() as session:
-                session.add(row)
+                await session.execute(insert(_TABLE).values(values))
         except IntegrityError:
             return None
         return row
@@ -78,15 +82,15 @@ class SagaIndexStore:
     # -- leases ---------------------------------------------------------------------------------
 
     def _claimable(self, now: datetime) -> Any:
-        return or_(SagaIndex.owner.is_(None), SagaIndex.owner == self.owner, SagaIndex.lease_until < now)
+        return or_(_C.owner.is_(None), _C.owner == self.owner, _C.lease_until < now)
 
     async def claim(self, saga_id: UUID) -> bool:
         """Take the lease of an unfinished saga that is free, expired, or already ours."""
         now = _now()
         async with self.db.autocommit() as session:
             result = await session.execute(
-                update(SagaIndex)
-                .where(SagaIndex.saga_id == str(saga_id), SagaIndex.status.in_(_UNFINISHED), self._claimable(now))
+                update(_TABLE)
+                .where(_C.saga_id == str(saga_id), _C.status.in_(_UNFINISHED), self._claimable(now))
                 .values(owner=self.owner, lease_until=now + self.lease))
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
@@ -95,9 +99,9 @@ class SagaIndexStore:
         now = _now()
         async with self.db.autocommit() as session:
             result = await session.execute(
-                update(SagaIndex)
-                .where(SagaIndex.saga_id == str(saga_id),
-                       SagaIndex.status == str(SagaStatus.COMPENSATION_FAILED), self._claimable(now))
+                update(_TABLE)
+                .where(_C.saga_id == str(saga_id),
+                       _C.status == str(SagaStatus.COMPENSATION_FAILED), self._claimable(now))
                 .values(status=str(SagaStatus.COMPENSATING), owner=self.owner, lease_until=now + self.lease,
                         updated_at=now))
             return bool(result.rowcount)  # type: ignore[attr-defined]
@@ -107,8 +111,8 @@ class SagaIndexStore:
         now = _now()
         async with self.db.autocommit() as session:
             result = await session.execute(
-                update(SagaIndex)
-                .where(SagaIndex.saga_id == str(saga_id), SagaIndex.owner == self.owner)
+                update(_TABLE)
+                .where(_C.saga_id == str(saga_id), _C.owner == self.owner)
                 .values(lease_until=now + self.lease))
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
@@ -119,14 +123,14 @@ class SagaIndexStore:
         values.update({"owner": None, "lease_until": None} if release else {"lease_until": now + self.lease})
         async with self.db.autocommit() as session:
             result = await session.execute(
-                update(SagaIndex).where(SagaIndex.saga_id == str(saga.id), SagaIndex.owner == self.owner)
+                update(_TABLE).where(_C.saga_id == str(saga.id), _C.owner == self.owner)
                 .values(**values))
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def release(self, saga_id: UUID) -> None:
         async with self.db.autocommit() as session:
             await session.execute(
-                update(SagaIndex).where(SagaIndex.saga_id == str(saga_id), SagaIndex.owner == self.owner)
+                update(_TABLE).where(_C.saga_id == str(saga_id), _C.owner == self.owner)
                 .values(owner=None, lease_until=None))
 
     async def resumable(self, limit: int, exclude: set[UUID]) -> list[UUID]:
