@@ -109,16 +109,12 @@ async def _allocation_status(session: AsyncSession, order_id: str) -> str | None
         select(allocations.c.status).where(allocations.c.order_id == order_id))).scalar_one_or_none())
 
 
-async def _allocation_refused(session: AsyncSession, order_id: str, wanted: Counter[str], short_sku: str | None
-                              ) -> DomainError:
-    """Why an allocation is refused: the first rule it breaks, in the order they apply (an order is allocated
-    once; every sku exists; one currency; enough stock of each, `short_sku` being the first short one).
+async def _allocation_refused(session: AsyncSession, wanted: Counter[str], short_sku: str) -> DomainError:
+    """Why a claimed allocation is refused: the first rule it breaks, in the order they apply (every sku
+    exists; one currency; enough stock of each, `short_sku` being the first one that is short).
 
-    Only a refusal pays for these reads; the caller raises the answer, which rolls back what it reserved.
+    Only a refusal pays for this read; the caller raises the answer, which rolls back what it reserved.
     """
-    status = await _allocation_status(session, order_id)
-    if status is not None:
-        return _already_allocated(order_id, status)
     found = {row.sku: row for row in (await session.execute(
         select(products.c.sku, products.c.currency, available_stock.label("available"))
         .where(products.c.sku.in_(wanted)))).all()}
@@ -126,22 +122,38 @@ async def _allocation_refused(session: AsyncSession, order_id: str, wanted: Coun
     if unknown:
         return InvalidRequest(f"Unknown sku: {', '.join(unknown)}.", unknown_skus=unknown)
     currencies = sorted({row.currency for row in found.values()})
-    if len(currencies) > 1 or short_sku is None:
-        return InvalidRequest(f"The lines mix currencies ({', '.join(currencies)}).", currencies=currencies)
+    if len(currencies) > 1:
+        return _mixed_currencies(currencies)
     quantity, left = wanted[short_sku], found[short_sku].available
     return Conflict(f"Insufficient stock for {short_sku}: requested {quantity}, available {left}.",
                     sku=short_sku, requested=quantity, available=left)
 
 
+def _mixed_currencies(currencies: list[str]) -> InvalidRequest:
+    return InvalidRequest(f"The lines mix currencies ({', '.join(currencies)}).", currencies=currencies)
+
+
 async def allocate_stock(session: AsyncSession, order_id: str, lines: list[AllocationLineIn]) -> dict[str, Any]:
     """Reserve every line or none: any refusal raises, and the caller's transaction rolls back.
 
-    Returns the new allocation's AllocationOut fields. The usual case is one conditional UPDATE per sku and
-    two INSERTs; why a refusal is refused is worked out only when one happens.
+    Returns the new allocation's AllocationOut fields. The usual case is one INSERT to claim the order, one
+    conditional UPDATE per sku and one INSERT of the lines; why a refusal is refused is read only then.
     """
     wanted = Counter[str]()
     for line in lines:
         wanted[line.sku] += line.quantity
+
+    # Claim the order first, then its stock (as a release takes the allocation, then the stock): a concurrent
+    # allocation or compensation of the order waits on the unique index, and neither waits for the other's
+    # stock rows while holding its own. The allocation's currency is its products' (read by the INSERT; a mix
+    # of currencies is refused below, which rolls the claim back).
+    allocation = {"id": new_id(), "order_id": order_id, "status": AllocationStatus.ALLOCATED,
+                  "currency": select(func.min(products.c.currency)).where(products.c.sku.in_(wanted))
+                  .scalar_subquery(), "created_at": utc_now(), "released_at": None}
+    if not await _claim_order(session, allocation):
+        # Taken already: allocated, or released before it was allocated (the saga timed out and compensated).
+        status = await _allocation_status(session, order_id)
+        raise _already_allocated(order_id, status or AllocationStatus.ALLOCATED)
 
     # One conditional UPDATE per sku, in sku order so two orders never wait on each other's rows.
     # PostgreSQL re-checks the WHERE after waiting for a concurrent writer; SQLite runs one writer at a time.
@@ -154,25 +166,17 @@ async def allocate_stock(session: AsyncSession, order_id: str, lines: list[Alloc
             update(products).where(products.c.sku == sku, available_stock >= quantity)
             .values(reserved=products.c.reserved + quantity)
             .returning(products.c.currency, products.c.unit_price_minor, products.c.weight_grams))).one_or_none()
-        if product is None:  # unknown, or short (or the order is taken: the first rule broken is answered)
-            raise await _allocation_refused(session, order_id, wanted, short_sku=sku)
+        if product is None:  # unknown or short
+            raise await _allocation_refused(session, wanted, short_sku=sku)
         currencies.add(product.currency)
         held.append({"sku": sku, "quantity": quantity, "unit_price_minor": product.unit_price_minor,
                      "weight_grams": product.weight_grams})
     if len(currencies) > 1:
-        raise await _allocation_refused(session, order_id, wanted, short_sku=None)
-
-    allocation = {"id": new_id(), "order_id": order_id, "status": AllocationStatus.ALLOCATED,
-                  "currency": currencies.pop(), "created_at": utc_now(), "released_at": None}
-    # The order is claimed after its stock; an order taken already (allocated, or released before it was
-    # allocated: a late allocate after the saga compensated it) is refused, and the reservations roll back.
-    if not await _claim_order(session, allocation):
-        status = await _allocation_status(session, order_id)
-        raise _already_allocated(order_id, status or AllocationStatus.ALLOCATED)
+        raise _mixed_currencies(sorted(currencies))
     # Several rows in one round trip (and one cached statement, which a multi-row .values() is not).
     await session.execute(insert(allocation_lines),
                           [{"id": new_id(), "allocation_id": allocation["id"], **line} for line in held])
-    return _allocation_view(allocation, held)
+    return _allocation_view({**allocation, "currency": currencies.pop()}, held)
 
 
 async def get_allocation(session: AsyncSession, order_id: str) -> dict[str, Any]:

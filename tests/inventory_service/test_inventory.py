@@ -545,3 +545,27 @@ async def test_allocate_racing_its_compensation_never_leaves_stock_held(
         outcomes = await asyncio.gather(*(allocate_and_release(new_order_id()) for _ in range(20)))
     assert set(outcomes) <= {(201, "RELEASED"), (409, "NONE")}, outcomes
     assert (await product(client, sku))["reserved"] == 0
+
+
+async def test_late_duplicates_racing_the_release_are_refused_without_deadlock(
+    served: tuple[FastAPI, httpx.AsyncClient],
+) -> None:
+    # An allocate that arrives again while its order is being released must not hold stock rows and wait
+    # for the release, which waits for those rows (PostgreSQL would abort one of them as a deadlock).
+    app, client = served
+    stem = new_sku()
+    skus = [(await new_product(client, on_hand=100, sku=f"{stem}-{i}"))["sku"] for i in range(3)]
+    lines = [{"sku": sku, "quantity": 1} for sku in skus]
+    settings = Settings(database_url=app.state.settings.database_url, eureka_server_url="", db_pool_size=20)
+    async with serving(settings) as base_url, httpx.AsyncClient(
+        base_url=base_url, timeout=60, limits=httpx.Limits(max_connections=40)
+    ) as http:
+        for _ in range(5):
+            order_id = new_order_id()
+            assert (await allocate(http, order_id, lines)).status_code == 201
+            release, *late = await asyncio.gather(
+                http.post(f"/api/inventory/allocations/{order_id}/release", headers=SERVICE),
+                *(allocate(http, order_id, lines) for _ in range(6)))
+            assert (release.status_code, release.json()["status"]) == (200, "RELEASED"), release.text
+            assert {r.status_code for r in late} == {409}, [r.text for r in late if r.status_code != 409]
+    assert [(await product(client, sku))["reserved"] for sku in skus] == [0, 0, 0]
