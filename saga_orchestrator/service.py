@@ -122,10 +122,16 @@ async def place_customer_order(orch: Orchestrator, identity: Identity, idempoten
                                order: CustomerOrderCreate, trace: dict[str, str]) -> tuple[SagaIndex, bool]:
     """Start the saga for this request, or return the one this key already started; (row, created)."""
     fp = fingerprint(order)
-    existing = await orch.index.find_by_key(identity.subject, idempotency_key)
-    if existing is not None:
-        return _same_request(existing, fp, idempotency_key), False
-    priced = await price_order(orch, order, trace)
+    # A new key is the usual case: price first and let the index row's unique key catch a repeated one
+    # (one statement per placement, not two). A repeat whose pricing fails now (the catalogue changed, or
+    # is away) still gets its saga back rather than the error.
+    try:
+        priced = await price_order(orch, order, trace)
+    except (InvalidRequest, ServiceUnavailable):
+        existing = await orch.index.find_by_key(identity.subject, idempotency_key)
+        if existing is not None:
+            return _same_request(existing, fp, idempotency_key), False
+        raise
     start_request: dict[str, Any] = {
         "definition_version": CURRENT.version,
         "customer_id": identity.subject,
