@@ -145,11 +145,12 @@ async def allocate_stock(session: AsyncSession, order_id: str, lines: list[Alloc
 
     # Claim the order first, then its stock (as a release takes the allocation, then the stock): a concurrent
     # allocation or compensation of the order waits on the unique index, and neither waits for the other's
-    # stock rows while holding its own. The allocation's currency is its products' (read by the INSERT; a mix
-    # of currencies is refused below, which rolls the claim back).
+    # stock rows while holding its own. The allocation's currency is its products', read by the INSERT from
+    # one of them (an unknown sku or a mix of currencies is refused below, which rolls the claim back).
+    skus = sorted(wanted)
     allocation = {"id": new_id(), "order_id": order_id, "status": AllocationStatus.ALLOCATED,
-                  "currency": select(func.min(products.c.currency)).where(products.c.sku.in_(wanted))
-                  .scalar_subquery(), "created_at": utc_now(), "released_at": None}
+                  "currency": select(products.c.currency).where(products.c.sku == skus[0]).scalar_subquery(),
+                  "created_at": utc_now(), "released_at": None}
     if not await _claim_order(session, allocation):
         # Taken already: allocated, or released before it was allocated (the saga timed out and compensated).
         status = await _allocation_status(session, order_id)
@@ -160,7 +161,7 @@ async def allocate_stock(session: AsyncSession, order_id: str, lines: list[Alloc
     # Each returns the price and weight the line keeps (a snapshot: later catalogue changes leave it alone).
     held: list[dict[str, Any]] = []
     currencies = set[str]()
-    for sku in sorted(wanted):
+    for sku in skus:
         quantity = wanted[sku]
         product = (await session.execute(
             update(products).where(products.c.sku == sku, available_stock >= quantity)
