@@ -67,6 +67,25 @@ def orchestrator_counters(stack: Stack) -> dict[str, float | None]:
              "saga_event_store_writes_total")}
 
 
+def statement_counts(stack: Stack) -> dict[str, float]:
+    """Each service's `db_statements_total` (SQL statements its driver sent) so far."""
+    counts: dict[str, float] = {}
+    for package, url in stack.services.items():
+        try:
+            value = _metric(httpx.get(f"{url}/metrics", timeout=10).text, "db_statements_total")
+        except httpx.HTTPError:
+            continue
+        if value is not None:
+            counts[package] = value
+    return counts
+
+
+def _statements_per(before: dict[str, float], after: dict[str, float], count: float) -> dict[str, float]:
+    if not count:
+        return {}
+    return {p: round((after[p] - before.get(p, 0.0)) / count, 2) for p in sorted(after) if after[p] > before.get(p, 0)}
+
+
 def _per(delta: float | None, count: float) -> float | None:
     return round(delta / count, 2) if delta is not None and count else None
 
@@ -107,9 +126,11 @@ class Bench:
         refresh_tokens(self.stack)
         async with new_session(level + 8) as session:
             driver = GatewaySagas(self.stack, session)
-            before = orchestrator_counters(self.stack)
+            before, statements = orchestrator_counters(self.stack), statement_counts(self.stack)
             figures = await self.phase("placeCustomerOrder (gateway)", driver.one, level, _secs(level))
             after = orchestrator_counters(self.stack)
+            figures.extra["statements_per_saga"] = _statements_per(statements, statement_counts(self.stack),
+                                                                   driver.attempts)
         started = _delta(after, before, "saga_started_total")
         figures.extra["outcomes"] = driver.outcomes
         figures.extra["saves_per_saga"] = _per(_delta(after, before, "saga_event_store_saves_total"), started or 0)
@@ -123,7 +144,10 @@ class Bench:
         token = service_token(self.stack)
         async with new_session(level * 2 + 8) as session:
             driver = BareSagas(self.stack, session, token)
+            statements = statement_counts(self.stack)
             figures = await self.phase("bare client (7 direct calls)", driver.one, level, _secs(level))
+            figures.extra["statements_per_saga"] = _statements_per(statements, statement_counts(self.stack),
+                                                                   driver.attempts)
         figures.extra["outcomes"] = driver.outcomes
         figures.extra["attempts"] = driver.attempts
         return figures
@@ -166,8 +190,9 @@ async def run(stack: Stack) -> dict[str, Any]:
         fl = report["floor"]
         print(f"  HTTP hop: {fl['http']['requests_per_sec']:.0f} requests/s, CPU ms per request: server "
               f"{fl['http']['server_cpu_ms']}, client {fl['http']['client_cpu_ms']}", flush=True)
-        print(f"  SQL statement (SQLAlchemy asyncpg, autocommit): {fl['sql']['statements_per_sec']:.0f}/s, CPU ms: "
-              f"client {fl['sql']['client_cpu_ms']}, postgres {fl['sql']['postgres_cpu_ms']}", flush=True)
+        print(f"  SQL through SQLAlchemy's asyncpg engine, CPU ms (client and PostgreSQL): a statement "
+              f"{fl['sql']['statement_cpu_ms']}, the transaction around statements {fl['sql']['transaction_cpu_ms']}",
+              flush=True)
     if "store" in PHASES:
         print("event store ceiling (SagaStore saves, no HTTP) ...", flush=True)
         report["event_store"] = await event_store.run([1, 64], 5 * SCALE)
@@ -261,8 +286,12 @@ def summarize(saga_runs: list[Figures], bare_runs: list[Figures], overhead: list
     if bare and bare.extra.get("cpu_ms_per_op"):
         summary["cpu_ms_per_bare_saga"] = round(sum(v for k, v in bare.extra["cpu_ms_per_op"].items()
                                                     if k != "load generator"), 1)
-    if "floor" in report:
-        summary["floor_hops_only_sagas_per_sec"] = report["floor"]["hops_only_sagas_per_sec"]
+    if "floor" in report and saga and saga.extra.get("statements_per_saga"):
+        statements = sum(saga.extra["statements_per_saga"].values())
+        transactions = sum(report.get("transactions_per_saga", {}).get("orchestrated", {}).values())
+        report["floor"]["estimate"] = floor.estimate(report["floor"], statements, transactions)
+        summary["floor_cpu_ms_per_saga"] = report["floor"]["estimate"]["floor_cpu_ms_per_saga"]
+        summary["floor_sagas_per_sec"] = report["floor"]["estimate"]["floor_sagas_per_sec"]
     store = max(report.get("event_store", []), key=lambda r: r["saves_per_sec"], default=None)
     saves = summary.get("saves_per_saga")
     if store and saves:
@@ -282,6 +311,13 @@ def print_table(report: dict[str, Any]) -> None:
     print()
     for key, value in summary.items():
         print(f"{key:38} {value}")
+    for f in report["phases"]:
+        if f["concurrency"] == max(LEVELS) and f["extra"].get("statements_per_saga"):
+            per = f["extra"]["statements_per_saga"]
+            print(f"SQL statements per saga ({f['name']}): {round(sum(per.values()), 1)} = "
+                  + ", ".join(f"{k} {v}" for k, v in per.items()))
+    if report.get("floor", {}).get("estimate"):
+        print(f"floor: {report['floor']['estimate']}")
     for what in ("transactions_per_saga", "sessions_per_saga"):
         for kind, per_db in report.get(what, {}).items():
             label = what.replace("_", " ")

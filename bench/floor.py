@@ -4,12 +4,13 @@ project's code in them, measured like the saga phases (closed loop, 64 clients, 
 - http: `bench.floor_app` (FastAPI, one route, a small JSON answer, no middleware) under uvicorn with the
   services' settings (uvloop, httptools, no access log), one process, driven by the bench's own aiohttp
   clients on keep-alive connections: CPU ms per request in the server and in the client.
-- sql: one primary-key-shaped `SELECT` through `shared.db.Database` (SQLAlchemy's asyncpg engine, the
-  services' pool of 10) in autocommit mode, 64 tasks: CPU ms per statement in this process and in
-  PostgreSQL's backends.
+- sql: transactions of one and of four primary-key `SELECT`s through `shared.db.Database` (SQLAlchemy's
+  asyncpg engine, the services' pool of 10), 64 tasks: CPU ms (this process and PostgreSQL's backends) per
+  statement and per transaction around them.
 A saga through the gateway makes 11 requests (client → gateway, gateway → /validate, gateway → orchestrator,
-the catalogue lookup, the seven steps), each paid for by a server and a client; together with its SQL
-statements these give the most sagas/s the two cores could finish if every hop cost only the floor.
+the catalogue lookup, the seven steps), each paid for by a server and a client; with the statements and
+transactions the run counted per saga, `estimate` gives the most sagas/s the cores could finish if every
+hop and statement cost only the floor (no validation, auth, logging, domain rules or event store).
 """
 
 from __future__ import annotations
@@ -81,7 +82,27 @@ def _backend_cpu() -> float:
     return sum(cpu_secs(pid) for pid in pids)
 
 
+async def _sql_phase(db: Database, query: Any, statements: int, clients: int, seconds: float) -> tuple[float, float]:
+    """Transactions of `statements` primary-key SELECTs (the services' `Database.transaction()`): CPU ms per
+    transaction in this process and in PostgreSQL, and transactions per second."""
+
+    async def one(client: int) -> bool:
+        async with db.transaction() as session:
+            for i in range(statements):
+                await session.execute(query, {"id": (client * 7 + i) % 1000 + 1})
+        return True
+
+    await closed_loop("warm-up", one, clients, 1, 0)
+    pg_before, client_before = _backend_cpu(), cpu_secs(os.getpid())
+    figures = await closed_loop("SQL floor", one, clients, seconds, 0)
+    done = max(1, figures.completed)
+    used = (_backend_cpu() - pg_before) + (cpu_secs(os.getpid()) - client_before)
+    return used * 1000 / done, figures.per_sec
+
+
 async def sql_floor(clients: int, seconds: float) -> dict[str, Any]:
+    """The cost of one statement inside a transaction and of the transaction around it (session, pool, BEGIN,
+    COMMIT), from transactions of one and of four statements: cost(k) = transaction + k x statement."""
     recreate_databases([DB_NAME])
     db = Database(f"{PG_URL_BASE}/{DB_NAME}", pool_size=10)
     try:
@@ -90,32 +111,32 @@ async def sql_floor(clients: int, seconds: float) -> dict[str, Any]:
             await session.execute(text("INSERT INTO item SELECT g, 'item ' || g FROM generate_series(1, 1000) g"))
         query = select(text("name")).select_from(text("item")).where(
             text("id = :id").bindparams(bindparam("id", type_=Integer)))
-
-        async def one(client: int) -> bool:
-            async with db.autocommit() as session:
-                return (await session.execute(query, {"id": client + 1})).scalar_one() is not None
-
-        await closed_loop("warm-up", one, clients, 2, 0)
-        pg_before, client_before = _backend_cpu(), cpu_secs(os.getpid())
-        figures = await closed_loop("SQL floor", one, clients, seconds, 0)
-        pg_used, client_used = _backend_cpu() - pg_before, cpu_secs(os.getpid()) - client_before
+        one_ms, one_per_sec = await _sql_phase(db, query, 1, clients, seconds / 2)
+        four_ms, _ = await _sql_phase(db, query, 4, clients, seconds / 2)
     finally:
         await db.dispose()
-    done = max(1, figures.completed)
-    return {"statements_per_sec": figures.per_sec, "client_cpu_ms": round(client_used * 1000 / done, 3),
-            "postgres_cpu_ms": round(pg_used * 1000 / done, 3)}
+    statement_ms = max(0.0, (four_ms - one_ms) / 3)
+    return {"transactions_per_sec_of_one_statement": one_per_sec, "cpu_ms_transaction_of_one": round(one_ms, 3),
+            "cpu_ms_transaction_of_four": round(four_ms, 3), "statement_cpu_ms": round(statement_ms, 3),
+            "transaction_cpu_ms": round(one_ms - statement_ms, 3)}
+
+
+def estimate(report: dict[str, Any], statements_per_saga: float, transactions_per_saga: float) -> dict[str, Any]:
+    """CPU ms a saga would cost with every hop and statement at the floor's price, and the sagas/s of the cores."""
+    ms = (HOPS_PER_SAGA * report["hop_cpu_ms"] + statements_per_saga * report["sql"]["statement_cpu_ms"]
+          + transactions_per_saga * report["sql"]["transaction_cpu_ms"])
+    return {"statements_per_saga": round(statements_per_saga, 1),
+            "transactions_per_saga": round(transactions_per_saga, 1), "floor_cpu_ms_per_saga": round(ms, 1),
+            "floor_sagas_per_sec": round((os.cpu_count() or 1) * 1000 / ms, 1) if ms else None}
 
 
 async def run(clients: int = 64, seconds: float = 6.0) -> dict[str, Any]:
     http = await http_floor(clients, seconds)
     sql = await sql_floor(clients, seconds)
     hop_ms = http["server_cpu_ms"] + http["client_cpu_ms"]
-    cores = os.cpu_count() or 1
-    return {"http": http, "sql": sql, "hops_per_saga": HOPS_PER_SAGA,
-            "hop_cpu_ms": round(hop_ms, 3),
-            "statement_cpu_ms": round(sql["client_cpu_ms"] + sql["postgres_cpu_ms"], 3),
+    return {"http": http, "sql": sql, "hops_per_saga": HOPS_PER_SAGA, "hop_cpu_ms": round(hop_ms, 3),
             # The most sagas/s the cores could finish if a saga were nothing but its hops at the floor's cost.
-            "hops_only_sagas_per_sec": round(cores * 1000 / (HOPS_PER_SAGA * hop_ms), 1),
+            "hops_only_sagas_per_sec": round((os.cpu_count() or 1) * 1000 / (HOPS_PER_SAGA * hop_ms), 1),
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 

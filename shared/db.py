@@ -16,6 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.types import TypeDecorator
 from sqlalchemy.util import await_only
 
+from shared.metrics import DB_STATEMENTS
+
 # A pooled connection idle for longer than this is pinged before use (see create_engine).
 PING_AFTER_IDLE_SECS = 1.0
 
@@ -66,7 +68,19 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+def _count_statements(engine: AsyncEngine) -> AsyncEngine:
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def _counted(*_: Any) -> None:
+        DB_STATEMENTS.inc()
+
+    return engine
+
+
 def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
+    return _count_statements(_create_engine(url, pool_size))
+
+
+def _create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
     if is_sqlite(url):
         database = make_url(url).database
         if database and database != ":memory:":
