@@ -1,10 +1,10 @@
-"""carrier_service tables: carriers, the countries each serves, and carrier assignments of orders."""
+"""carrier_service tables: carriers, the countries each serves, carrier assignments of orders, daily loads."""
 
 from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import BigInteger, Boolean, Date, ForeignKey, Index, Integer, String, text
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, Date, ForeignKey, Index, Integer, String, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from shared.db import UTCDateTime, new_id, new_metadata, utc_now
@@ -85,3 +85,18 @@ class CarrierAssignment(Base):
     service_day: Mapped[date] = mapped_column(Date)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
     released_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class CarrierDailyLoad(Base):
+    """How many live assignments a carrier has for a service day: its capacity check reads one row, not a count.
+
+    Kept equal to the number of ASSIGNED carrier_assignments of (carrier_id, service_day) by the assignment and
+    its release, in the same transaction.
+    """
+
+    __tablename__ = "carrier_daily_loads"
+    __table_args__ = (CheckConstraint("assigned >= 0", name="assigned_not_negative"),)
+
+    carrier_id: Mapped[str] = mapped_column(ForeignKey("carriers.id"), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    assigned: Mapped[int] = mapped_column(Integer)

@@ -6,10 +6,11 @@ from datetime import UTC, date, datetime
 from typing import Any, cast
 
 from sqlalchemy import Row, Table, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from carrier_service.models import AssignmentStatus, Carrier, CarrierAssignment, CarrierCountry
+from carrier_service.models import AssignmentStatus, Carrier, CarrierAssignment, CarrierCountry, CarrierDailyLoad
 from carrier_service.schemas import AssignmentRequest, CarrierCreate, CarrierUpdate
 from shared.errors import Conflict, NotFound
 
@@ -79,6 +80,7 @@ async def list_carriers(
 carriers = cast(Table, Carrier.__table__)
 carrier_countries = cast(Table, CarrierCountry.__table__)
 assignments = cast(Table, CarrierAssignment.__table__)
+loads = cast(Table, CarrierDailyLoad.__table__)
 # A result row of any columns, read by name.
 AnyRow = Row[*tuple[Any, ...]]
 
@@ -90,12 +92,14 @@ async def _live_assignment(session: AsyncSession, order_id: str) -> AnyRow | Non
     return (await session.execute(query)).one_or_none()
 
 
-async def _lock_carriers_serving(session: AsyncSession, country: str, order_id: str) -> list[AnyRow]:
+async def _lock_carriers_serving(session: AsyncSession, country: str, order_id: str, day: date) -> list[AnyRow]:
     """Lock every active carrier serving the country, in id order so concurrent assignments cannot deadlock.
 
-    Holding these row locks while counting today's load is what keeps capacity from being overbooked:
-    a concurrent assignment to the same carrier waits here until this transaction commits, then counts again.
-    Each row also carries the order's live assignment id (None without one), saving a statement.
+    Holding these row locks while taking a place is what keeps capacity from being overbooked: a concurrent
+    assignment to the same carrier waits here until this transaction commits. Each row also carries the
+    order's live assignment id (None without one) and the carrier's load of the day, saving statements.
+    That load is read in the statement's snapshot, taken before the locks were granted: an assignment
+    committed meanwhile is missing from it, which is why taking the place checks the capacity again.
     """
     live_assignment_id = (
         select(assignments.c.id)
@@ -103,9 +107,13 @@ async def _lock_carriers_serving(session: AsyncSession, country: str, order_id: 
         .scalar_subquery()
         .label("live_assignment_id")
     )
+    assigned = func.coalesce(
+        select(loads.c.assigned).where(loads.c.carrier_id == carriers.c.id, loads.c.day == day).scalar_subquery(), 0
+    ).label("assigned")
     query = (
         select(carriers.c.id, carriers.c.code, carriers.c.max_weight_grams, carriers.c.daily_capacity,
-               carriers.c.base_price_minor, carriers.c.price_per_kg_minor, carriers.c.currency, live_assignment_id)
+               carriers.c.base_price_minor, carriers.c.price_per_kg_minor, carriers.c.currency,
+               live_assignment_id, assigned)
         .join(carrier_countries, carrier_countries.c.carrier_id == carriers.c.id)
         .where(carrier_countries.c.country == country, carriers.c.active.is_(True))
         .order_by(carriers.c.id)
@@ -114,18 +122,31 @@ async def _lock_carriers_serving(session: AsyncSession, country: str, order_id: 
     return list((await session.execute(query)).all())
 
 
-async def _load_today(session: AsyncSession, carrier_ids: list[str], day: date) -> dict[str, int]:
+async def _load_of(session: AsyncSession, carrier_ids: list[str], day: date) -> dict[str, int]:
     # A statement of its own, after the locks: its snapshot sees every assignment committed before them.
     rows = await session.execute(
-        select(assignments.c.carrier_id, func.count())
-        .where(
-            assignments.c.carrier_id.in_(carrier_ids),
-            assignments.c.service_day == day,
-            assignments.c.status == AssignmentStatus.ASSIGNED,
-        )
-        .group_by(assignments.c.carrier_id)
+        select(loads.c.carrier_id, loads.c.assigned).where(loads.c.carrier_id.in_(carrier_ids), loads.c.day == day)
     )
-    return {carrier_id: int(count) for carrier_id, count in rows.all()}
+    return {carrier_id: int(assigned) for carrier_id, assigned in rows.all()}
+
+
+async def _take_place(session: AsyncSession, carrier: AnyRow, day: date) -> bool:
+    """Count one more assignment on the carrier's day, unless it is full; False when it is.
+
+    The upsert's conflict branch reads the counter as last committed, whatever the snapshot was.
+    """
+    dialect_insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    statement = (
+        dialect_insert(loads)
+        .values(carrier_id=carrier.id, day=day, assigned=1)
+        .on_conflict_do_update(
+            index_elements=[loads.c.carrier_id, loads.c.day],
+            set_={"assigned": loads.c.assigned + 1},
+            where=loads.c.assigned < carrier.daily_capacity,
+        )
+        .returning(loads.c.assigned)
+    )
+    return (await session.execute(statement)).first() is not None
 
 
 def price_for(carrier: AnyRow, weight_grams: int) -> int:
@@ -146,7 +167,8 @@ async def _refuse_if_assigned(session: AsyncSession, order_id: str) -> None:
 
 
 async def assign_carrier(session: AsyncSession, data: AssignmentRequest) -> AnyRow:
-    serving = await _lock_carriers_serving(session, data.country, data.order_id)
+    day = utc_today()
+    serving = await _lock_carriers_serving(session, data.country, data.order_id, day)
     # A live assignment is refused before any other reason; with no carrier rows there is no id to look at.
     if not serving or serving[0].live_assignment_id is not None:
         await _refuse_if_assigned(session, data.order_id)
@@ -155,12 +177,16 @@ async def assign_carrier(session: AsyncSession, data: AssignmentRequest) -> AnyR
     fitting = [carrier for carrier in serving if carrier.max_weight_grams >= data.weight_grams]
     if not fitting:
         raise _no_carrier(f"parcel of {data.weight_grams} g exceeds every carrier's limit", "overweight")
-    day = utc_today()
-    load = await _load_today(session, [carrier.id for carrier in fitting], day)
-    with_room = [carrier for carrier in fitting if load.get(carrier.id, 0) < carrier.daily_capacity]
-    if not with_room:
-        raise _no_carrier(f"all carriers serving {data.country} are at capacity today", "at_capacity")
-    chosen = min(with_room, key=lambda carrier: (price_for(carrier, data.weight_grams), carrier.code))
+    load = {carrier.id: int(carrier.assigned) for carrier in fitting}
+    while True:
+        with_room = [carrier for carrier in fitting if load.get(carrier.id, 0) < carrier.daily_capacity]
+        if not with_room:
+            raise _no_carrier(f"all carriers serving {data.country} are at capacity today", "at_capacity")
+        chosen = min(with_room, key=lambda carrier: (price_for(carrier, data.weight_grams), carrier.code))
+        if await _take_place(session, chosen, day):
+            break
+        # Filled by an assignment that committed while this one waited for the locks: read the loads again.
+        load = await _load_of(session, [carrier.id for carrier in fitting], day)
     try:
         # No savepoint: a failed insert ends the work, and the caller rolls the transaction back.
         return (await session.execute(insert(assignments).values(
@@ -181,15 +207,22 @@ async def assign_carrier(session: AsyncSession, data: AssignmentRequest) -> AnyR
 async def release_assignment(session: AsyncSession, order_id: str) -> AnyRow | None:
     """Release the order's live assignment; None when it holds none (released already, or never assigned).
 
-    One conditional UPDATE: a concurrent release waits on the row, re-checks the status, and changes nothing.
+    One conditional UPDATE: a concurrent release waits on the row, re-checks the status, and changes nothing;
+    only the release that changed it gives the place back to the carrier's day.
     """
-    result = await session.execute(
+    released = (await session.execute(
         update(assignments)
         .where(assignments.c.order_id == order_id, assignments.c.status == AssignmentStatus.ASSIGNED)
         .values(status=AssignmentStatus.RELEASED, released_at=datetime.now(UTC))
         .returning(*assignments.c)
-    )
-    return result.one_or_none()
+    )).one_or_none()
+    if released is not None:
+        await session.execute(
+            update(loads)
+            .where(loads.c.carrier_id == released.carrier_id, loads.c.day == released.service_day)
+            .values(assigned=loads.c.assigned - 1)
+        )
+    return released
 
 
 async def get_assignment(session: AsyncSession, order_id: str) -> CarrierAssignment:

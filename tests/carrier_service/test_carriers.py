@@ -12,9 +12,11 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from sqlalchemy import func, select
 
 from carrier_service import service
 from carrier_service.app import create_app
+from carrier_service.schemas import AssignmentRequest
 from carrier_service.seed import DEMO_CARRIERS, seed
 from carrier_service.settings import Settings
 from tests.fleet import PG_URL_BASE, free_port
@@ -341,6 +343,59 @@ async def test_capacity_holds_under_concurrent_assignments(client: httpx.AsyncCl
     codes = [r.json()["carrier_code"] for r in responses if r.status_code == 201]
     assert codes.count(cheap["code"]) == 3 and codes.count(dear["code"]) == 5
     assert all(r.json()["code"] == "at_capacity" for r in responses if r.status_code == 409)
+
+
+async def daily_load(app: FastAPI, carrier_id: str) -> tuple[int, int]:
+    """The carrier's counter for today, and its count of today's live assignments: the two must agree."""
+    day = service.utc_today()
+    async with app.state.db.transaction() as session:
+        counter = (await session.execute(select(service.loads.c.assigned).where(
+            service.loads.c.carrier_id == carrier_id, service.loads.c.day == day))).scalar_one_or_none()
+        live = (await session.execute(select(func.count()).select_from(service.assignments).where(
+            service.assignments.c.carrier_id == carrier_id, service.assignments.c.service_day == day,
+            service.assignments.c.status == "ASSIGNED"))).scalar_one()
+    return counter or 0, live
+
+
+async def test_one_carrier_takes_exactly_its_capacity_under_concurrency(
+        served: tuple[FastAPI, httpx.AsyncClient], server_url: str) -> None:
+    app, client = served
+    carrier = await new_carrier(client, countries=["PN"], daily_capacity=4)
+    async with httpx.AsyncClient(base_url=server_url, timeout=60) as http:
+        responses = await asyncio.gather(*[
+            http.post("/api/carriers/assignments", json={"order_id": f"pn-{i}", "country": "PN", "weight_grams": 100},
+                      headers=SERVICE)
+            for i in range(16)
+        ])
+    assert sorted(r.status_code for r in responses) == [201] * 4 + [409] * 12, [r.text for r in responses]
+    assert await daily_load(app, carrier["id"]) == (4, 4)
+    async with httpx.AsyncClient(base_url=server_url, timeout=60) as http:
+        releases = await asyncio.gather(*[
+            http.post(f"/api/carriers/assignments/pn-{i}/release", headers=SERVICE) for i in range(16)
+        ])
+    assert sorted(r.json()["status"] for r in releases) == ["NONE"] * 12 + ["RELEASED"] * 4
+    assert await daily_load(app, carrier["id"]) == (0, 0)
+
+
+async def test_assignment_that_waited_for_the_locks_counts_the_one_committed_meanwhile(
+        served: tuple[FastAPI, httpx.AsyncClient]) -> None:
+    """The waiting assignment read the loads before the locks were granted; the cheap carrier filled meanwhile."""
+    app, client = served
+    cheap = await new_carrier(client, countries=["NU"], daily_capacity=1, base_price_minor=100)
+    dear = await new_carrier(client, countries=["NU"], daily_capacity=1, base_price_minor=900)
+    async with app.state.db.transaction() as session:
+        held = await service.assign_carrier(
+            session, AssignmentRequest(order_id="nu-first", country="NU", weight_grams=100))
+        assert held.carrier_code == cheap["code"]
+        waiting = asyncio.create_task(assign(client, "NU", 100, "nu-second"))
+        await asyncio.sleep(0.5)  # the second assignment is blocked on the carrier locks held here
+        assert not waiting.done()
+    second = await waiting
+    assert second.status_code == 201, second.text
+    assert second.json()["carrier_code"] == dear["code"]
+    assert await daily_load(app, cheap["id"]) == (1, 1) and await daily_load(app, dear["id"]) == (1, 1)
+    third = await assign(client, "NU", 100, "nu-third")
+    assert third.status_code == 409 and third.json()["code"] == "at_capacity"
 
 
 async def test_concurrent_assignments_of_one_order_keep_one(client: httpx.AsyncClient, server_url: str) -> None:
