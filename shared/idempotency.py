@@ -11,7 +11,20 @@ from typing import Any
 from fastapi import Request
 from fastapi.encoders import jsonable_encoder
 from pydantic import BaseModel
-from sqlalchemy import JSON, Column, DateTime, Integer, MetaData, String, Table, delete, insert, select, update
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    delete,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -80,6 +93,17 @@ async def _insert(session: AsyncSession, scope: str, key: str, fingerprint: str,
         raise _AlreadyRecorded from exc
 
 
+# One statement object per dialect, its values passed as parameters: SQLAlchemy compiles it once and reuses it
+# (a fresh insert().values(...) builds and keys a bind parameter per column on every call, ~0.1 ms a step).
+_RECORD = {
+    "postgresql": postgresql.insert(records).on_conflict_do_nothing(index_elements=["scope", "key"]),
+    "sqlite": sqlite.insert(records).on_conflict_do_nothing(index_elements=["scope", "key"]),
+}
+
+_ANSWER = (update(records).where(records.c.scope == bindparam("w_scope"), records.c.key == bindparam("w_key"))
+           .values(status_code=bindparam("status_code"), body=bindparam("body")))
+
+
 async def _record(session: AsyncSession, scope: str, key: str, fingerprint: str, status_code: int,
                   body: Any) -> bool:
     """Store the key's answer; False when a record with the key exists already.
@@ -87,8 +111,8 @@ async def _record(session: AsyncSession, scope: str, key: str, fingerprint: str,
     INSERT ... ON CONFLICT DO NOTHING needs no savepoint; a concurrent duplicate's insert waits here for the
     first request's transaction to end, then finds its record (and its own work is rolled back).
     """
-    dialect = session.get_bind().dialect.name
-    if dialect not in ("postgresql", "sqlite"):
+    statement = _RECORD.get(session.get_bind().dialect.name)
+    if statement is None:
         try:
             await _insert(session, scope, key, fingerprint, status_code, body)
         except _AlreadyRecorded:
@@ -96,8 +120,7 @@ async def _record(session: AsyncSession, scope: str, key: str, fingerprint: str,
         return True
     values = {"scope": scope, "key": key, "fingerprint": fingerprint, "status_code": status_code, "body": body,
               "created_at": datetime.now(UTC)}
-    upsert = postgresql.insert(records) if dialect == "postgresql" else sqlite.insert(records)
-    result = await session.execute(upsert.values(**values).on_conflict_do_nothing(index_elements=["scope", "key"]))
+    result = await session.execute(statement, values)
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
@@ -153,8 +176,8 @@ async def run_idempotent(request: Request, identity: Identity, work: Work, statu
                 result = await work(session)
                 payload = _encoded(result)
                 if claim_first:
-                    await session.execute(update(records).where(records.c.scope == scope, records.c.key == key)
-                                          .values(status_code=status_code, body=payload))
+                    await session.execute(_ANSWER, {"w_scope": scope, "w_key": key, "status_code": status_code,
+                                                    "body": payload})
                 elif not await _record(session, scope, key, fingerprint, status_code, payload):
                     raise _AlreadyRecorded  # rolls the work back
             return _response(status_code, payload)
