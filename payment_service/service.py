@@ -93,8 +93,9 @@ async def make_payment(session: AsyncSession, data: PaymentCreate, failed_attemp
                "amount_minor": data.amount_minor, "currency": data.currency, "status": PaymentStatus.CAPTURED,
                "refunded_minor": 0, "processor_reference": reference, "card_brand": brand,
                "created_at": now, "updated_at": now}
-    await session.execute(insert(payments).values(payment))
-    await session.execute(insert(charge_attempts).values(**attempt, outcome="CAPTURED"))
+    # Statements executed with parameters: compiled once, no bind parameters built per call.
+    await session.execute(insert(payments), payment)
+    await session.execute(insert(charge_attempts), {**attempt, "outcome": "CAPTURED"})
     return {**payment, "refunds": []}
 
 

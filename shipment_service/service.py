@@ -54,22 +54,25 @@ def _record(shipment: Shipment, status: str, note: str | None) -> None:
     shipment.history.append(ShipmentStatusChange(position=len(shipment.history) + 1, status=status, note=note))
 
 
+# Built once and executed with parameters: compiled once, no bind parameters built per call.
+_INSERT_CHANGE = insert(history).returning(*_CHANGE_COLUMNS)
+
 async def _add_change(session: AsyncSession, shipment_id: str, position: int, status: str,
                       note: str | None) -> AnyRow:
-    return (await session.execute(insert(history).values(
-        shipment_id=shipment_id, position=position, status=status, note=note).returning(*_CHANGE_COLUMNS))).one()
+    return (await session.execute(_INSERT_CHANGE, {
+        "shipment_id": shipment_id, "position": position, "status": status, "note": note})).one()
 
 
 async def create_shipment(session: AsyncSession, data: ShipmentCreate) -> dict[str, Any]:
     for _ in range(_TRACKING_ATTEMPTS):
-        shipment = (await session.execute(_insert_unless_taken(session, shipments).values(
-            order_id=data.order_id,
-            customer_id=data.customer_id,
-            carrier_code=data.carrier_code,
-            address=data.address.model_dump(),
-            tracking_number=new_tracking_number(),
-            status=ShipmentStatus.CREATED,
-        ).returning(*shipments.c))).one_or_none()
+        shipment = (await session.execute(_insert_unless_taken(session, shipments).returning(*shipments.c), {
+            "order_id": data.order_id,
+            "customer_id": data.customer_id,
+            "carrier_code": data.carrier_code,
+            "address": data.address.model_dump(),
+            "tracking_number": new_tracking_number(),
+            "status": ShipmentStatus.CREATED,
+        })).one_or_none()
         if shipment is not None:
             created = await _add_change(session, shipment.id, 1, ShipmentStatus.CREATED, None)
             return _shipment_view(shipment, [created])
