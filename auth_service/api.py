@@ -35,7 +35,8 @@ public_router = APIRouter(tags=["auth"])
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
-def get_auth(request: Request) -> AuthService:
+# async: FastAPI runs a plain `def` dependency on a worker thread, a thread hop on every request.
+async def get_auth(request: Request) -> AuthService:
     auth: AuthService = request.app.state.auth
     return auth
 

@@ -36,7 +36,8 @@ def not_found(exc: InstanceNotFound) -> Response:
     return problem(404, "Not found", f"no such instance: {exc}", "not-found")
 
 
-def get_registry(request: Request) -> InstanceRegistry:
+# async: FastAPI runs a plain `def` dependency on a worker thread, a thread hop on every request.
+async def get_registry(request: Request) -> InstanceRegistry:
     registry: InstanceRegistry = request.app.state.registry
     return registry
 
