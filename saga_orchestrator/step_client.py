@@ -150,7 +150,8 @@ class StepClient:
     ) -> tuple[int, Any]:
         try:
             instance = self.registry.choose(app)
-            token = await asyncio.wait_for(self.tokens.token(), seconds)
+            # A fresh token is at hand nearly always; wait_for (a task of its own) only to fetch a new one.
+            token = self.tokens.current() or await asyncio.wait_for(self.tokens.token(), seconds)
         except DomainError as exc:  # no UP instance, auth_service refusing or unreachable
             raise _Transient(f"{exc.status} {exc.detail}") from exc
         except Exception as exc:  # the token endpoint timed out or the connection failed

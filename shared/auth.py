@@ -217,6 +217,10 @@ class ServiceTokens:
         self._expires_at = 0.0
         self._lock = asyncio.Lock()
 
+    def current(self) -> str | None:
+        """The token while it is fresh, without awaiting anything (the hot path of every service call)."""
+        return self._token if self._token and time.time() < self._expires_at - 30 else None
+
     async def token(self) -> str:
         if self._token and time.time() < self._expires_at - 30:
             return self._token
