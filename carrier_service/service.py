@@ -6,12 +6,12 @@ from datetime import UTC, date, datetime
 from typing import Any, cast
 
 from sqlalchemy import Row, Table, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from carrier_service.models import AssignmentStatus, Carrier, CarrierAssignment, CarrierCountry, CarrierDailyLoad
 from carrier_service.schemas import AssignmentRequest, CarrierCreate, CarrierUpdate
+from shared.db import conflict_insert
 from shared.errors import Conflict, NotFound
 
 
@@ -135,9 +135,8 @@ async def _take_place(session: AsyncSession, carrier: AnyRow, day: date) -> bool
 
     The upsert's conflict branch reads the counter as last committed, whatever the snapshot was.
     """
-    dialect_insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     statement = (
-        dialect_insert(loads)
+        conflict_insert(session, loads)
         .values(carrier_id=carrier.id, day=day, assigned=1)
         .on_conflict_do_update(
             index_elements=[loads.c.carrier_id, loads.c.day],

@@ -7,13 +7,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, RowMapping, Table, bindparam, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from inventory_service.models import Allocation, AllocationLine, AllocationStatus, Product
 from inventory_service.schemas import AllocationLineIn, ProductCreate, ProductUpdate
-from shared.db import new_id, utc_now
+from shared.db import conflict_insert, new_id, utc_now
 from shared.errors import Conflict, DomainError, InvalidRequest, NotFound
 
 # The hot paths use the tables directly (Core statements): no unit of work, no instances loaded to change a column.
@@ -98,8 +97,7 @@ async def _claim_order(session: AsyncSession, allocation: dict[str, Any]) -> boo
     A concurrent claim of the same order waits on the unique order_id until the first one's transaction
     ends: after a commit it claims nothing, after a rollback it claims the order.
     """
-    insert_row = sqlite.insert if session.get_bind().dialect.name == "sqlite" else postgresql.insert
-    result = await session.execute(insert_row(allocations).values(**allocation)
+    result = await session.execute(conflict_insert(session, allocations).values(**allocation)
                                    .on_conflict_do_nothing(index_elements=[allocations.c.order_id]))
     return bool(cast(CursorResult[Any], result).rowcount)
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, Row, Table, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from payment_service import processor
 from payment_service.models import ChargeAttempt, Payment, PaymentStatus, Refund, SettledBy, SettledOrder
 from payment_service.schemas import PaymentCreate
 from shared.auth import Identity
-from shared.db import Database, new_id, utc_now
+from shared.db import Database, conflict_insert, new_id, utc_now
 from shared.errors import Conflict, NotFound, PaymentRequired, ServiceUnavailable
 
 # The hot paths use the tables directly (Core statements): no unit of work, no instances loaded to change a column.
@@ -33,9 +32,8 @@ async def _claim(session: AsyncSession, order_id: str, claimed_by: str) -> bool:
     A concurrent claim of the same order waits on the primary key until the first one's transaction ends:
     after a commit it claims nothing, after a rollback it claims the order.
     """
-    insert_row = sqlite.insert if session.get_bind().dialect.name == "sqlite" else postgresql.insert
-    result = await session.execute(insert_row(settled_orders).values(order_id=order_id, claimed_by=claimed_by)
-                                   .on_conflict_do_nothing(index_elements=[settled_orders.c.order_id]))
+    claim = conflict_insert(session, settled_orders).values(order_id=order_id, claimed_by=claimed_by)
+    result = await session.execute(claim.on_conflict_do_nothing(index_elements=[settled_orders.c.order_id]))
     return bool(cast(CursorResult[Any], result).rowcount)
 
 

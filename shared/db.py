@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, MetaData, event, exc, text
+from sqlalchemy import DateTime, MetaData, Table, event, exc, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.types import TypeDecorator
@@ -57,6 +58,14 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def conflict_insert(session: AsyncSession, table: Table) -> postgresql.Insert | sqlite.Insert:
+    """The INSERT that knows ON CONFLICT (DO NOTHING / DO UPDATE): PostgreSQL's or SQLite's, by the session's
+    database — the claim rows and counters of the services use it on both."""
+    if session.get_bind().dialect.name == "sqlite":
+        return sqlite.insert(table)
+    return postgresql.insert(table)
 
 
 def new_metadata() -> MetaData:

@@ -12,6 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.auth import Identity
+from shared.db import conflict_insert
 from shared.errors import Conflict, NotFound, ServiceUnavailable
 from shipment_service.models import Shipment, ShipmentStatus, ShipmentStatusChange
 from shipment_service.schemas import ShipmentCreate
@@ -35,8 +36,7 @@ AnyRow = Row[*tuple[Any, ...]]
 
 def _insert_unless_taken(session: AsyncSession, table: Table) -> postgresql.Insert | sqlite.Insert:
     """INSERT ... ON CONFLICT DO NOTHING: a taken unique key inserts no row and leaves the transaction usable."""
-    dialect_insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    return dialect_insert(table).on_conflict_do_nothing()
+    return conflict_insert(session, table).on_conflict_do_nothing()
 
 
 def _shipment_view(shipment: AnyRow, changes: Sequence[AnyRow]) -> dict[str, Any]:

@@ -157,6 +157,12 @@ def one_line(sku: str) -> dict:
     return {"lines": [{"sku": sku, "quantity": 1, "unit_price_minor": 10}]}
 
 
+async def order_with_a_line(client: httpx.AsyncClient) -> str:
+    order = await new_order(client)
+    await client.post(f"/api/orders/{order['id']}/lines", headers=SERVICE, json=one_line("X"))
+    return str(order["id"])
+
+
 async def test_concurrent_add_lines_keep_every_line_and_distinct_positions(
     app_and_client: tuple[FastAPI, httpx.AsyncClient],
 ) -> None:
@@ -181,12 +187,11 @@ async def test_confirm_racing_the_lines_compensation_never_confirms_an_empty_ord
     client: httpx.AsyncClient,
 ) -> None:
     for _ in range(10):
-        order = await new_order(client)
-        await client.post(f"/api/orders/{order['id']}/lines", headers=SERVICE, json=one_line("X"))
+        order_id = await order_with_a_line(client)
         confirm, remove = await asyncio.gather(
-            client.post(f"/api/orders/{order['id']}/confirm", headers=SERVICE),
-            client.delete(f"/api/orders/{order['id']}/lines", headers=SERVICE))
-        final = (await client.get(f"/api/orders/{order['id']}", headers=SERVICE)).json()
+            client.post(f"/api/orders/{order_id}/confirm", headers=SERVICE),
+            client.delete(f"/api/orders/{order_id}/lines", headers=SERVICE))
+        final = (await client.get(f"/api/orders/{order_id}", headers=SERVICE)).json()
         if confirm.status_code == 200:
             assert remove.status_code == 409
             assert final["status"] == "CONFIRMED" and len(final["lines"]) == 1
@@ -198,13 +203,12 @@ async def test_confirm_racing_the_lines_compensation_never_confirms_an_empty_ord
 
 async def test_confirm_racing_cancel_has_one_winner(client: httpx.AsyncClient) -> None:
     for _ in range(10):
-        order = await new_order(client)
-        await client.post(f"/api/orders/{order['id']}/lines", headers=SERVICE, json=one_line("X"))
+        order_id = await order_with_a_line(client)
         confirm, cancel = await asyncio.gather(
-            client.post(f"/api/orders/{order['id']}/confirm", headers=SERVICE),
-            client.post(f"/api/orders/{order['id']}/cancel", headers=SERVICE))
+            client.post(f"/api/orders/{order_id}/confirm", headers=SERVICE),
+            client.post(f"/api/orders/{order_id}/cancel", headers=SERVICE))
         assert sorted((confirm.status_code, cancel.status_code)) == [200, 409]
-        final = (await client.get(f"/api/orders/{order['id']}", headers=SERVICE)).json()
+        final = (await client.get(f"/api/orders/{order_id}", headers=SERVICE)).json()
         assert final["status"] == ("CONFIRMED" if confirm.status_code == 200 else "CANCELLED")
         loser = cancel if confirm.status_code == 200 else confirm
         assert loser.json()["order_status"] == final["status"]
