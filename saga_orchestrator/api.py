@@ -11,7 +11,15 @@ from starlette.responses import JSONResponse
 
 from saga_orchestrator import service
 from saga_orchestrator.domain import SagaStatus, saga_uuid
-from saga_orchestrator.schemas import CustomerOrderCreate, EventFeed, SagaAccepted, SagaSummary, SagaView
+from saga_orchestrator.schemas import (
+    CustomerOrderCreate,
+    EventFeed,
+    SagaAccepted,
+    SagaStats,
+    SagaSummary,
+    SagaView,
+    Timestamp,
+)
 from shared.auth import Admin, Caller
 from shared.errors import DomainError, InvalidRequest, NotFound
 from shared.idempotency import HEADER as IDEMPOTENCY_HEADER
@@ -21,6 +29,11 @@ from shared.schemas import Page
 router = APIRouter(prefix=service.BASE_PATH, tags=["customer-orders"])
 MAX_WAIT_SECS = 30
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.IGNORECASE)
+CreatedAfter = Annotated[Timestamp | None, Query(
+    description="Only sagas created at or after this instant (ISO 8601 with a timezone, e.g. "
+                "`2026-05-01T12:00:00Z`; percent-encode a `+` offset as `%2B`).")]
+CreatedBefore = Annotated[Timestamp | None, Query(
+    description="Only sagas created before this instant (excluded; ISO 8601 with a timezone).")]
 
 
 class MissingIdempotencyKey(DomainError):
@@ -84,9 +97,24 @@ async def list_customer_orders(
     status: SagaStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+    created_after: CreatedAfter = None,
+    created_before: CreatedBefore = None,
 ) -> Page[SagaSummary]:
-    items, total = await service.list_sagas(_orchestrator(request), identity, status and str(status), limit, offset)
+    items, total = await service.list_sagas(_orchestrator(request), identity, status and str(status), limit, offset,
+                                            created_after, created_before)
     return Page(items=items, total=total, limit=limit, offset=offset)
+
+
+# Declared before "/{saga_id}", which would otherwise take "stats" for a saga id (and answer 404).
+@router.get("/stats", response_model=SagaStats)
+async def customer_order_stats(
+    request: Request,
+    identity: Caller,
+    created_after: CreatedAfter = None,
+    created_before: CreatedBefore = None,
+) -> SagaStats:
+    """How many sagas are in each status (a customer: of their own), optionally within a created-time window."""
+    return await service.saga_stats(_orchestrator(request), identity, created_after, created_before)
 
 
 @router.get("/events", response_model=EventFeed)

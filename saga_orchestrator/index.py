@@ -1,7 +1,8 @@
 """The saga index in SQL: idempotency keys, status queries, and the per-saga lease that replicas take turns on.
 
 Every operation here is one statement, run in autocommit mode (no BEGIN/COMMIT round trips); `page` reads
-a count and a page, which need not be one snapshot.
+a count and a page, which need not be one snapshot. The lists and counts take the same filters: a customer
+(None: everyone's), a status, and a created-time window `[created_after, created_before)`.
 
 A replica drives a saga only while it holds the saga's lease: `owner` is its id and `lease_until`
 lies in the future. Claims and renewals are conditional UPDATEs, so two replicas can never both
@@ -15,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Table, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Table, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from saga_orchestrator.domain import UNFINISHED, Saga, SagaStatus
@@ -30,6 +31,21 @@ _C = _TABLE.c
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _filters(customer_id: str | None, status: str | None, created_after: datetime | None,
+             created_before: datetime | None) -> list[ColumnElement[bool]]:
+    """The WHERE clauses of the lists and counts; the created-time window includes its start, not its end."""
+    clauses: list[ColumnElement[bool]] = []
+    if customer_id is not None:
+        clauses.append(_C.customer_id == customer_id)
+    if status:
+        clauses.append(_C.status == status)
+    if created_after is not None:
+        clauses.append(_C.created_at >= created_after)
+    if created_before is not None:
+        clauses.append(_C.created_at < created_before)
+    return clauses
 
 
 class SagaIndexStore:
@@ -66,18 +82,25 @@ class SagaIndexStore:
             return None
         return row
 
-    async def page(self, customer_id: str | None, status: str | None, limit: int,
-                   offset: int) -> tuple[list[SagaIndex], int]:
-        query = select(SagaIndex)
-        if customer_id is not None:
-            query = query.where(SagaIndex.customer_id == customer_id)
-        if status:
-            query = query.where(SagaIndex.status == status)
+    async def page(self, customer_id: str | None, status: str | None, limit: int, offset: int,
+                   created_after: datetime | None = None,
+                   created_before: datetime | None = None) -> tuple[list[SagaIndex], int]:
+        """The newest first; and how many match in all."""
+        query = select(SagaIndex).where(*_filters(customer_id, status, created_after, created_before))
         async with self.db.autocommit() as session:
             total = (await session.execute(select(func.count()).select_from(query.subquery()))).scalar_one()
             rows = await session.execute(
                 query.order_by(SagaIndex.created_at.desc(), SagaIndex.saga_id).limit(limit).offset(offset))
             return list(rows.scalars()), int(total)
+
+    async def count_by_status(self, customer_id: str | None, created_after: datetime | None = None,
+                              created_before: datetime | None = None) -> dict[str, int]:
+        """How many sagas are in each status (one GROUP BY); a status without sagas is absent."""
+        query = (select(_C.status, func.count()).where(*_filters(customer_id, None, created_after, created_before))
+                 .group_by(_C.status))
+        async with self.db.autocommit() as session:
+            rows = await session.execute(query)
+            return {status: int(count) for status, count in rows}
 
     # -- leases ---------------------------------------------------------------------------------
 

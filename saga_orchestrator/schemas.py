@@ -2,14 +2,35 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, Field, StringConstraints
 
 from shared.schemas import Address, Quantity, Sku, StrictModel
 
 PaymentToken = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,200}$")]
+
+_ISO_DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
+def _iso_only(value: Any) -> Any:
+    # pydantic would also read a bare number as Unix time; the API promises ISO 8601 only.
+    if isinstance(value, str) and not _ISO_DATE_TIME.match(value):
+        raise ValueError("expected an ISO 8601 date and time with a timezone, e.g. 2026-05-01T12:00:00Z")
+    return value
+
+
+def _in_utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00, before datetime.min in UTC
+        raise ValueError("the timestamp is out of range") from None
+
+
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_iso_only), AfterValidator(_in_utc)]
+"""A query parameter's point in time: ISO 8601 with a timezone (`Z` or an offset), read as UTC."""
 
 
 class CustomerOrderLine(StrictModel):
@@ -39,6 +60,24 @@ class SagaSummary(BaseModel):
     created_at: datetime
     updated_at: datetime
     status_url: str
+
+
+class SagaStatusCounts(BaseModel):
+    """How many sagas are in each status: every status is present, zero included."""
+
+    STARTED: int
+    RUNNING: int
+    COMPLETED: int
+    COMPENSATING: int
+    COMPENSATED: int
+    COMPENSATION_FAILED: int
+
+
+class SagaStats(BaseModel):
+    counts: SagaStatusCounts
+    total: int = Field(description="Every saga counted, the sum of `counts`.")
+    created_after: datetime | None = Field(description="The window's start (included), as asked.")
+    created_before: datetime | None = Field(description="The window's end (excluded), as asked.")
 
 
 class CompensationView(BaseModel):

@@ -23,6 +23,8 @@ from saga_orchestrator.schemas import (
     CompensationView,
     CustomerOrderCreate,
     HistoryEntry,
+    SagaStats,
+    SagaStatusCounts,
     SagaSummary,
     SagaView,
     StepView,
@@ -176,11 +178,31 @@ def summary(row: SagaIndex) -> SagaSummary:
         status_url=status_url(row.saga_id))
 
 
-async def list_sagas(orch: Orchestrator, identity: Identity, status: str | None, limit: int,
-                     offset: int) -> tuple[list[SagaSummary], int]:
+def _check_window(created_after: datetime | None, created_before: datetime | None) -> None:
+    if created_after is not None and created_before is not None and created_after > created_before:
+        raise InvalidRequest("created_after must not be later than created_before.", errors=[
+            {"loc": ["query", "created_before"], "msg": "earlier than created_after", "type": "window_reversed"}])
+
+
+async def list_sagas(orch: Orchestrator, identity: Identity, status: str | None, limit: int, offset: int,
+                     created_after: datetime | None = None,
+                     created_before: datetime | None = None) -> tuple[list[SagaSummary], int]:
+    """A page of the sagas the caller may see (a customer: their own), newest first, and how many match."""
+    _check_window(created_after, created_before)
     customer_id = None if identity.is_privileged else identity.subject
-    rows, total = await orch.index.page(customer_id, status, limit, offset)
+    rows, total = await orch.index.page(customer_id, status, limit, offset, created_after, created_before)
     return [summary(r) for r in rows], total
+
+
+async def saga_stats(orch: Orchestrator, identity: Identity, created_after: datetime | None = None,
+                     created_before: datetime | None = None) -> SagaStats:
+    """How many of the sagas the caller may see are in each status."""
+    _check_window(created_after, created_before)
+    customer_id = None if identity.is_privileged else identity.subject
+    found = await orch.index.count_by_status(customer_id, created_after, created_before)
+    counts = SagaStatusCounts.model_validate({str(s): found.get(str(s), 0) for s in SagaStatus})
+    return SagaStats(counts=counts, total=sum(found.values()), created_after=created_after,
+                     created_before=created_before)
 
 
 def _redact(data: dict[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
@@ -198,3 +199,125 @@ async def test_retry_is_for_admins_and_failed_compensations(client: httpx.AsyncC
 async def test_metrics_count_sagas(client: httpx.AsyncClient) -> None:
     text = (await client.get("/metrics")).text
     assert "saga_finished_total" in text and "saga_step_duration_seconds_bucket" in text
+
+
+# -- the created-time window and the counts --------------------------------------------------------------------
+
+STATUSES = ["STARTED", "RUNNING", "COMPLETED", "COMPENSATING", "COMPENSATED", "COMPENSATION_FAILED"]
+
+
+def fresh_customer() -> dict[str, str]:
+    return bearer(f"carol-{uuid.uuid4().hex[:8]}")
+
+
+async def three_finished_sagas(client: httpx.AsyncClient, fake: FakeParticipants,
+                               customer: dict[str, str]) -> list[dict[str, object]]:
+    """A declined saga, then two completed ones; as listed, oldest first."""
+    fake.failures["make_payment"] = refused(402, "card_declined")
+    declined = await client.post("/api/customer-orders", json=body(payment_token="tok_chargeDeclined"),
+                                 headers=keyed(customer, Prefer="wait=5"))
+    assert declined.json()["status"] == "COMPENSATED"
+    fake.failures.clear()
+    for _ in range(2):
+        placed = await client.post("/api/customer-orders", json=body(), headers=keyed(customer, Prefer="wait=5"))
+        assert placed.json()["status"] == "COMPLETED"
+    listing = (await client.get("/api/customer-orders", headers=customer)).json()
+    assert listing["total"] == 3
+    return list(reversed(listing["items"]))
+
+
+async def listed(client: httpx.AsyncClient, headers: dict[str, str], **params: str | int) -> tuple[list[str], int]:
+    response = await client.get("/api/customer-orders", headers=headers, params=params)
+    assert response.status_code == 200, response.text
+    page = response.json()
+    return [s["saga_id"] for s in page["items"]], page["total"]
+
+
+async def test_the_created_time_window_narrows_the_list_and_its_total(client: httpx.AsyncClient,
+                                                                      fake: FakeParticipants) -> None:
+    carol = fresh_customer()
+    first, second, third = await three_finished_sagas(client, fake, carol)
+    ids = [str(s["saga_id"]) for s in (third, second, first)]  # newest first, as listed
+    t0, t1, t2 = (str(s["created_at"]) for s in (first, second, third))
+
+    assert await listed(client, carol, created_after=t1) == (ids[:2], 2)  # the start is included
+    assert await listed(client, carol, created_before=t1) == (ids[2:], 1)  # the end is not
+    assert await listed(client, carol, created_after=t1, created_before=t2) == ([ids[1]], 1)
+    assert await listed(client, carol, created_after=t0, created_before=t0) == ([], 0)
+    assert await listed(client, carol, created_after=t0, limit=1, offset=1) == ([ids[1]], 3)
+    assert await listed(client, carol, created_after=t0, status="COMPLETED") == (ids[:2], 2)
+    assert await listed(client, carol, created_after=t1, status="COMPENSATED") == ([], 0)
+    # The same instant in another timezone (its "+" percent-encoded by httpx).
+    later_offset = datetime.fromisoformat(t1).astimezone(timezone(timedelta(hours=5, minutes=30))).isoformat()
+    assert "+05:30" in later_offset
+    assert await listed(client, carol, created_after=later_offset) == (ids[:2], 2)
+    # An admin's window sees these three and nothing else (no other test places sagas meanwhile).
+    end = (datetime.fromisoformat(t2) + timedelta(microseconds=1)).isoformat()
+    assert await listed(client, ADMIN, created_after=t0, created_before=end) == (ids, 3)
+    # Another customer's window over the same time shows none of them.
+    assert await listed(client, ALICE, created_after=t0, created_before=end) == ([], 0)
+
+
+async def test_stats_count_every_status_of_the_callers_sagas(client: httpx.AsyncClient,
+                                                              fake: FakeParticipants) -> None:
+    carol = fresh_customer()
+    first, second, third = await three_finished_sagas(client, fake, carol)
+    t0, t1, t2 = (str(s["created_at"]) for s in (first, second, third))
+    zero = dict.fromkeys(STATUSES, 0)
+
+    stats = (await client.get("/api/customer-orders/stats", headers=carol)).json()
+    assert stats == {"counts": {**zero, "COMPLETED": 2, "COMPENSATED": 1}, "total": 3,
+                     "created_after": None, "created_before": None}
+    windowed = (await client.get("/api/customer-orders/stats", headers=carol, params={"created_after": t1})).json()
+    assert windowed["counts"] == {**zero, "COMPLETED": 2} and windowed["total"] == 2
+    assert datetime.fromisoformat(windowed["created_after"]) == datetime.fromisoformat(t1)
+    before = (await client.get("/api/customer-orders/stats", headers=carol, params={"created_before": t1})).json()
+    assert before["counts"] == {**zero, "COMPENSATED": 1} and before["total"] == 1
+
+    # A customer counts only their own sagas; an admin counts everyone's.
+    stranger = (await client.get("/api/customer-orders/stats", headers=fresh_customer())).json()
+    assert stranger["counts"] == zero and stranger["total"] == 0
+    end = (datetime.fromisoformat(t2) + timedelta(microseconds=1)).isoformat()
+    everyone = (await client.get("/api/customer-orders/stats", headers=ADMIN,
+                                 params={"created_after": t0, "created_before": end})).json()
+    assert everyone["counts"] == {**zero, "COMPLETED": 2, "COMPENSATED": 1}
+    overall = (await client.get("/api/customer-orders/stats", headers=ADMIN)).json()
+    assert overall["total"] == sum(overall["counts"].values()) >= 3
+    assert overall["total"] == (await listed(client, ADMIN, limit=1))[1]
+    assert (await client.get("/api/customer-orders/stats")).status_code == 401
+
+
+@pytest.mark.parametrize("path", ["/api/customer-orders", "/api/customer-orders/stats"])
+@pytest.mark.parametrize("param", ["created_after", "created_before"])
+@pytest.mark.parametrize("bad", [
+    "2026-05-01T12:00:00",  # naive
+    "2026-05-01",  # a date, no time or timezone
+    "yesterday",
+    "1777777777",  # Unix time is not ISO 8601
+    "2026-13-01T00:00:00Z",
+    "2026-05-01T12:00:00 02:00",  # an offset's "+" left unencoded in the URL arrives as a space
+    "0001-01-01T00:00:00+01:00",  # before the first representable instant in UTC
+])
+async def test_bad_timestamps_are_422(client: httpx.AsyncClient, path: str, param: str, bad: str) -> None:
+    response = await client.get(path, headers=ADMIN, params={param: bad})
+    assert response.status_code == 422 and response.headers["content-type"] == PROBLEM, response.text
+    assert response.json()["errors"][0]["loc"] == ["query", param]
+
+
+@pytest.mark.parametrize("path", ["/api/customer-orders", "/api/customer-orders/stats"])
+async def test_a_window_that_ends_before_it_starts_is_422(client: httpx.AsyncClient, path: str) -> None:
+    response = await client.get(path, headers=ADMIN, params={"created_after": "2026-05-02T00:00:00Z",
+                                                              "created_before": "2026-05-01T00:00:00Z"})
+    assert response.status_code == 422 and response.headers["content-type"] == PROBLEM
+    assert response.json()["errors"][0]["loc"] == ["query", "created_before"]
+
+
+async def test_stats_and_the_window_are_in_the_openapi_document(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/openapi.json")).json()
+    stats = document["paths"]["/api/customer-orders/stats"]["get"]
+    assert stats["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/SagaStats"}
+    assert set(document["components"]["schemas"]["SagaStatusCounts"]["required"]) == set(STATUSES)
+    listing = {p["name"] for p in document["paths"]["/api/customer-orders"]["get"]["parameters"]}
+    assert {"status", "limit", "offset", "created_after", "created_before"} <= listing
+    assert {p["name"] for p in stats["parameters"]} >= {"created_after", "created_before"}
