@@ -5,7 +5,7 @@
   const { api, badge, el, formatMoney, formatTime, shortId } = Dashboard;
   const STATUSES = ["STARTED", "RUNNING", "COMPLETED", "COMPENSATING", "COMPENSATED", "COMPENSATION_FAILED"];
   const IN_FLIGHT = ["STARTED", "RUNNING", "COMPENSATING"];
-  // The saga API pages at most 500; the time filter is applied to the newest of them.
+  // The saga API pages at most 500: the list shows the newest of the sagas that match the filters.
   const PAGE = 500;
   const BASE = "/api/customer-orders";
 
@@ -42,21 +42,25 @@
     for (const label of document.querySelectorAll("#filters .range")) label.hidden = windowSelect.value !== "range";
   }
 
-  // [start, end] in ms since the epoch, or null when no time filter is set.
-  function timeWindow() {
-    if (!windowSelect.value) return null;
+  // The chosen created-time window as the saga API's parameters: `created_after` (included) and
+  // `created_before` (excluded), ISO 8601 in UTC; none when no window is chosen.
+  function windowParams() {
+    const params = {};
+    const iso = (ms) => (Number.isNaN(ms) ? null : new Date(ms).toISOString());
     if (windowSelect.value === "range") {
-      const start = from.value ? new Date(from.value).getTime() : -Infinity;
-      const end = to.value ? new Date(to.value).getTime() : Infinity;
-      return start === -Infinity && end === Infinity ? null : [start, end];
+      const start = from.value ? iso(new Date(from.value).getTime()) : null;
+      const end = to.value ? iso(new Date(to.value).getTime()) : null;
+      if (start) params.created_after = start;
+      if (end) params.created_before = end;
+    } else if (windowSelect.value) {
+      params.created_after = iso(Date.now() - Number(windowSelect.value) * 1000);
     }
-    return [Date.now() - Number(windowSelect.value) * 1000, Infinity];
+    return params;
   }
 
-  function inWindow(saga, span) {
-    if (!span) return true;
-    const created = new Date(saga.created_at).getTime();
-    return created >= span[0] && created <= span[1];
+  function withQuery(path, params) {
+    const query = new URLSearchParams(params).toString();
+    return query ? `${path}?${query}` : path;
   }
 
   function onFilterChange() {
@@ -67,51 +71,32 @@
 
   // -- data ------------------------------------------------------------------------------------
 
-  // Exact counts over every saga: one small page per state, whose `total` is the count.
-  async function exactCounts() {
-    const totals = await Promise.all(STATUSES.map((s) => api(`${BASE}?status=${s}&limit=1`).then((p) => p.total)));
-    return Object.fromEntries(STATUSES.map((s, i) => [s, totals[i]]));
-  }
-
-  function countsOf(sagas) {
-    const counts = Object.fromEntries(STATUSES.map((s) => [s, 0]));
-    for (const saga of sagas) counts[saga.status] = (counts[saga.status] || 0) + 1;
-    return counts;
-  }
-
   async function refresh() {
-    const span = timeWindow();
-    const listPath = status.value ? `${BASE}?status=${status.value}&limit=${PAGE}` : `${BASE}?limit=${PAGE}`;
-    let counts;
-    let page;
-    let countsNote = "";
-    if (span) {
-      // No created-time filter in the saga API yet: count what the newest page holds in the window.
-      const all = await api(`${BASE}?limit=${PAGE}`);
-      const inside = all.items.filter((s) => inWindow(s, span));
-      counts = countsOf(inside);
-      page = status.value ? { items: inside.filter((s) => s.status === status.value), total: null } : all;
-      countsNote = all.total > all.items.length
-        ? `Counts in the chosen time window, among the newest ${all.items.length} of ${all.total} sagas.`
-        : "Counts in the chosen time window.";
-    } else {
-      [counts, page] = await Promise.all([exactCounts(), api(listPath)]);
+    const span = windowParams();
+    const windowed = Object.keys(span).length > 0;
+    // ISO strings in UTC compare like the instants they name.
+    if (span.created_after && span.created_before && span.created_after > span.created_before) {
+      renderCounts(Object.fromEntries(STATUSES.map((s) => [s, 0])), 0, "The chosen time window ends before it starts.");
+      renderRows([]);
+      document.getElementById("list-note").textContent = "No saga matches these filters.";
+      return;
     }
-    renderCounts(counts, countsNote);
-    const shown = page.items.filter((s) => inWindow(s, span));
-    renderRows(shown);
-    const total = page.total === null ? shown.length : page.total;
-    document.getElementById("list-note").textContent = shown.length === 0
+    const listParams = { ...span, limit: String(PAGE) };
+    if (status.value) listParams.status = status.value;
+    const [stats, page] = await Promise.all([api(withQuery(`${BASE}/stats`, span)), api(withQuery(BASE, listParams))]);
+    renderCounts(stats.counts, stats.total, windowed ? "Counts of the sagas created in the chosen time window." : "");
+    renderRows(page.items);
+    const shown = page.items.length;
+    document.getElementById("list-note").textContent = shown === 0
       ? "No saga matches these filters."
-      : `${shown.length} shown${total > page.items.length ? ` (newest ${page.items.length} of ${total})` : ""}.`;
+      : `${shown} shown${page.total > shown ? ` (newest ${shown} of ${page.total})` : ""}.`;
   }
 
   // -- rendering -------------------------------------------------------------------------------
 
-  function renderCounts(counts, note) {
-    const all = STATUSES.reduce((sum, s) => sum + (counts[s] || 0), 0);
+  function renderCounts(counts, total, note) {
     const values = {
-      "": all,
+      "": total,
       COMPLETED: counts.COMPLETED || 0,
       COMPENSATED: counts.COMPENSATED || 0,
       COMPENSATION_FAILED: counts.COMPENSATION_FAILED || 0,

@@ -148,13 +148,25 @@ def test_a_failed_compensation_is_retried_from_its_page(
     page.screenshot(path=str(screenshots / "07-saga-retried.png"), full_page=True)
 
 
+# A datetime-local input's value for an instant (the browser's own timezone), whole seconds.
+LOCAL_INPUT = """([iso, deltaMs]) => {
+  const d = new Date(Math.floor((new Date(iso).getTime() + deltaMs) / 1000) * 1000);
+  return new Date(d.getTime() - d.getTimezoneOffset() * 60000).toISOString().slice(0, 19);
+}"""
+
+
 def test_the_filters_narrow_the_list(page: Any, admin: User, api: httpx.Client, shop: Shop) -> None:
     customer = register_customer(api)
     declined = place_order(api, customer, shop, card="tok_chargeDeclined")
-    wait_terminal(api, customer, declined)
+    created_at = wait_terminal(api, customer, declined)["created_at"]
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
 
     logged_in_as_admin(page, admin)
     page.locator(f"#sagas tbody tr[data-saga-id='{declined}']").wait_for()
+    # The counts are one request to /stats, not one page per state.
+    assert any("/api/customer-orders/stats" in url for url in requests)
+    assert not any("limit=1" in url for url in requests)
     page.select_option("#filter-status", "COMPLETED")
     page.wait_for_function(
         "() => [...document.querySelectorAll('#sagas tbody tr')].every(r => r.dataset.status === 'COMPLETED')")
@@ -165,9 +177,25 @@ def test_the_filters_narrow_the_list(page: Any, admin: User, api: httpx.Client, 
     page.select_option("#filter-window", "300")
     page.wait_for_function("() => document.getElementById('counts-note').textContent.includes('window')")
     page.locator(f"#sagas tbody tr[data-saga-id='{declined}']").wait_for()
-    # A window that ended before this saga began hides it.
+    # The window is the saga API's to apply, to the counts and to the list.
+    assert any("/stats?created_after=" in url for url in requests)
+    assert any(re.search(r"/api/customer-orders\?.*created_after=", url) for url in requests)
+
+    # A window of the second the saga began (and the next) holds only this saga: counts and list say so.
     page.select_option("#filter-window", "range")
+    page.fill("#filter-from", page.evaluate(LOCAL_INPUT, [created_at, 0]))
+    page.fill("#filter-to", page.evaluate(LOCAL_INPUT, [created_at, 2000]))
+    page.dispatch_event("#filter-to", "change")
+    page.wait_for_function("() => document.querySelector('[data-count-value=\"\"]').textContent === '1'")
+    assert page.inner_text("[data-count-value=COMPENSATED]") == "1"
+    rows = page.locator("#sagas tbody tr").evaluate_all("rows => rows.map(r => r.dataset.sagaId)")
+    assert rows == [declined]
+    assert "window=range" in page.url and "from=" in page.url
+
+    # A window that ended before this saga began hides it.
+    page.fill("#filter-from", "")
     page.fill("#filter-to", "2000-01-01T00:00:00")
     page.dispatch_event("#filter-to", "change")
     page.wait_for_function("() => document.querySelectorAll('#sagas tbody tr').length === 0")
     assert "No saga matches" in page.inner_text("#list-note")
+    assert page.inner_text("[data-count-value=\"\"]") == "0"
