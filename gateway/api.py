@@ -1,4 +1,7 @@
-"""gateway routes: its own (route listing, merged OpenAPI, docs) and the catch-all that limits, checks and proxies."""
+"""gateway routes: its own (route listing, merged OpenAPI) and the catch-all that limits, checks and proxies.
+
+The docs pages on the merged document come before these, from shared/docs.py.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +10,10 @@ from urllib.parse import quote
 
 import structlog
 from fastapi import APIRouter, Request
-from fastapi.openapi.docs import get_swagger_ui_html
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 
 from gateway import metrics
-from gateway.openapi import TITLE, MergedOpenApi
+from gateway.openapi import MergedOpenApi
 from gateway.proxy import CallContext, Gateway, PayloadTooLarge
 from gateway.ratelimit import RateLimits, Verdict, tighter
 from gateway.routes import check_path
@@ -31,15 +33,10 @@ async def list_routes(request: Request) -> RouteTableOut:
 
 @router.get("/openapi.json", include_in_schema=False)
 async def openapi_document(request: Request) -> JSONResponse:
-    """Every proxied route in one document, merged from the services' own (public, like the docs page)."""
+    """Every proxied route in one document, merged from the services' own (public, like the docs pages)."""
     merged: MergedOpenApi = request.app.state.openapi
     document: dict[str, Any] = await merged.document(CallContext.of(request, "/openapi.json"))
     return JSONResponse(document)
-
-
-@router.get("/docs", include_in_schema=False)
-async def docs_page() -> HTMLResponse:
-    return get_swagger_ui_html(openapi_url="/openapi.json", title=TITLE)
 
 
 def _too_many(verdict: Verdict, limit: str) -> Response:

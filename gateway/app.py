@@ -35,9 +35,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         package_dir=None,
         on_startup=on_startup,
         on_shutdown=on_shutdown,
-        # The gateway serves the fleet's merged document and docs page itself (gateway/api.py).
-        openapi_url=None,
-        docs_url=None,
+        # /openapi.json is the fleet's merged document (gateway/api.py); the docs pages read it.
+        own_openapi=False,
     )
     app.state.rate_limits = RateLimits.from_settings(
         settings.rate_limit_address_rps, settings.rate_limit_address_burst,

@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse
 
 from shared.auth import TokenVerifier
 from shared.db import Database
+from shared.docs import install_docs
 from shared.errors import install_error_handlers
 from shared.faults import FaultInjector
 from shared.logging import RequestMiddleware, configure_logging
@@ -37,11 +38,15 @@ def create_service_app(
     on_shutdown: Hook | None = None,
     discover: bool = True,
     openapi_url: str | None = "/openapi.json",
+    own_openapi: bool = True,
     docs_url: str | None = "/docs",
+    redoc_url: str | None = "/redoc",
 ) -> FastAPI:
     """Build a service. `package_dir` holds the service's `migrations/`; None means no database.
 
-    `openapi_url`/`docs_url` None leave those paths to the service (the gateway serves a merged document).
+    The docs pages at `docs_url`/`redoc_url` read the document at `openapi_url` and load their assets from the
+    service itself (shared/docs.py). `own_openapi` False leaves `openapi_url` to the service's routers (the
+    gateway serves a merged document); None turns a path off.
     """
     service = settings.app_name.lower()
     configure_logging(service, settings.log_level, settings.log_json)
@@ -70,7 +75,11 @@ def create_service_app(
                 await app.state.db.dispose()
             log.info("service stopped")
 
-    app = FastAPI(title=title, lifespan=lifespan, openapi_url=openapi_url, docs_url=docs_url)
+    app = FastAPI(title=title, lifespan=lifespan, openapi_url=openapi_url if own_openapi else None,
+                  docs_url=None, redoc_url=None)
+    if openapi_url is not None:
+        # Before the routers: the gateway's catch-all would answer /docs/assets otherwise.
+        install_docs(app, openapi_url=openapi_url, docs_url=docs_url, redoc_url=redoc_url)
     app.state.settings = settings
     configure_tracing(app, settings)
     install_error_handlers(app)

@@ -1,9 +1,11 @@
-"""The gateway's merged OpenAPI document and docs page: pure merge rules, then against real FastAPI upstreams."""
+"""The gateway's merged OpenAPI document and docs pages: pure merge rules, then against real FastAPI upstreams."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -13,7 +15,9 @@ from pydantic import BaseModel
 from gateway.app import create_app
 from gateway.openapi import merge_openapi
 from gateway.routes import Route, RouteTable
+from tests.dashboard.conftest import CHROMIUM, CHROMIUM_ARGS
 from tests.gateway.conftest import free_port, quiet_settings, serving
+from tests.shared.docs_pages import assert_page_loads_locally
 
 ROUTES = RouteTable([
     Route(prefix="/api/orders", app="ORDER-SERVICE"),
@@ -169,4 +173,50 @@ async def test_docs_page_is_swagger_ui_on_the_merged_document(docs_gateway: str)
         response = await client.get("/docs")
     assert response.status_code == 200
     assert "text/html" in response.headers["content-type"]
-    assert "swagger-ui" in response.text and "/openapi.json" in response.text
+    assert "swagger-ui" in response.text and "url: '/openapi.json'" in response.text
+
+
+async def test_docs_pages_and_their_assets_are_the_gateways_own_and_public(docs_gateway: str) -> None:
+    # No token, and no route table entry for /docs or /redoc: proxied, they would be refused or unrouted;
+    # the upstreams (plain FastAPI apps) have no /docs/assets either.
+    async with httpx.AsyncClient(base_url=docs_gateway) as client:
+        swagger_assets = await assert_page_loads_locally(client, "/docs")
+        redoc_assets = await assert_page_loads_locally(client, "/redoc")
+        redirect = await client.get("/docs/oauth2-redirect")
+    assert sorted(swagger_assets.values()) == ["icon", "script", "stylesheet"]
+    assert "script" in redoc_assets.values()
+    assert redirect.status_code == 200 and "text/html" in redirect.headers["content-type"]
+
+
+async def test_docs_page_renders_the_merged_document_in_a_browser_offline(docs_gateway: str) -> None:
+    """Swagger UI 5 draws the merged OpenAPI 3.1 document; the browser may reach nothing but the gateway."""
+    async_api = pytest.importorskip("playwright.async_api", reason="playwright is not installed (the dev extra)")
+    if not shutil.which(CHROMIUM):  # a path or a name on PATH
+        pytest.skip(f"no chromium at {CHROMIUM}: apt-get install -y chromium (CHROMIUM_PATH overrides)")
+    gateway_host = urlsplit(docs_gateway).netloc
+    elsewhere: list[str] = []
+
+    async def only_the_gateway(route: Any) -> None:
+        if urlsplit(route.request.url).netloc == gateway_host:
+            await route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            await route.abort()
+
+    async with async_api.async_playwright() as playwright:
+        try:
+            browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000)
+        except async_api.Error as exc:
+            pytest.skip(f"chromium at {CHROMIUM} could not be launched: {exc}")
+        try:
+            page = await browser.new_page()
+            await page.route("**/*", only_the_gateway)
+            await page.goto(f"{docs_gateway}/docs")
+            await page.wait_for_selector(".opblock", timeout=15_000)
+            operations = await page.locator(".opblock-summary-path").all_inner_texts()
+            title = await page.locator(".info .title").inner_text()
+        finally:
+            await browser.close()
+    assert elsewhere == []
+    assert any("/api/orders/" in path for path in operations), operations
+    assert "customer-service API" in title
