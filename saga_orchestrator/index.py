@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import ColumnElement, Table, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Table, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from saga_orchestrator.domain import UNFINISHED, Saga, SagaStatus
@@ -27,6 +27,12 @@ _UNFINISHED = [str(s) for s in UNFINISHED]
 # Writes go to the table itself (Core statements: no unit of work, no ORM session synchronisation).
 _TABLE: Table = SagaIndex.__table__  # type: ignore[assignment]
 _C = _TABLE.c
+# The two writes every saga makes, built once and executed with parameters (compiled once, no bind parameters
+# built per call).
+_INSERT = insert(_TABLE)
+_RECORD = (update(_TABLE).where(_C.saga_id == bindparam("w_saga_id"), _C.owner == bindparam("w_owner"))
+           .values(status=bindparam("status"), order_id=bindparam("order_id"), updated_at=bindparam("updated_at"),
+                   owner=bindparam("owner"), lease_until=bindparam("lease_until")))
 
 
 def _now() -> datetime:
@@ -77,7 +83,7 @@ class SagaIndexStore:
         values = {column.key: getattr(row, column.key) for column in _TABLE.columns}
         try:
             async with self.db.autocommit() as session:
-                await session.execute(insert(_TABLE).values(values))
+                await session.execute(_INSERT, values)
         except IntegrityError:
             return None
         return row
@@ -142,12 +148,11 @@ class SagaIndexStore:
     async def record(self, saga: Saga, release: bool = False) -> bool:
         """Bring the row up to the saga's state and renew (or release) our lease; False if we lost it."""
         now = _now()
-        values: dict[str, Any] = {"status": str(saga.status), "order_id": saga.order_id, "updated_at": now}
-        values.update({"owner": None, "lease_until": None} if release else {"lease_until": now + self.lease})
+        values = {"w_saga_id": str(saga.id), "w_owner": self.owner, "status": str(saga.status),
+                  "order_id": saga.order_id, "updated_at": now, "owner": None if release else self.owner,
+                  "lease_until": None if release else now + self.lease}
         async with self.db.autocommit() as session:
-            result = await session.execute(
-                update(_TABLE).where(_C.saga_id == str(saga.id), _C.owner == self.owner)
-                .values(**values))
+            result = await session.execute(_RECORD, values)
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def release(self, saga_id: UUID) -> None:
