@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
@@ -102,6 +103,11 @@ class GatewayClient:
         saga: dict[str, Any] = self._get(f"{SAGAS}/{saga_id}", f"Reading saga {saga_id}")
         return saga
 
-    def sagas(self, status: str | None = None, limit: int = 50, offset: int = 0) -> dict[str, Any]:
-        page: dict[str, Any] = self._get(SAGAS, "Listing sagas", status=status, limit=limit, offset=offset)
+    def sagas(self, status: str | None = None, limit: int = 50, offset: int = 0,
+              created_after: datetime | None = None) -> dict[str, Any]:
+        """A page of sagas, newest first; `total` counts every one that matches (status, created since)."""
+        # An ISO string: httpx would send str(datetime), with a space for the "T" (and encodes a "+" offset).
+        since = created_after.isoformat() if created_after is not None else None
+        page: dict[str, Any] = self._get(SAGAS, "Listing sagas", status=status, limit=limit, offset=offset,
+                                         created_after=since)
         return page

@@ -12,8 +12,9 @@ assignments, shipments, products) and reports each broken promise as a readable 
   oversold, and with the initial stock given, `available == initial - confirmed` and `on_hand == initial`.
 
 Reads only (GETs), so it is safe against a live fleet; the CLI's `check` command and the reliability tests
-call it. Orders and payments are listed newest first and paging stops at `since`, so a check scoped to the
-last run stays cheap on a fleet with a long history.
+call it. A check scoped to the last run stays cheap on a fleet with a long history: the saga list is asked
+for the sagas created since `since` (`created_after`), and orders, payments and shipments, whose lists take no
+such window, are read newest first until the first one older than `since`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 
 import httpx
 
+SAGAS = "/api/customer-orders"
 TERMINAL = frozenset({"COMPLETED", "COMPENSATED", "COMPENSATION_FAILED"})
 PAGE = 500
 _READ_ATTEMPTS = 4
@@ -145,12 +147,20 @@ class _Reader:
                 time.sleep(0.25 * 2**attempt)
         raise UnreadableError(f"GET {path} {params or ''}: {last}")
 
-    def pages(self, path: str, since: datetime | None, params: dict[str, Any] | None = None
-              ) -> Iterator[dict[str, Any]]:
-        """Every item of a newest-first list, stopping at the first one created before `since`."""
+    def pages(self, path: str, since: datetime | None, params: dict[str, Any] | None = None, *,
+              window: bool = False) -> Iterator[dict[str, Any]]:
+        """Every item of a newest-first list created at or after `since`, read until the first one older.
+
+        With `window` the list is asked for only those (`created_after`, which the saga list takes): its `total`
+        counts only them, so paging ends there. The stop at an older item stays for a list that takes no window.
+        """
+        query = dict(params or {})
+        if window and since is not None:
+            # An ISO string, not the datetime: httpx would send str(datetime), with a space for the "T".
+            query["created_after"] = since.isoformat()
         offset = 0
         while True:
-            page = self.get(path, {**(params or {}), "limit": PAGE, "offset": offset})
+            page = self.get(path, {**query, "limit": PAGE, "offset": offset})
             items = page["items"]
             for item in items:
                 if since is not None and _created(item) < since:
@@ -211,7 +221,7 @@ def check_invariants(
 def _check(reader: _Reader, report: InvariantReport, skus: list[str], initial_stock: dict[str, int],
            allow_compensation_failed: bool, workers: int) -> None:
     since = report.since
-    sagas = list(reader.pages("/api/customer-orders", since))
+    sagas = list(reader.pages(SAGAS, since, window=True))
     orders = {o["id"]: o for o in reader.pages("/api/orders", since)}
     payments: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for payment in reader.pages("/api/payments", since):
@@ -405,7 +415,7 @@ def list_sagas(gateway_url: str, admin_token: str, *, since: datetime | None = N
     since = _aware(since) if since is not None else None
     headers = {"Authorization": f"Bearer {admin_token}", "Accept": "application/json"}
     with httpx.Client(base_url=gateway_url.rstrip("/"), headers=headers, timeout=timeout) as client:
-        return list(_Reader(client).pages("/api/customer-orders", since, {"status": status} if status else None))
+        return list(_Reader(client).pages(SAGAS, since, {"status": status} if status else None, window=True))
 
 
 def unfinished_sagas(gateway_url: str, admin_token: str, *, since: datetime | None = None,

@@ -48,6 +48,8 @@ Skus = Annotated[list[str] | None, typer.Option("--sku", help="A SKU to order (r
 Quantities = Annotated[list[int] | None, typer.Option("--qty", help="Quantity: one for every --sku, or one each.")]
 Country = Annotated[str, typer.Option("--country", help="Shipping country (ISO code); carriers are chosen by it.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+Since = Annotated[str | None, typer.Option(
+    "--since", help="Only sagas created since: an ISO time, or 90s / 15m / 2h / 1d ago.")]
 DEFAULT_GATEWAY = "http://127.0.0.1:8080"
 
 
@@ -66,6 +68,23 @@ def reported_errors() -> Iterator[None]:
 
 def _print_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2, default=str))
+
+
+_SINCE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(value: str | None) -> datetime | None:
+    """`--since`: an ISO 8601 time (UTC when no zone is given), or a span back from now: 90s, 15m, 2h, 1d."""
+    if not value:
+        return None
+    text = value.strip()
+    if text[:-1].isdigit() and text[-1:].lower() in _SINCE_UNITS:
+        return datetime.now(UTC) - timedelta(seconds=int(text[:-1]) * _SINCE_UNITS[text[-1].lower()])
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter("an ISO 8601 time, or a span such as 90s, 15m, 2h, 1d", param_hint="--since") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def admin_client(gateway: str, admin_email: str, admin_password: str) -> GatewayClient:
@@ -236,6 +255,7 @@ def sagas(
     status: Annotated[str | None, typer.Option("--status", help=f"Only sagas in this state: {', '.join(SAGA_STATES)}.",
                                                case_sensitive=False)] = None,
     limit: Annotated[int, typer.Option(min=1, max=500, help="How many (newest first).")] = 20,
+    since: Since = None,
     gateway: Gateway = DEFAULT_GATEWAY,
     admin_email: AdminEmail = DEMO_ADMIN_EMAIL,
     admin_password: AdminPassword = DEMO_ADMIN_PASSWORD,
@@ -244,7 +264,7 @@ def sagas(
     """List sagas, newest first (as the admin: everyone's)."""
     if ctx.invoked_subcommand is not None:
         return
-    list_sagas(status, limit, gateway, admin_email, admin_password, as_json)
+    list_sagas(status, limit, since, gateway, admin_email, admin_password, as_json)
 
 
 @sagas_app.command("list")
@@ -252,6 +272,7 @@ def list_sagas(
     status: Annotated[str | None, typer.Option("--status", help=f"Only sagas in this state: {', '.join(SAGA_STATES)}.",
                                                case_sensitive=False)] = None,
     limit: Annotated[int, typer.Option(min=1, max=500, help="How many (newest first).")] = 20,
+    since: Since = None,
     gateway: Gateway = DEFAULT_GATEWAY,
     admin_email: AdminEmail = DEMO_ADMIN_EMAIL,
     admin_password: AdminPassword = DEMO_ADMIN_PASSWORD,
@@ -260,12 +281,13 @@ def list_sagas(
     """List sagas, newest first (as the admin: everyone's)."""
     if status is not None and status.upper() not in SAGA_STATES:
         raise typer.BadParameter(f"one of {', '.join(SAGA_STATES)}", param_hint="--status")
+    moment = parse_since(since)
     with reported_errors(), admin_client(gateway, admin_email, admin_password) as client:
-        page = client.sagas(status.upper() if status else None, limit)
+        page = client.sagas(status.upper() if status else None, limit, created_after=moment)
     if as_json:
         _print_json(page)
     else:
-        console.print(views.saga_list(page))
+        console.print(views.saga_list(page, moment))
 
 
 @sagas_app.command("show")
@@ -291,30 +313,12 @@ def show_saga(
 
 # -- check: the invariant checker is customer_cli.invariants -------------------------------------
 
-_SINCE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_since(value: str | None) -> datetime | None:
-    """`--since`: an ISO 8601 time (UTC when no zone is given), or a span back from now: 90s, 15m, 2h, 1d."""
-    if not value:
-        return None
-    text = value.strip()
-    if text[:-1].isdigit() and text[-1:].lower() in _SINCE_UNITS:
-        return datetime.now(UTC) - timedelta(seconds=int(text[:-1]) * _SINCE_UNITS[text[-1].lower()])
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise typer.BadParameter("an ISO 8601 time, or a span such as 90s, 15m, 2h, 1d", param_hint="--since") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 @app.command()
 def check(
     gateway: Gateway = DEFAULT_GATEWAY,
     admin_email: AdminEmail = DEMO_ADMIN_EMAIL,
     admin_password: AdminPassword = DEMO_ADMIN_PASSWORD,
-    since: Annotated[str | None, typer.Option(
-        "--since", help="Only sagas created since: an ISO time, or 90s / 15m / 2h / 1d ago.")] = None,
+    since: Since = None,
     sku: Annotated[list[str] | None, typer.Option(
         "--sku", help="Also check that this SKU's stock is conserved (repeat for more).")] = None,
     strict: Annotated[bool, typer.Option(

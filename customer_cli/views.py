@@ -51,8 +51,9 @@ def _took(start: str | datetime | None, end: str | datetime | None) -> str:
     return f"{(ended - begun).total_seconds() * 1000:.0f} ms"
 
 
-def saga_list(page: dict[str, Any]) -> Table:
-    table = Table(title=f"Sagas ({len(page['items'])} of {page['total']})", title_justify="left")
+def saga_list(page: dict[str, Any], since: datetime | None = None) -> Table:
+    created = f" created since {since.astimezone().strftime('%Y-%m-%d %H:%M:%S')}" if since else ""
+    table = Table(title=f"Sagas{created} ({len(page['items'])} of {page['total']})", title_justify="left")
     table.add_column("created", no_wrap=True)
     table.add_column("saga", no_wrap=True, min_width=36)
     table.add_column("status", no_wrap=True)

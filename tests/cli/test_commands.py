@@ -6,7 +6,7 @@ import json
 import re
 import shutil
 import subprocess
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +138,32 @@ def test_sagas_lists_and_shows_a_timeline(cli: Cli, cli_shop: Shop) -> None:
     missing = cli("sagas", "show", "00000000-0000-0000-0000-000000000000")
     assert missing.returncode == 1
     assert "does not exist" in missing.stderr
+
+
+@pytest.mark.integration
+def test_sagas_and_check_since_see_only_the_sagas_created_since(cli: Cli, cli_shop: Shop) -> None:
+    earlier = saga_id_in(cli("order", "--sku", cli_shop.sku, "--card", "tok_chargeDeclined").stdout)
+    later = saga_id_in(cli("order", "--sku", cli_shop.sku).stdout)
+    created_at = datetime.fromisoformat(as_json(cli("sagas", "show", later, "--json"))["created_at"])
+    # The later saga's creation, with a "+01:00" offset: the "+" must reach the API encoded.
+    since = created_at.astimezone(timezone(timedelta(hours=1))).isoformat()
+
+    listed = cli("sagas", "--since", since, "--json", "--limit", "500")
+    assert listed.returncode == 0, listed.stderr
+    page = as_json(listed)
+    assert [item["saga_id"] for item in page["items"]] == [later] and page["total"] == 1
+
+    table = cli("sagas", "list", "--since", "10m", "--limit", "500")
+    assert table.returncode == 0, table.stderr
+    assert "Sagas created since" in table.stdout
+    assert earlier in table.stdout and later in table.stdout
+
+    checked = cli("check", "--since", since)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "sagas: COMPLETED 1\n" in checked.stdout  # the earlier, compensated saga is out of scope
+
+    wrong = cli("sagas", "--since", "yesterday")
+    assert wrong.returncode == 2 and "--since" in wrong.stderr
 
 
 @pytest.mark.integration

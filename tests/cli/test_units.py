@@ -1,14 +1,17 @@
-"""The CLI's pure parts: percentiles, choosing lines, the timeline and narration from events, --since."""
+"""The CLI's pure parts: percentiles, choosing lines, the timeline and narration from events, --since, and
+the saga list's created-time window as the CLI and the invariant checker ask for it (a fake gateway)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import httpx
 import pytest
 import typer
 
-from customer_cli.gateway_client import GatewayError
+from customer_cli import invariants
+from customer_cli.gateway_client import GatewayClient, GatewayError
 from customer_cli.load import ERROR, LoadReport, OrderResult, percentile
 from customer_cli.main import parse_since
 from customer_cli.orders import EventNarrator, OrderLine, choose_lines, timeline
@@ -110,3 +113,57 @@ def test_since_takes_a_time_or_a_span() -> None:
     assert timedelta(minutes=14) < ago < timedelta(minutes=16)
     with pytest.raises(typer.BadParameter):
         parse_since("yesterday")
+
+
+class FakeSagaList:
+    """`GET /api/customer-orders` newest first, honouring `created_after` (unless told to ignore it), paged."""
+
+    def __init__(self, created: list[datetime], honour_window: bool = True) -> None:
+        self.sagas = [{"saga_id": f"saga-{i}", "status": "COMPLETED", "created_at": at.isoformat()}
+                      for i, at in sorted(enumerate(created), key=lambda pair: pair[1], reverse=True)]
+        self.honour_window = honour_window
+        self.requests: list[httpx.Request] = []
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        params = request.url.params
+        items = self.sagas
+        if self.honour_window and "created_after" in params:
+            after = datetime.fromisoformat(params["created_after"])  # a "+" sent unencoded would be a space here
+            items = [s for s in items if datetime.fromisoformat(s["created_at"]) >= after]
+        limit, offset = int(params.get("limit", 50)), int(params.get("offset", 0))
+        return httpx.Response(200, json={"items": items[offset:offset + limit], "total": len(items), "limit": limit,
+                                         "offset": offset})
+
+
+def _read_sagas(fake: FakeSagaList, since: datetime) -> list[str]:
+    with httpx.Client(base_url="http://gateway.test", transport=httpx.MockTransport(fake.handle)) as client:
+        return [s["saga_id"] for s in invariants._Reader(client).pages(invariants.SAGAS, since, window=True)]
+
+
+def test_the_checker_asks_the_saga_list_for_its_window_and_finds_the_same_sagas(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(invariants, "PAGE", 2)
+    created = [T0 + timedelta(seconds=n) for n in range(10)]
+    since = (T0 + timedelta(seconds=4)).astimezone(timezone(timedelta(hours=1)))  # a "+01:00" offset
+    windowed, unfiltered = FakeSagaList(created), FakeSagaList(created, honour_window=False)
+
+    found = _read_sagas(windowed, since)
+    assert found == _read_sagas(unfiltered, since)  # what the client-side stop found before
+    assert found == [f"saga-{n}" for n in range(9, 3, -1)]  # created at or after `since`, newest first
+    assert len(windowed.requests) == 3  # paged by 2 through the 6 in the window, never past them
+    for request in windowed.requests:
+        assert request.url.params["created_after"] == since.isoformat()
+        assert "created_after=2026-01-01T13%3A00%3A04%2B01%3A00" in str(request.url)
+
+
+def test_sagas_since_is_sent_as_created_after() -> None:
+    fake = FakeSagaList([T0 + timedelta(seconds=n) for n in range(3)])
+    with GatewayClient("http://gateway.test", token="admin-token") as client:
+        client.http.close()
+        client.http = httpx.Client(base_url=client.base_url, transport=httpx.MockTransport(fake.handle))
+        page = client.sagas("COMPLETED", 20, created_after=T0 + timedelta(seconds=1))
+        everything = client.sagas()
+    assert [s["saga_id"] for s in page["items"]] == ["saga-2", "saga-1"] and page["total"] == 2
+    assert fake.requests[0].url.params["created_after"] == "2026-01-01T12:00:01+00:00"
+    assert everything["total"] == 3 and "created_after" not in fake.requests[1].url.params
