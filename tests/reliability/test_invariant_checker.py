@@ -81,7 +81,11 @@ class FakeFleet:
             return httpx.Response(503, json={"title": "unavailable"})
         found: dict[str, Any] | None
         if path == "/api/customer-orders":
-            return self._page(self.sagas, request)
+            # The saga list's created-time window, as the real API applies it (after inclusive).
+            after = request.url.params.get("created_after")
+            sagas = [s for s in self.sagas if after is None
+                     or datetime.fromisoformat(s["created_at"]) >= datetime.fromisoformat(after)]
+            return self._page(sagas, request)
         if path == "/api/orders":
             return self._page(sorted(self.orders.values(), key=lambda o: o["created_at"], reverse=True), request)
         if path.startswith("/api/orders/"):
