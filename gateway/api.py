@@ -35,7 +35,8 @@ async def list_routes(request: Request) -> RouteTableOut:
 async def openapi_document(request: Request) -> JSONResponse:
     """Every proxied route in one document, merged from the services' own (public, like the docs pages)."""
     merged: MergedOpenApi = request.app.state.openapi
-    document: dict[str, Any] = await merged.document(CallContext.of(request, "/openapi.json"))
+    ctx = CallContext.of(request, "/openapi.json", merged.gateway.trusted_proxies)
+    document: dict[str, Any] = await merged.document(ctx)
     return JSONResponse(document)
 
 
@@ -59,9 +60,12 @@ async def proxy(request: Request) -> Response:
         raise NotFound(f"No route for {request.method} {path}.")
     # Metrics by route table entry: the catch-all's own template would lump every service together.
     request.state.route_label = route.prefix
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    ctx = CallContext.of(request, f"{raw_path}?{query}" if query else raw_path, gateway.trusted_proxies)
     verdict: Verdict | None = None
-    if limits.address.enabled and request.client is not None:
-        verdict = limits.address.hit(request.client.host)
+    if limits.address.enabled and ctx.client_addr is not None:
+        # Behind trusted proxies the client they name, so that not everyone shares the proxy's bucket.
+        verdict = limits.address.hit(ctx.client_addr)
         if not verdict.allowed:
             return _too_many(verdict, "address")
     length = request.headers.get("content-length", "")
@@ -69,8 +73,6 @@ async def proxy(request: Request) -> Response:
     if length.isdigit() and int(length) > max_bytes:
         # Refused before a byte of the body is read (and before /validate), as nginx's client_max_body_size.
         raise PayloadTooLarge(f"The request body is larger than {max_bytes} bytes.", max_bytes=max_bytes)
-    query = request.scope.get("query_string", b"").decode("latin-1")
-    ctx = CallContext.of(request, f"{raw_path}?{query}" if query else raw_path)
     structlog.contextvars.bind_contextvars(upstream=route.app)
     identity: dict[str, str] = {}
     if not route.public:

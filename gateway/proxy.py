@@ -16,6 +16,7 @@ from starlette.responses import Response, StreamingResponse
 from yarl import URL
 
 from gateway import metrics
+from gateway.forwarded import TrustedProxies
 from gateway.resilience import Breakers, BreakerState, may_resend, retry_on_status
 from gateway.routes import Route, RouteTable
 from gateway.settings import Settings
@@ -33,7 +34,8 @@ HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
     "te", "trailer", "transfer-encoding", "upgrade",
 })
-# Set by the gateway itself; a client's value is dropped (X-Forwarded-For is appended to, not dropped).
+# Set by the gateway itself; a client's value is dropped (a trusted proxy's X-Forwarded-For is carried over in
+# CallContext.forwarded_for).
 _GATEWAY_SET = frozenset({
     "x-request-id", "traceparent", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
     # Answered by this hop (uvicorn sends the 100 once the body is read).
@@ -86,12 +88,14 @@ class CallContext:
 
     request_id: str
     traceparent: str
+    # The client (the peer, or the one a trusted proxy names) and the X-Forwarded-For the services get.
     client_addr: str | None
+    forwarded_for: str | None
     scheme: str
     path_qs: str
 
     @classmethod
-    def of(cls, request: Request, path_qs: str) -> CallContext:
+    def of(cls, request: Request, path_qs: str, trusted: TrustedProxies) -> CallContext:
         # The logging middleware already chose the id (the client's or a new one) and returns it.
         request_id = (
             getattr(request.state, "request_id", "") or request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
@@ -101,9 +105,11 @@ class CallContext:
         if not valid_traceparent(traceparent):
             client_tp = request.headers.get("traceparent", "")
             traceparent = client_tp if valid_traceparent(client_tp) else new_traceparent()
-        client = request.client
-        return cls(request_id, traceparent, client.host if client else None, request.scope.get("scheme", "http"),
-                   path_qs)
+        peer = request.client.host if request.client else None
+        # The header is read only when someone may be believed: the common case skips it.
+        chain = request.headers.getlist("x-forwarded-for") if trusted else ()
+        client_addr, forwarded_for = trusted.resolve(peer, chain)
+        return cls(request_id, traceparent, client_addr, forwarded_for, request.scope.get("scheme", "http"), path_qs)
 
 
 def upstream_request_headers(
@@ -113,13 +119,10 @@ def upstream_request_headers(
     headers = _decoded(raw_headers)
     listed = _connection_tokens(headers)
     out: CIMultiDict[str] = CIMultiDict()
-    forwarded_for: list[str] = []
     host = ""
     keep_tracestate = False
     for name, value in headers:
-        if name == "x-forwarded-for":
-            forwarded_for.append(value)
-        elif name == "traceparent":
+        if name == "traceparent":
             keep_tracestate = value == ctx.traceparent
         elif name == "host":
             host = value
@@ -128,12 +131,10 @@ def upstream_request_headers(
         out.add(name, value)
     if not keep_tracestate:
         out.popall("tracestate", None)
-    if ctx.client_addr:
-        forwarded_for.append(ctx.client_addr)
     out[REQUEST_ID_HEADER] = ctx.request_id
     out["traceparent"] = ctx.traceparent
-    if forwarded_for:
-        out["X-Forwarded-For"] = ", ".join(forwarded_for)
+    if ctx.forwarded_for:
+        out["X-Forwarded-For"] = ctx.forwarded_for
     out["X-Forwarded-Proto"] = ctx.scheme
     if host:
         out["X-Forwarded-Host"] = host
@@ -242,6 +243,7 @@ class Gateway:
         self.session = session
         self.registry = registry
         self.routes = RouteTable(settings.routes)
+        self.trusted_proxies = TrustedProxies(settings.trusted_proxies)
         self.breakers = Breakers(settings.breaker_failure_threshold, settings.breaker_cooldown_secs,
                                  on_change=self._breaker_changed, on_create=metrics.breaker_created,
                                  on_drop=metrics.breaker_dropped)

@@ -70,8 +70,9 @@ class RunningServer:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> RunningServer:
+        # proxy_headers off as in shared/server.py: uvicorn would otherwise take 127.0.0.1's X-Forwarded-For.
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_config=None, access_log=False,
-                                http=self.http, lifespan="on", timeout_graceful_shutdown=1)
+                                http=self.http, lifespan="on", timeout_graceful_shutdown=1, proxy_headers=False)
         self.server = _Server(config)
         self.task = asyncio.create_task(self.server.serve())
         for _ in range(500):

@@ -21,9 +21,10 @@ def raw(*pairs: tuple[str, str]) -> list[tuple[bytes, bytes]]:
     return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in pairs]
 
 
-def ctx(traceparent: str = CLIENT_TP, client_addr: str | None = "198.51.100.7") -> CallContext:
-    return CallContext(request_id="rid-1", traceparent=traceparent, client_addr=client_addr, scheme="https",
-                       path_qs="/api/orders?x=1")
+def ctx(traceparent: str = CLIENT_TP, client_addr: str | None = "198.51.100.7",
+        forwarded_for: str | None = "198.51.100.7") -> CallContext:
+    return CallContext(request_id="rid-1", traceparent=traceparent, client_addr=client_addr,
+                       forwarded_for=forwarded_for, scheme="https", path_qs="/api/orders?x=1")
 
 
 def test_hop_by_hop_and_connection_listed_headers_are_not_forwarded() -> None:
@@ -71,7 +72,7 @@ def test_public_route_forwards_no_identity_at_all() -> None:
     assert not [name for name in headers if name.lower().startswith("x-user-")]
 
 
-def test_forwarding_headers_are_added_and_x_forwarded_for_appended() -> None:
+def test_forwarding_headers_are_the_gateways_and_a_client_chain_is_dropped() -> None:
     headers = upstream_request_headers(raw(
         ("Host", "shop.example:8443"),
         ("X-Forwarded-For", "203.0.113.1"),
@@ -80,17 +81,20 @@ def test_forwarding_headers_are_added_and_x_forwarded_for_appended() -> None:
         ("X-Forwarded-Host", "evil.example"),
         ("X-Request-ID", "client-chosen"),
     ), ctx(), {})
-    assert headers.getall("X-Forwarded-For") == ["203.0.113.1, 203.0.113.2, 10.0.0.1, 198.51.100.7"]
+    # What CallContext resolved (tests/gateway/test_forwarded.py): here an untrusted peer, so the peer alone.
+    assert headers.getall("X-Forwarded-For") == ["198.51.100.7"]
     assert headers.getall("X-Forwarded-Proto") == ["https"]
     assert headers.getall("X-Forwarded-Host") == ["shop.example:8443"]
     # The context carries the id the gateway chose (the client's when it sent one); one value only.
     assert headers.getall("X-Request-ID") == ["rid-1"]
 
 
-def test_x_forwarded_for_starts_with_the_client_when_none_was_sent() -> None:
-    headers = upstream_request_headers(raw(("Host", "h")), ctx(), {})
-    assert headers["X-Forwarded-For"] == "198.51.100.7"
-    assert "X-Forwarded-For" not in upstream_request_headers(raw(("Host", "h")), ctx(client_addr=None), {})
+def test_x_forwarded_for_is_the_resolved_chain_or_absent_without_a_peer() -> None:
+    chain = "203.0.113.1, 10.0.0.1"
+    headers = upstream_request_headers(raw(("X-Forwarded-For", "203.0.113.1")), ctx(forwarded_for=chain), {})
+    assert headers.getall("X-Forwarded-For") == [chain]
+    no_peer = ctx(client_addr=None, forwarded_for=None)
+    assert "X-Forwarded-For" not in upstream_request_headers(raw(("X-Forwarded-For", "203.0.113.1")), no_peer, {})
 
 
 def test_valid_client_traceparent_is_kept_with_its_tracestate() -> None:
