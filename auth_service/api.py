@@ -26,6 +26,7 @@ from auth_service.schemas import (
 from auth_service.service import AuthService, TokenPair, VerifiedToken, aware
 from shared.auth import bearer_token
 from shared.errors import Forbidden, InvalidRequest
+from shared.forwarded import TrustedProxies
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 # Paths outside /api/auth: the JWKS other services fetch and the gateway's forward-auth call.
@@ -62,8 +63,13 @@ Admin = Annotated[VerifiedToken, Depends(admin_caller)]
 
 
 def _client_address(request: Request) -> str:
-    # uvicorn already resolved X-Forwarded-For from trusted proxies (FORWARDED_ALLOW_IPS) into request.client.
-    return request.client.host if request.client else "unknown"
+    """The address failed logins are counted against: the peer, or the client a trusted proxy names."""
+    # request.client is the socket peer (uvicorn runs with proxy_headers=False, shared/server.py), and every
+    # login comes through the gateway: only TRUSTED_PROXIES naming the gateway keeps clients apart.
+    trusted: TrustedProxies = request.app.state.trusted_proxies
+    peer = request.client.host if request.client else None
+    chain = request.headers.getlist("x-forwarded-for") if trusted else ()
+    return trusted.resolve(peer, chain).client or "unknown"
 
 
 def _pair_response(pair: TokenPair) -> JSONResponse:

@@ -10,6 +10,7 @@ from auth_service.api import public_router, router
 from auth_service.keys import KeyRing, ensure_signing_key
 from auth_service.service import AuthService
 from auth_service.settings import Settings
+from shared.forwarded import TrustedProxies
 from shared.service_app import create_service_app
 
 
@@ -27,7 +28,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await auth.ensure_bootstrap_admin()
         app.state.auth = auth
 
-    return create_service_app(
+    app = create_service_app(
         settings,
         title="auth_service",
         routers=[router, public_router],
@@ -35,3 +36,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         on_startup=on_startup,
         discover=False,
     )
+    # Whose X-Forwarded-For names the client of a login (api._client_address): the gateway's, where deployed.
+    app.state.trusted_proxies = TrustedProxies(settings.trusted_proxies)
+    return app

@@ -31,6 +31,8 @@ SEEDS = ["inventory_service.seed", "carrier_service.seed"]
 # Clearly-marked development defaults for local mode only (auth_service refuses them in production).
 DEMO_ADMIN_EMAIL = "admin@example.com"
 DEMO_ADMIN_PASSWORD = "admin-password-dev"
+# Where the gateway connects to auth_service from when every component is a local process.
+LOCAL_GATEWAY = "127.0.0.1,::1"
 
 
 def _as_list(value: object) -> list[dict[str, str]]:
@@ -91,6 +93,9 @@ class LocalFleet:
         }
         if COMPONENTS[name][1]:
             env["DATABASE_URL"] = f"sqlite+aiosqlite:///{self.var / f'{name}.db'}"
+        if name == "auth_service":
+            # Every login comes through the local gateway: its X-Forwarded-For names the client to throttle.
+            env["TRUSTED_PROXIES"] = LOCAL_GATEWAY
         return env
 
     def _spawn(self, module: str, env: dict[str, str], log_name: str) -> subprocess.Popen[bytes]:

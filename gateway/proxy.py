@@ -16,11 +16,11 @@ from starlette.responses import Response, StreamingResponse
 from yarl import URL
 
 from gateway import metrics
-from gateway.forwarded import TrustedProxies
 from gateway.resilience import Breakers, BreakerState, may_resend, retry_on_status
 from gateway.routes import Route, RouteTable
 from gateway.settings import Settings
 from shared.errors import DomainError, ServiceUnavailable
+from shared.forwarded import TrustedProxies
 from shared.logging import REQUEST_ID_HEADER
 from shared.registry_client import Instance, RegistryClient
 from shared.tracing import new_traceparent, valid_traceparent

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from pydantic import AliasChoices, Field
+from pydantic_settings import SettingsConfigDict
 
-from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import NoDecode, SettingsConfigDict
-
-from gateway.forwarded import Network, parse_networks
 from gateway.routes import AUTH_APP, DEFAULT_ROUTES, Route
 from shared.settings import ServiceSettings
 
@@ -58,10 +55,8 @@ class Settings(ServiceSettings):
     rate_limit_address_burst: int = Field(default=10000, ge=0)
     rate_limit_user_rps: float = Field(default=2000.0, ge=0)
     rate_limit_user_burst: int = Field(default=4000, ge=0)
-    # Load balancers / reverse proxies in front of the gateway (comma-separated addresses and CIDR networks):
-    # a request from one of them is limited and forwarded as the client it names in X-Forwarded-For.
-    # Empty: nobody is trusted, every request is the client at the other end of the socket.
-    trusted_proxies: Annotated[tuple[Network, ...], NoDecode] = ()
+    # TRUSTED_PROXIES (shared.settings): load balancers in front of the gateway; a request from one of them is
+    # limited and forwarded as the client it names in X-Forwarded-For.
 
     # Largest request body: a larger Content-Length is refused at once (413), a chunked body is cut off there.
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=0)
@@ -69,9 +64,3 @@ class Settings(ServiceSettings):
     # The merged OpenAPI document (GET /openapi.json): how long it is reused, how long one service may take.
     openapi_cache_secs: float = Field(default=10.0, ge=0)
     openapi_fetch_timeout_secs: float = Field(default=3.0, gt=0)
-
-    @field_validator("trusted_proxies", mode="before")
-    @classmethod
-    def _networks(cls, value: Any) -> Any:
-        # From the environment a plain "10.0.0.0/8, 192.0.2.7" rather than JSON; a bad entry stops startup.
-        return parse_networks(value) if isinstance(value, str | list | tuple) else value

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shared.forwarded import Network, parse_networks
 
 # Clearly-marked development default: services refuse it when ENV=production.
 DEV_SERVICE_CLIENT_SECRET = "dev-only-service-secret-change-me"
@@ -47,12 +49,24 @@ class ServiceSettings(BaseSettings):
 
     idempotency_ttl_secs: int = 24 * 3600
 
+    # Proxies in front of this service (comma-separated addresses and CIDR networks) whose X-Forwarded-For
+    # names the client (shared/forwarded.py): the gateway's load balancers at the gateway (rate limits, the
+    # chain it forwards), the gateway at auth_service (login throttling). Empty: nobody is trusted, every
+    # request is the client at the other end of the socket — the default everywhere, production included.
+    trusted_proxies: Annotated[tuple[Network, ...], NoDecode] = ()
+
     # Tests and drills only: POST /_faults makes matching requests fail or slow down.
     fault_injection: bool = False
 
     # OpenTelemetry (shared/tracing.py), off by default. The exporter reads its own OTEL_EXPORTER_OTLP_* variables.
     otel_enabled: bool = False
     otel_traces_exporter: Literal["otlp", "console", "memory", "none"] = "otlp"
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        # From the environment a plain "10.0.0.0/8, 192.0.2.7" rather than JSON; a bad entry stops startup.
+        return parse_networks(value) if isinstance(value, str | list | tuple) else value
 
     @model_validator(mode="after")
     def _refuse_dev_defaults_in_production(self) -> ServiceSettings:

@@ -139,6 +139,9 @@ class Fleet:
         }
         if package not in NO_DATABASE:
             env["DATABASE_URL"] = self.database_url(package)
+        if package == "auth_service":
+            # As deployed: auth_service believes the gateway's X-Forwarded-For when it counts failed logins.
+            env["TRUSTED_PROXIES"] = "127.0.0.1"
         env.update(overrides)
         return env
 

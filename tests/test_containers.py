@@ -6,10 +6,12 @@ import importlib.util
 import re
 import shutil
 import subprocess
+from ipaddress import ip_network
 
 import pytest
 import yaml
 
+from shared.forwarded import parse_networks
 from tests.fleet import ROOT, SERVICES
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -52,6 +54,17 @@ def test_only_the_gateway_publishes_a_port_and_nothing_is_pinned() -> None:
             assert "ports" not in service, f"{name} publishes a port"
         assert "container_name" not in service, f"{name} has a fixed name (breaks --scale)"
     assert COMPOSE["services"]["gateway"]["ports"]
+
+
+def test_auth_service_trusts_the_gateways_network_and_nothing_else_trusts_anyone() -> None:
+    services = COMPOSE["services"]
+    (subnet,) = [ip_network(entry["subnet"]) for entry in COMPOSE["networks"]["default"]["ipam"]["config"]]
+    # The gateway is on the default network (where the subnet applies), so its address is in it.
+    assert "networks" not in services["gateway"] and "networks" not in services["auth_service"]
+    assert parse_networks(services["auth_service"]["environment"]["TRUSTED_PROXIES"]) == (subnet,)
+    for name, service in services.items():
+        if name != "auth_service":
+            assert "TRUSTED_PROXIES" not in service.get("environment", {}), name
 
 
 def test_every_command_names_a_module_that_imports() -> None:

@@ -1,9 +1,11 @@
-"""The CLI's pure parts: percentiles, choosing lines, the timeline and narration from events, --since, and
-the saga list's created-time window as the CLI and the invariant checker ask for it (a fake gateway)."""
+"""The CLI's pure parts: percentiles, choosing lines, the timeline and narration from events, --since, the
+saga list's created-time window as the CLI and the invariant checker ask for it (a fake gateway), and the
+local runner's environment for each component."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,6 +17,8 @@ from customer_cli.gateway_client import GatewayClient, GatewayError
 from customer_cli.load import ERROR, LoadReport, OrderResult, percentile
 from customer_cli.main import parse_since
 from customer_cli.orders import EventNarrator, OrderLine, choose_lines, timeline
+from customer_cli.runner import COMPONENTS, LocalFleet
+from shared.forwarded import TrustedProxies, parse_networks
 
 
 def test_percentiles_interpolate_between_ranks() -> None:
@@ -167,3 +171,14 @@ def test_sagas_since_is_sent_as_created_after() -> None:
     assert [s["saga_id"] for s in page["items"]] == ["saga-2", "saga-1"] and page["total"] == 2
     assert fake.requests[0].url.params["created_after"] == "2026-01-01T12:00:01+00:00"
     assert everything["total"] == 3 and "created_after" not in fake.requests[1].url.params
+
+
+def test_the_local_runner_has_auth_service_trust_the_local_gateway_and_nobody_else_trust_anyone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TRUSTED_PROXIES", raising=False)
+    fleet = LocalFleet(tmp_path, tmp_path / "var")
+    trusted = TrustedProxies(parse_networks(fleet.env_for("auth_service", 8001)["TRUSTED_PROXIES"]))
+    assert trusted.resolve("127.0.0.1", ["203.0.113.1"]).client == "203.0.113.1"
+    assert trusted.resolve("::1", ["203.0.113.1"]).client == "203.0.113.1"
+    assert all("TRUSTED_PROXIES" not in fleet.env_for(name, port) for name, (port, _) in COMPONENTS.items()
+               if name != "auth_service")

@@ -13,9 +13,9 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.app import create_app
-from gateway.forwarded import Forwarded, TrustedProxies, parse_networks
 from gateway.routes import Route
 from gateway.settings import Settings
+from shared.forwarded import Forwarded, TrustedProxies, parse_networks
 from tests.gateway.conftest import Instance, quiet_settings, serving
 
 

@@ -1,5 +1,8 @@
 """Which client a request is from: the socket peer, or, behind trusted proxies, the address they forwarded.
 
+The gateway uses it for its rate limits and the X-Forwarded-For it sends on; auth_service for login throttling
+(every login reaches it through the gateway, so the peer alone would make all clients one).
+
 The rule of nginx's `real_ip_recursive on`: only a trusted peer's X-Forwarded-For is read, from the right,
 past the proxies we trust; the first address we do not trust is the client (anything left of it was written
 by that client and proves nothing). Not uvicorn's ProxyHeadersMiddleware: it replaces the peer (which the
@@ -48,14 +51,14 @@ def parse_address(text: str) -> Address | None:
 
 
 class Forwarded(NamedTuple):
-    """The client's address (rate limits) and the X-Forwarded-For to send upstream; None without a peer."""
+    """The client's address and the X-Forwarded-For to send upstream (the gateway's); None without a peer."""
 
     client: str | None
     chain: str | None
 
 
 class TrustedProxies:
-    """The proxies whose X-Forwarded-For the gateway believes. Empty: nobody's, the peer is the client."""
+    """The proxies whose X-Forwarded-For this service believes (TRUSTED_PROXIES). Empty: the peer is the client."""
 
     def __init__(self, networks: Sequence[Network] = ()) -> None:
         self.networks = tuple(networks)

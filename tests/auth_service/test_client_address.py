@@ -1,0 +1,73 @@
+"""Login throttling per client address: behind the gateway, the client it names, not the gateway itself."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from tests.auth_service.conftest import PASSWORD, auth_settings, new_account, running
+
+GATEWAY = "10.1.0.1"  # trusted (TRUSTED_PROXIES below)
+STRANGER = "192.0.2.50"  # not trusted: whatever it writes in X-Forwarded-For proves nothing
+LIMIT = 4
+
+
+@pytest.fixture(scope="module")
+async def app(database_url: str) -> AsyncIterator[FastAPI]:
+    settings = auth_settings(database_url, trusted_proxies=f"{GATEWAY}, 2001:db8::/32",
+                             login_max_failures_per_address=LIMIT)
+    async with running(settings) as (app, _):
+        yield app
+
+
+def peer(app: FastAPI, address: str) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, client=(address, 40000))
+    return httpx.AsyncClient(transport=transport, base_url="http://auth.test")
+
+
+async def spray(client: httpx.AsyncClient, forwarded_for: str | None = None, times: int = LIMIT) -> None:
+    """Wrong passwords for as many accounts: one failure each, so only the address limit can catch them."""
+    for _ in range(times):
+        headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
+        wrong = await client.post("/api/auth/login", headers=headers,
+                                  json={"email": f"spray-{uuid.uuid4().hex[:8]}@example.com", "password": "guess"})
+        assert wrong.status_code == 401, wrong.text
+
+
+async def login_status(client: httpx.AsyncClient, email: str, forwarded_for: str | None = None) -> int:
+    headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
+    response = await client.post("/api/auth/login", headers=headers, json={"email": email, "password": PASSWORD})
+    return response.status_code
+
+
+async def test_one_client_behind_the_gateway_does_not_lock_out_the_others(app: FastAPI) -> None:
+    async with peer(app, GATEWAY) as gateway:
+        account = await new_account(gateway)
+        await spray(gateway, forwarded_for="203.0.113.1")
+        assert await login_status(gateway, account.email, "203.0.113.1") == 429
+        assert await login_status(gateway, account.email, "203.0.113.2") == 200
+        # The chain a gateway behind a load balancer sends: the client is the right-most untrusted entry.
+        assert await login_status(gateway, account.email, "6.6.6.6, 203.0.113.1, 2001:db8::7") == 429
+        assert await login_status(gateway, account.email, "203.0.113.1, 203.0.113.3") == 200
+        # The gateway's own requests (no header) are not the client's either.
+        assert await login_status(gateway, account.email) == 200
+
+
+async def test_an_untrusted_peers_forwarded_for_is_ignored(app: FastAPI) -> None:
+    async with peer(app, STRANGER) as stranger, peer(app, "192.0.2.51") as neighbour:
+        account = await new_account(neighbour)
+        for n in range(LIMIT):  # a new forged address every time: the failures still count against the peer
+            await spray(stranger, forwarded_for=f"198.51.100.{n}", times=1)
+        assert await login_status(stranger, account.email, "198.51.100.99") == 429
+        assert await login_status(neighbour, account.email) == 200
+
+
+def test_trusted_proxies_is_a_setting_of_every_service_and_trusts_nobody_by_default(database_url: str) -> None:
+    assert auth_settings(database_url).trusted_proxies == ()
+    production = auth_settings(database_url, env="production", service_client_secret="s3cret",
+                               bootstrap_admin_password="not-the-demo-one")
+    assert production.trusted_proxies == ()
