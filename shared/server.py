@@ -16,6 +16,7 @@ def serve(factory: str, settings: ServiceSettings) -> None:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,
-        # Only the gateway sets X-Forwarded-*; no client may choose the address a service sees.
+        # uvicorn rewrites no address from X-Forwarded-*: the gateway sanitizes that header, and a service that
+        # needs the client (auth_service's login throttling) resolves it itself from TRUSTED_PROXIES.
         proxy_headers=False,
     )
