@@ -6,7 +6,7 @@ import importlib.util
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +53,21 @@ def gateway_url(request: pytest.FixtureRequest) -> str:
         return EXTERNAL_GATEWAY.rstrip("/")
     fleet: Fleet = request.getfixturevalue("fleet")
     return fleet.gateway_url
+
+
+@pytest.fixture
+def faults(fleet: Fleet) -> Iterator[Callable[..., None]]:
+    """Inject faults into a service (by fleet process name); every touched service's faults are cleared after."""
+    touched: set[str] = set()
+
+    def inject(name: str, path_regex: str, method: str = "POST", status: int = 503, count: int = 1,
+               delay_ms: int = 0) -> None:
+        fleet.processes[name].inject_fault(path_regex, method, status, count, delay_ms)
+        touched.add(name)
+
+    yield inject
+    for name in touched:
+        fleet.processes[name].clear_faults()
 
 
 @pytest.fixture

@@ -75,6 +75,17 @@ class ServiceProcess:
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
+    def inject_fault(self, path_regex: str, method: str = "POST", status: int = 503, count: int = 1,
+                     delay_ms: int = 0) -> None:
+        """Make the service fail (status 0: only delay) the matching requests, through its test-only /_faults."""
+        response = httpx.post(f"{self.url}/_faults", json={
+            "method": method, "path_regex": path_regex, "status": status, "count": count, "delay_ms": delay_ms})
+        assert response.status_code == 201, response.text
+
+    def clear_faults(self) -> None:
+        if self.alive():
+            httpx.delete(f"{self.url}/_faults")
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
         if not self.alive():
             return

@@ -60,10 +60,8 @@ def wait_terminal(api: httpx.Client, user: User, saga_id: str, timeout: float = 
 
 def inject_fault(fleet: Fleet, package: str, path_regex: str, method: str = "POST", status: int = 503,
                  count: int = 1, delay_ms: int = 0) -> None:
-    response = httpx.post(f"{fleet.processes[package].url}/_faults", json={
-        "method": method, "path_regex": path_regex, "status": status, "count": count, "delay_ms": delay_ms})
-    assert response.status_code == 201, response.text
+    fleet.processes[package].inject_fault(path_regex, method, status, count, delay_ms)
 
 
 def clear_faults(fleet: Fleet, package: str) -> None:
-    httpx.delete(f"{fleet.processes[package].url}/_faults")
+    fleet.processes[package].clear_faults()

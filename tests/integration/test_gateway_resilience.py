@@ -78,15 +78,12 @@ def metric_series(url: str, name: str, **labels: str) -> dict[str, float]:
 
 
 def inject(proc: ServiceProcess, path_regex: str, method: str = "GET", status: int = 503, count: int = -1) -> None:
-    response = httpx.post(f"{proc.url}/_faults", json={"method": method, "path_regex": path_regex,
-                                                      "status": status, "count": count})
-    assert response.status_code == 201, response.text
+    proc.inject_fault(path_regex, method, status, count)
 
 
 def clear_faults(*procs: ServiceProcess) -> None:
     for proc in procs:
-        if proc.alive():
-            httpx.delete(f"{proc.url}/_faults")
+        proc.clear_faults()
 
 
 def get_orders(client: httpx.Client, user: User, request_id: str, path: str = "/api/orders") -> httpx.Response:

@@ -86,23 +86,6 @@ def catalogue(gateway_url: str, admin: User) -> Catalogue:
     return Catalogue(f"SAGA-{tag}", f"SAGA-{tag}-SCARCE", 1250, 400)
 
 
-@pytest.fixture
-def faults(fleet: Fleet) -> Iterator[Any]:
-    """Inject faults into a service (by package name); every service's faults are cleared afterwards."""
-    touched: set[str] = set()
-
-    def inject(package: str, path_regex: str, method: str = "POST", status: int = 503, count: int = 1,
-               delay_ms: int = 0) -> None:
-        response = httpx.post(f"{fleet.processes[package].url}/_faults", json={
-            "method": method, "path_regex": path_regex, "status": status, "count": count, "delay_ms": delay_ms})
-        assert response.status_code == 201, response.text
-        touched.add(package)
-
-    yield inject
-    for package in touched:
-        httpx.delete(f"{fleet.processes[package].url}/_faults")
-
-
 def order_body(catalogue: Catalogue, quantity: int = 2, token: str = "tok_visa", address: dict[str, str] | None = None,
                sku: str | None = None) -> dict[str, Any]:
     return {"lines": [{"sku": sku or catalogue.sku, "quantity": quantity}],
@@ -333,7 +316,7 @@ def test_a_compensation_that_keeps_failing_waits_for_an_operator(
     retry_url = f"/api/customer-orders/{saga['saga_id']}/retry"
     assert api.post(retry_url, headers=customer.headers).status_code == 403
 
-    httpx.delete(f"{fleet.processes['payment_service'].url}/_faults")
+    fleet.processes["payment_service"].clear_faults()
     retried = api.post(retry_url, headers=admin.headers)
     assert retried.status_code == 202, retried.text
     saga = finished(api, customer, saga["saga_id"])

@@ -169,20 +169,3 @@ def new_product(gateway_url: str, rel_admin: Admin, carrier: str) -> Callable[[i
         return sku
 
     return create
-
-
-@pytest.fixture
-def faults(fleet: Fleet) -> Iterator[Callable[..., None]]:
-    """Inject faults into a service (by fleet process name); every touched service's faults are cleared after."""
-    touched: set[str] = set()
-
-    def inject(name: str, path_regex: str, method: str = "POST", status: int = 503, count: int = 1,
-               delay_ms: int = 0) -> None:
-        response = httpx.post(f"{fleet.processes[name].url}/_faults", json={
-            "method": method, "path_regex": path_regex, "status": status, "count": count, "delay_ms": delay_ms})
-        assert response.status_code == 201, response.text
-        touched.add(name)
-
-    yield inject
-    for name in touched:
-        httpx.delete(f"{fleet.processes[name].url}/_faults")

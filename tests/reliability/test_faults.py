@@ -11,7 +11,6 @@ import threading
 import time
 from collections.abc import Callable
 
-import httpx
 import psycopg
 import pytest
 
@@ -107,7 +106,7 @@ def test_a_participant_slower_than_the_step_deadline(chaos_orchestrator: Service
     # their compensation cannot learn what the slow step did.
     left = wait_until_settled(gateway_url, rel_admin.token, since=run.started_at, timeout=90)
     assert not left, left
-    httpx.delete(f"{fleet.processes[name].url}/_faults")  # the operator fixes the service first
+    fleet.processes[name].clear_faults()  # the operator fixes the service first
     # The attempts the orchestrator gave up on may still arrive, late: let them land, then look.
     time.sleep(DELAY_MS / 1000 + 1)
     report = settle_and_check(gateway_url, rel_admin.token, run, initial_stock={sku: units})
