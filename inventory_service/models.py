@@ -66,14 +66,6 @@ class Allocation(Base):
         back_populates="allocation", cascade="all, delete-orphan", lazy="selectin", order_by="AllocationLine.sku"
     )
 
-    @property
-    def total_minor(self) -> int:
-        return sum(line.quantity * line.unit_price_minor for line in self.lines)
-
-    @property
-    def total_weight_grams(self) -> int:
-        return sum(line.quantity * line.weight_grams for line in self.lines)
-
 
 class AllocationLine(Base):
     """One sku of an allocation, with the price and weight it had when it was allocated."""

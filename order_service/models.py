@@ -40,10 +40,6 @@ class Order(Base):
         back_populates="order", cascade="all, delete-orphan", lazy="selectin", order_by="OrderLine.position"
     )
 
-    @property
-    def total_minor(self) -> int:
-        return sum(line.line_total_minor for line in self.lines)
-
 
 class OrderLine(Base):
     __tablename__ = "order_lines"
@@ -55,7 +51,3 @@ class OrderLine(Base):
     quantity: Mapped[int] = mapped_column(Integer)
     unit_price_minor: Mapped[int] = mapped_column(BigInteger)
     order: Mapped[Order] = relationship(back_populates="lines")
-
-    @property
-    def line_total_minor(self) -> int:
-        return self.quantity * self.unit_price_minor
