@@ -21,12 +21,10 @@ from sqlalchemy import (
     Table,
     bindparam,
     delete,
-    insert,
     select,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import JSONResponse
 
@@ -82,17 +80,6 @@ def _response(status_code: int, body: Any, replayed: bool = False) -> JSONRespon
     return JSONResponse(body, status_code=status_code, media_type=media_type, headers=headers)
 
 
-async def _insert(session: AsyncSession, scope: str, key: str, fingerprint: str, status_code: int,
-                  body: Any) -> None:
-    try:
-        async with session.begin_nested():
-            await session.execute(insert(records).values(
-                scope=scope, key=key, fingerprint=fingerprint, status_code=status_code, body=body,
-                created_at=datetime.now(UTC)))
-    except IntegrityError as exc:
-        raise _AlreadyRecorded from exc
-
-
 # One statement object per dialect, its values passed as parameters: SQLAlchemy compiles it once and reuses it
 # (a fresh insert().values(...) builds and keys a bind parameter per column on every call, ~0.1 ms a step).
 _RECORD = {
@@ -111,13 +98,7 @@ async def _record(session: AsyncSession, scope: str, key: str, fingerprint: str,
     INSERT ... ON CONFLICT DO NOTHING needs no savepoint; a concurrent duplicate's insert waits here for the
     first request's transaction to end, then finds its record (and its own work is rolled back).
     """
-    statement = _RECORD.get(session.get_bind().dialect.name)
-    if statement is None:
-        try:
-            await _insert(session, scope, key, fingerprint, status_code, body)
-        except _AlreadyRecorded:
-            return False
-        return True
+    statement = _RECORD[session.get_bind().dialect.name]  # the two databases shared.db supports
     values = {"scope": scope, "key": key, "fingerprint": fingerprint, "status_code": status_code, "body": body,
               "created_at": datetime.now(UTC)}
     result = await session.execute(statement, values)
