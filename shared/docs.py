@@ -28,12 +28,16 @@ def install_docs(app: FastAPI, *, openapi_url: str, docs_url: str | None, redoc_
         _install_redoc(app, openapi_url, redoc_url)
 
 
+def _root(request: Request) -> str:
+    """Behind a proxy that strips a prefix, every URL the page loads carries it back."""
+    return str(request.scope.get("root_path", "")).rstrip("/")
+
+
 def _install_swagger_ui(app: FastAPI, openapi_url: str, docs_url: str) -> None:
     oauth2_redirect_url = app.swagger_ui_oauth2_redirect_url
 
     async def swagger_ui(request: Request) -> HTMLResponse:
-        # Behind a proxy that strips a prefix, every URL the page loads carries it back.
-        root = request.scope.get("root_path", "").rstrip("/")
+        root = _root(request)
         return get_swagger_ui_html(
             openapi_url=root + openapi_url,
             title=f"{app.title} - Swagger UI",
@@ -58,7 +62,7 @@ def _install_swagger_ui(app: FastAPI, openapi_url: str, docs_url: str) -> None:
 
 def _install_redoc(app: FastAPI, openapi_url: str, redoc_url: str) -> None:
     async def redoc(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "").rstrip("/")
+        root = _root(request)
         return get_redoc_html(
             openapi_url=root + openapi_url,
             title=f"{app.title} - ReDoc",
