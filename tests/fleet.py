@@ -189,6 +189,13 @@ class Fleet:
             time.sleep(0.2)
         raise TimeoutError(f"{app} (port {port}) did not register within {timeout}s")
 
+    def replace(self, package: str, **env: str) -> ServiceProcess:
+        """Stop the package's process, wait until the registry has dropped it, start it again with `env`."""
+        old = self.processes[package]
+        old.stop()
+        self.wait_deregistered(SERVICES[package], old.port)
+        return self.start(package, env=env)
+
     def wait_deregistered(self, app: str, port: int, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

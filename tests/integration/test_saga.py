@@ -51,21 +51,14 @@ def _wait_gateway_routes(api: httpx.Client, user: User, timeout: float = 30) -> 
     raise TimeoutError("the gateway does not reach SAGA-ORCHESTRATOR")
 
 
-def _replace_orchestrator(fleet: Fleet, **env: str) -> ServiceProcess:
-    old = fleet.processes["saga_orchestrator"]
-    old.stop()
-    fleet.wait_deregistered(APP, old.port)
-    return fleet.start("saga_orchestrator", env=env)
-
-
 @pytest.fixture(scope="module")
 def orchestrator(fleet: Fleet, admin: User, gateway_url: str) -> Iterator[ServiceProcess]:
     """The fleet's orchestrator, restarted with short deadlines for this module; restored afterwards."""
-    proc = _replace_orchestrator(fleet, **SAGA_ENV)
+    proc = fleet.replace("saga_orchestrator", **SAGA_ENV)
     with httpx.Client(base_url=gateway_url, timeout=30) as api:
         _wait_gateway_routes(api, admin)
         yield proc
-        _replace_orchestrator(fleet)
+        fleet.replace("saga_orchestrator")
         _wait_gateway_routes(api, admin)
 
 

@@ -22,7 +22,6 @@ SCALE = max(1, int(os.environ.get("RELIABILITY_SCALE", "1")))
 # CI (scale 1) replays one fixed seed, so that a red run is the code's doing; the long run explores (it prints
 # its seed: RELIABILITY_SEED=<seed> replays it).
 SEED = int(os.environ.get("RELIABILITY_SEED") or (random.randrange(1_000_000) if SCALE > 1 else 20261126))
-SAGA_APP = "SAGA-ORCHESTRATOR"
 # Short deadlines, so that a slow or dead participant fails a step within seconds; compensations keep trying
 # long enough for a killed service to come back.
 SAGA_ENV = {
@@ -78,13 +77,6 @@ def wait_gateway_routes(gateway_url: str, token: str, timeout: float = 30) -> No
     raise TimeoutError("the gateway does not reach SAGA-ORCHESTRATOR")
 
 
-def _replace_orchestrator(fleet: Fleet, **env: str) -> ServiceProcess:
-    old = fleet.processes["saga_orchestrator"]
-    old.stop()
-    fleet.wait_deregistered(SAGA_APP, old.port)
-    return fleet.start("saga_orchestrator", env=env)
-
-
 @dataclass
 class Admin:
     gateway_url: str
@@ -112,10 +104,10 @@ def rel_admin(gateway_url: str) -> Admin:
 @pytest.fixture(scope="package")
 def chaos_orchestrator(fleet: Fleet, gateway_url: str, rel_admin: Admin) -> Iterator[ServiceProcess]:
     """The fleet's orchestrator on short deadlines for this package; the default one is restored afterwards."""
-    proc = _replace_orchestrator(fleet, **SAGA_ENV)
+    proc = fleet.replace("saga_orchestrator", **SAGA_ENV)
     wait_gateway_routes(gateway_url, rel_admin.token)
     yield proc
-    _replace_orchestrator(fleet)
+    fleet.replace("saga_orchestrator")
     wait_gateway_routes(gateway_url, rel_admin.token)
 
 
