@@ -6,13 +6,13 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, RowMapping, Table, bindparam, func, insert, select, update
+from sqlalchemy import RowMapping, Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from inventory_service.models import Allocation, AllocationLine, AllocationStatus, Product
 from inventory_service.schemas import AllocationLineIn, ProductCreate, ProductUpdate
-from shared.db import conflict_insert, new_id, utc_now
+from shared.db import conflict_insert, new_id, rowcount, utc_now
 from shared.errors import Conflict, DomainError, InvalidRequest, NotFound
 
 # The hot paths use the tables directly (Core statements): no unit of work, no instances loaded to change a column.
@@ -65,7 +65,7 @@ async def list_products(
 async def update_product(session: AsyncSession, sku: str, data: ProductUpdate) -> Product:
     changes = {k: v for k, v in data.model_dump().items() if v is not None}
     result = await session.execute(update(Product).where(Product.sku == sku).values(**changes))
-    if cast(CursorResult[Any], result).rowcount != 1:
+    if rowcount(result) != 1:
         raise NotFound(f"Product {sku} does not exist.", sku=sku)
     return await get_product(session, sku)
 
@@ -74,7 +74,7 @@ async def restock(session: AsyncSession, sku: str, quantity: int) -> Product:
     # Arithmetic in SQL, so a restock never overwrites a concurrent allocation's reservation.
     result = await session.execute(
         update(Product).where(Product.sku == sku).values(on_hand=Product.on_hand + quantity))
-    if cast(CursorResult[Any], result).rowcount != 1:
+    if rowcount(result) != 1:
         raise NotFound(f"Product {sku} does not exist.", sku=sku)
     return await get_product(session, sku)
 
@@ -99,7 +99,7 @@ async def _claim_order(session: AsyncSession, allocation: dict[str, Any]) -> boo
     """
     result = await session.execute(conflict_insert(session, allocations).values(**allocation)
                                    .on_conflict_do_nothing(index_elements=[allocations.c.order_id]))
-    return bool(cast(CursorResult[Any], result).rowcount)
+    return bool(rowcount(result))
 
 
 async def _allocation_status(session: AsyncSession, order_id: str) -> str | None:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Row, Table, func, insert, select, update
+from sqlalchemy import Row, Table, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from payment_service import processor
 from payment_service.models import ChargeAttempt, Payment, PaymentStatus, Refund, SettledBy, SettledOrder
 from payment_service.schemas import PaymentCreate
 from shared.auth import Identity
-from shared.db import Database, conflict_insert, new_id, utc_now
+from shared.db import Database, conflict_insert, new_id, rowcount, utc_now
 from shared.errors import Conflict, NotFound, PaymentRequired, ServiceUnavailable
 
 # The hot paths use the tables directly (Core statements): no unit of work, no instances loaded to change a column.
@@ -34,7 +34,7 @@ async def _claim(session: AsyncSession, order_id: str, claimed_by: str) -> bool:
     """
     claim = conflict_insert(session, settled_orders).values(order_id=order_id, claimed_by=claimed_by)
     result = await session.execute(claim.on_conflict_do_nothing(index_elements=[settled_orders.c.order_id]))
-    return bool(cast(CursorResult[Any], result).rowcount)
+    return bool(rowcount(result))
 
 
 async def _already_settled(session: AsyncSession, order_id: str) -> Conflict:

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 
 from saga_orchestrator.domain import UNFINISHED, Saga, SagaStatus
 from saga_orchestrator.models import SagaIndex
-from shared.db import Database
+from shared.db import Database, rowcount
 
 _UNFINISHED = [str(s) for s in UNFINISHED]
 # Writes go to the table itself (Core statements: no unit of work, no ORM session synchronisation).
@@ -121,7 +121,7 @@ class SagaIndexStore:
                 update(_TABLE)
                 .where(_C.saga_id == str(saga_id), _C.status.in_(_UNFINISHED), self._claimable(now))
                 .values(owner=self.owner, lease_until=now + self.lease))
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+            return bool(rowcount(result))
 
     async def claim_for_retry(self, saga_id: UUID) -> bool:
         """An operator's retry: take a COMPENSATION_FAILED saga (only one retry wins)."""
@@ -133,7 +133,7 @@ class SagaIndexStore:
                        _C.status == str(SagaStatus.COMPENSATION_FAILED), self._claimable(now))
                 .values(status=str(SagaStatus.COMPENSATING), owner=self.owner, lease_until=now + self.lease,
                         updated_at=now))
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+            return bool(rowcount(result))
 
     async def renew(self, saga_id: UUID) -> bool:
         """Extend our lease; False when it is no longer ours (stop driving the saga)."""
@@ -143,7 +143,7 @@ class SagaIndexStore:
                 update(_TABLE)
                 .where(_C.saga_id == str(saga_id), _C.owner == self.owner)
                 .values(lease_until=now + self.lease))
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+            return bool(rowcount(result))
 
     async def record(self, saga: Saga, release: bool = False) -> bool:
         """Bring the row up to the saga's state and renew (or release) our lease; False if we lost it."""
@@ -153,7 +153,7 @@ class SagaIndexStore:
                   "lease_until": None if release else now + self.lease}
         async with self.db.autocommit() as session:
             result = await session.execute(_RECORD, values)
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+            return bool(rowcount(result))
 
     async def release(self, saga_id: UUID) -> None:
         async with self.db.autocommit() as session:

@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import JSONResponse
 
 from shared.auth import Identity
-from shared.db import Database
+from shared.db import Database, rowcount
 from shared.errors import PROBLEM_JSON, Conflict, DomainError, InvalidRequest, domain_problem
 
 HEADER = "Idempotency-Key"
@@ -102,7 +102,7 @@ async def _record(session: AsyncSession, scope: str, key: str, fingerprint: str,
     values = {"scope": scope, "key": key, "fingerprint": fingerprint, "status_code": status_code, "body": body,
               "created_at": datetime.now(UTC)}
     result = await session.execute(statement, values)
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return bool(rowcount(result))
 
 
 async def _replay(db: Database, scope: str, key: str, fingerprint: str, ttl_secs: int) -> JSONResponse | None:
