@@ -30,6 +30,8 @@ SERVICES = {
     "gateway": "GATEWAY",
 }
 NO_DATABASE = {"gateway"}
+# Appended to every test database's name, so that several checkouts can run the suite on one server at once.
+DB_SUFFIX = os.environ.get("TEST_DB_SUFFIX", "")
 ADMIN_EMAIL = "admin@fleet.test"
 ADMIN_PASSWORD = "fleet-admin-password"
 
@@ -41,8 +43,9 @@ def free_port() -> int:
 
 
 def recreate_databases(names: list[str]) -> None:
+    """Drop and create each database (names are given without DB_SUFFIX; it is appended here)."""
     with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        for name in names:
+        for name in (f"{n}{DB_SUFFIX}" for n in names):
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             conn.execute(f'CREATE DATABASE "{name}"')
 
@@ -122,7 +125,7 @@ class Fleet:
         return self.processes["gateway"].url
 
     def database_url(self, package: str) -> str:
-        return f"{PG_URL_BASE}/{self.db_prefix}_{package}"
+        return f"{PG_URL_BASE}/{self.db_prefix}_{package}{DB_SUFFIX}"
 
     def start_registry(self) -> None:
         env = {**os.environ, "PORT": str(free_port()), "EVICTION_INTERVAL_SECS": "1", "PYTHONUNBUFFERED": "1"}

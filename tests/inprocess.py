@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from jose import jwk, jwt
 
 from shared.settings import ServiceSettings
-from tests.fleet import PG_URL_BASE, recreate_databases
+from tests.fleet import DB_SUFFIX, PG_URL_BASE, recreate_databases
 
 _KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 PRIVATE_PEM = _KEY.private_bytes(
@@ -48,7 +48,7 @@ SERVICE = bearer("service:saga-orchestrator", ("service",))
 
 def fresh_database_url(name: str) -> str:
     recreate_databases([name])
-    return f"{PG_URL_BASE}/{name}"
+    return f"{PG_URL_BASE}/{name}{DB_SUFFIX}"
 
 
 @asynccontextmanager

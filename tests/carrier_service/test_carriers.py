@@ -19,7 +19,7 @@ from carrier_service.app import create_app
 from carrier_service.schemas import AssignmentRequest
 from carrier_service.seed import DEMO_CARRIERS, seed
 from carrier_service.settings import Settings
-from tests.fleet import PG_URL_BASE, free_port
+from tests.fleet import DB_SUFFIX, PG_URL_BASE, free_port
 from tests.inprocess import ADMIN, SERVICE, bearer, fresh_database_url, running_app
 
 CUSTOMER = bearer("alice")
@@ -428,7 +428,7 @@ async def test_concurrent_releases_free_one_place(client: httpx.AsyncClient, ser
 # --- seed -------------------------------------------------------------------------------------------------------
 
 async def test_seed_upserts_demo_carriers_idempotently(client: httpx.AsyncClient) -> None:
-    settings = Settings(database_url=f"{PG_URL_BASE}/{DB_NAME}", eureka_server_url="")
+    settings = Settings(database_url=f"{PG_URL_BASE}/{DB_NAME}{DB_SUFFIX}", eureka_server_url="")
     await seed(settings)
     await seed(settings)
     codes = {c["code"] for c in DEMO_CARRIERS}

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from customer_cli.invariants import wait_until_settled
-from tests.fleet import PG_ADMIN_DSN, Fleet, ServiceProcess
+from tests.fleet import DB_SUFFIX, PG_ADMIN_DSN, Fleet, ServiceProcess
 from tests.reliability.conftest import SCALE, Admin, Shoppers, say, wait_gateway_routes
 from tests.reliability.drive import order_bodies, run_load, running_load, settle_and_check
 
@@ -132,7 +132,7 @@ LOCK_SECS = 5.0  # beyond the 3 s step deadline
 
 
 def _service_dsn(fleet: Fleet, package: str) -> str:
-    return f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{fleet.db_prefix}_{package}"
+    return f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{fleet.db_prefix}_{package}{DB_SUFFIX}"
 
 
 def _hold_lock(dsn: str, statement: str, params: dict[str, object], seconds: float, held: threading.Event,
@@ -179,7 +179,7 @@ def test_a_participant_slow_in_its_database(chaos_orchestrator: ServiceProcess, 
 
 
 def _drop_connections(prefix: str) -> int:
-    like = prefix.replace("_", r"\_") + r"\_%"
+    like = prefix.replace("_", r"\_") + r"\_%" + DB_SUFFIX.replace("_", r"\_")
     with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
         rows = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                             "WHERE datname LIKE %s AND pid <> pg_backend_pid()", (like,)).fetchall()
