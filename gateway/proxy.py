@@ -418,32 +418,37 @@ class Gateway:
         self.breakers.get(app, instance_id).record_failure()
         log.warning("upstream attempt failed", app=app, instance=instance_id, outcome=outcome, error=repr(exc))
 
-    def _usable(self, app: str, tried: set[str]) -> list[Instance]:
-        """UP instances not tried yet whose breaker lets them be chosen now."""
+    def _untried(self, app: str, tried: set[str]) -> list[Instance]:
+        """UP instances not tried yet (their breakers renewed for any that registered anew)."""
         instances = self.registry.instances(app)
         self._prune_breakers(app, instances)
         breakers = self.breakers
-        return [i for i in instances if i.instance_id not in tried and breakers.get(app, i.instance_id).available()]
+        untried = [i for i in instances if i.instance_id not in tried]
+        for instance in untried:
+            breakers.get(app, instance.instance_id, instance.registered_ms)
+        return untried
 
     def _has_another(self, app: str, tried: set[str]) -> bool:
-        return bool(self._usable(app, tried))
+        return bool(self._untried(app, tried))
 
     def _choose(self, app: str, tried: set[str]) -> Instance:
-        """Round robin over the instances a request may go to; 503 (with Retry-After if breakers) when none."""
-        usable = self._usable(app, tried)
+        """Round robin over the instances whose breaker lets a request through; when every breaker is open,
+        the instance that rested longest at once, as a half-open trial (a 503 only when none is left to try)."""
+        untried = self._untried(app, tried)
+        if not untried:
+            detail = f"{app} cannot be reached." if tried else f"No UP instance of {app} is registered."
+            raise ServiceUnavailable(detail, service=app)
+        breakers = self.breakers
+        usable = [i for i in untried if breakers.get(app, i.instance_id).available()]
         if not usable:
-            untried = [i for i in self.registry.instances(app) if i.instance_id not in tried]
-            if not untried:
-                detail = f"{app} cannot be reached." if tried else f"No UP instance of {app} is registered."
-                raise ServiceUnavailable(detail, service=app)
-            wait = min(self.breakers.get(app, i.instance_id).retry_after_secs() for i in untried)
-            raise ServiceUnavailable(f"Every instance of {app} failed repeatedly; its circuit is open.",
-                                     service=app, retry_after=max(1, wait))
+            rested = min(untried, key=lambda i: breakers.get(app, i.instance_id).opened_at)
+            breakers.get(app, rested.instance_id).begin_trial()
+            return rested
         cursor = self._cursors.get(app)
         if cursor is None:
             cursor = self._cursors[app] = itertools.count()
         instance = usable[next(cursor) % len(usable)] if len(usable) > 1 else usable[0]
-        self.breakers.get(app, instance.instance_id).begin()
+        breakers.get(app, instance.instance_id).begin()
         return instance
 
     def _prune_breakers(self, app: str, instances: list[Instance]) -> None:

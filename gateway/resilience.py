@@ -93,6 +93,20 @@ class CircuitBreaker:
             self._trial_started = self._clock()
             self._notify(BreakerState.HALF_OPEN)
 
+    def begin_trial(self) -> None:
+        """Half-open now, before the cool-down ends, with this request as the trial: the caller has no
+        instance left whose breaker is closed, so refusing would answer for an instance that may serve."""
+        if self._opened_at is None:
+            return
+        self._opened_at = min(self._opened_at, self._clock() - self.cooldown_secs)
+        self._trial_started = self._clock()
+        self._notify(BreakerState.HALF_OPEN)
+
+    @property
+    def opened_at(self) -> float:
+        """When it last opened (-inf when closed): the instance that rested longest is tried first."""
+        return -math.inf if self._opened_at is None else self._opened_at
+
     def record_success(self) -> None:
         if self._opened_at is not None and self.state is BreakerState.OPEN:
             return  # an answer to a request sent before it opened says nothing about now
@@ -110,6 +124,13 @@ class CircuitBreaker:
             self._opened_at, self._trial_started = self._clock(), None
             self._notify(BreakerState.OPEN)
 
+    def reset(self) -> None:
+        """Closed, with no failures counted: the instance registered anew (a restart), a fresh start."""
+        self._failures = 0
+        if self._opened_at is not None:
+            self._opened_at = self._trial_started = None
+            self._notify(BreakerState.CLOSED)
+
     def retry_after_secs(self) -> int:
         """Whole seconds until a trial may be sent (0 when one may be sent now)."""
         if self._opened_at is None:
@@ -122,7 +143,8 @@ class CircuitBreaker:
 
 
 class Breakers:
-    """One breaker per (app, instance); breakers of instances that left the registry are dropped."""
+    """One breaker per (app, instance); breakers of instances that left the registry are dropped, and an
+    instance that (re-)registered since its breaker was made gets a new, closed one."""
 
     def __init__(
         self,
@@ -140,10 +162,17 @@ class Breakers:
         self._on_drop = on_drop
         self._clock = clock
         self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
+        self._registered: dict[tuple[str, str], int] = {}
 
-    def get(self, app: str, instance_id: str) -> CircuitBreaker:
+    def get(self, app: str, instance_id: str, registered_ms: int | None = None) -> CircuitBreaker:
+        """`registered_ms`: the instance's registration as the registry now shows it (None: not known here)."""
         key = (app, instance_id)
         breaker = self._breakers.get(key)
+        renewed = registered_ms is not None and self._registered.get(key, registered_ms) != registered_ms
+        if registered_ms is not None:
+            self._registered[key] = registered_ms
+        if breaker is not None and renewed and breaker.state is not BreakerState.CLOSED:
+            breaker.reset()
         if breaker is None:
             on_change = self._on_change
             notify = (lambda state: on_change(app, instance_id, state)) if on_change is not None else None
@@ -159,5 +188,6 @@ class Breakers:
         live = set(live_instance_ids)
         for key in [k for k in self._breakers if k[0] == app and k[1] not in live]:
             del self._breakers[key]
+            self._registered.pop(key, None)
             if self._on_drop is not None:
                 self._on_drop(*key)

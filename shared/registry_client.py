@@ -25,6 +25,9 @@ log = structlog.get_logger(__name__)
 class Instance:
     instance_id: str
     base_url: str
+    # When the registry last took this instance's registration (ms, 0 when unknown): a new value is a
+    # (re-)registered instance, e.g. one that restarted on the same address.
+    registered_ms: int = 0
 
 
 class CrossThreadLock:
@@ -184,7 +187,8 @@ class RegistryClient:
             port = inst.port.port if inst.port and inst.port.enabled else None
             if port is None:
                 continue
-            found.append(Instance(inst.instanceId, f"http://{inst.ipAddr or inst.hostName}:{port}"))
+            registered = int(inst.leaseInfo.registrationTimestamp or 0) if inst.leaseInfo else 0
+            found.append(Instance(inst.instanceId, f"http://{inst.ipAddr or inst.hostName}:{port}", registered))
         return found
 
     def choose(self, app_name: str, exclude: frozenset[str] = frozenset()) -> Instance:

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from gateway.app import create_app
-from gateway.resilience import BreakerState, CircuitBreaker, may_resend, retry_on_status
+from gateway.resilience import Breakers, BreakerState, CircuitBreaker, may_resend, retry_on_status
 from gateway.routes import Route
 from tests.gateway.conftest import Instance, free_port, quiet_settings, serving
 
@@ -96,6 +96,36 @@ def test_breaker_ignores_late_answers_while_open_and_gives_up_a_lost_trial() -> 
     breaker.begin()  # this trial's client goes away and it never reports
     clock.now += 5
     assert breaker.available()
+
+
+def test_a_trial_can_be_forced_before_the_cooldown_ends() -> None:
+    clock = Clock()
+    changes: list[BreakerState] = []
+    breaker = CircuitBreaker(threshold=1, cooldown_secs=3600, clock=clock, on_change=changes.append)
+    assert breaker.opened_at == float("-inf")
+    breaker.record_failure()
+    opened = breaker.opened_at
+    breaker.begin_trial()  # every other instance's breaker is open too: this one is tried at once
+    assert breaker.state is BreakerState.HALF_OPEN and breaker.opened_at <= opened
+    breaker.record_success()
+    assert breaker.state is BreakerState.CLOSED
+    assert changes == [BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.CLOSED]
+    breaker.record_failure()
+    breaker.begin_trial()
+    breaker.record_failure()  # the forced trial failed: open for a whole cool-down again
+    assert breaker.state is BreakerState.OPEN and breaker.retry_after_secs() == 3600
+
+
+def test_an_instance_that_registers_anew_starts_closed() -> None:
+    clock = Clock()
+    breakers = Breakers(threshold=1, cooldown_secs=3600, clock=clock)
+    breaker = breakers.get("APP", "host:app:8000", registered_ms=1)
+    breaker.record_failure()
+    assert breakers.get("APP", "host:app:8000", registered_ms=1).state is BreakerState.OPEN
+    assert breakers.get("APP", "host:app:8000").state is BreakerState.OPEN  # registration not known here
+    # The same address registered again (a restart): a fresh start, not the old instance's cool-down.
+    assert breakers.get("APP", "host:app:8000", registered_ms=2).state is BreakerState.CLOSED
+    assert breakers.get("APP", "host:app:8000", registered_ms=2).available()
 
 
 # ---------------------------------------------------------------- against a gateway
@@ -273,17 +303,24 @@ async def test_breaker_opens_after_repeated_failures_and_closes_after_the_cooldo
         assert sorted(states.values()) == [0.0, 0.0], states
 
 
-async def test_every_breaker_open_is_503_with_retry_after(breaker: Pair) -> None:
+async def test_every_breaker_open_tries_the_instance_that_rested_longest(instances: Upstreams) -> None:
+    # A cool-down far longer than the test: only the forced trial can reach the instance again.
+    settings = quiet_settings(routes=[Route(prefix="/api/lonely", app="LONELY-SERVICE", public=True)],
+                              static_instances={"LONELY-SERVICE": [instances.a_url]},
+                              breaker_failure_threshold=3, breaker_cooldown_secs=3600)
+    _clear(instances)
     path = "/api/lonely/x"
-    breaker.a.always[path] = 502
-    async with breaker.client() as client:
-        statuses = [(await client.get(path)).status_code for _ in range(3)]
-        refused = await client.get(path)
-    assert statuses == [502, 502, 502]
-    assert refused.status_code == 503
-    assert refused.json()["service"] == "LONELY-SERVICE"
-    assert refused.headers["retry-after"] == "1"
-    assert breaker.a.count(path) == 3
+    instances.a.always[path] = 502
+    async with serving(create_app(settings)) as gateway, httpx.AsyncClient(base_url=gateway.url) as client:
+        statuses = [(await client.get(path)).status_code for _ in range(4)]
+        # Its breaker opened after three; the fourth was its trial, and its answer is passed on, not a 503.
+        assert statuses == [502, 502, 502, 502]
+        assert instances.a.count(path) == 4
+        instances.a.always.pop(path)  # it serves again: the next request is answered, no cool-down waited
+        assert (await client.get(path)).status_code == 200
+        text = (await client.get("/metrics")).text
+        states = dict(metric_lines(text, "gateway_circuit_breaker_state", app="LONELY-SERVICE"))
+        assert list(states.values()) == [0.0], states
 
 
 async def test_refused_connection_fails_over_even_for_post() -> None:
