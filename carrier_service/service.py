@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, cast
 
@@ -203,8 +204,17 @@ async def assign_carrier(session: AsyncSession, data: AssignmentRequest) -> AnyR
         raise Conflict(f"Order {data.order_id} already has a carrier assigned.", code="already_assigned") from exc
 
 
-async def release_assignment(session: AsyncSession, order_id: str) -> AnyRow | None:
-    """Release the order's live assignment; None when it holds none (released already, or never assigned).
+@dataclass(frozen=True)
+class Release:
+    """What a release did: RELEASED with the assignment it freed, or NONE when the order held none."""
+
+    order_id: str
+    status: str
+    assignment: AnyRow | None = None
+
+
+async def release_assignment(session: AsyncSession, order_id: str) -> Release:
+    """Release the order's live assignment; NONE when it holds none (released already, or never assigned).
 
     One conditional UPDATE: a concurrent release waits on the row, re-checks the status, and changes nothing;
     only the release that changed it gives the place back to the carrier's day.
@@ -221,7 +231,8 @@ async def release_assignment(session: AsyncSession, order_id: str) -> AnyRow | N
             .where(loads.c.carrier_id == released.carrier_id, loads.c.day == released.service_day)
             .values(assigned=loads.c.assigned - 1)
         )
-    return released
+        return Release(order_id, "RELEASED", released)
+    return Release(order_id, "NONE")
 
 
 async def get_assignment(session: AsyncSession, order_id: str) -> CarrierAssignment:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import RowMapping, Table, bindparam, func, insert, select, update
@@ -205,8 +206,16 @@ async def _mark_released(session: AsyncSession, order_id: str) -> str | None:
         .returning(allocations.c.id))).scalar_one_or_none())
 
 
-async def release_allocation(session: AsyncSession, order_id: str) -> str:
-    """Give an order's stock back, once. Returns RELEASED, or NONE when the order never held stock.
+@dataclass(frozen=True)
+class Release:
+    """What a release did: RELEASED when the order held stock, NONE when it never did."""
+
+    order_id: str
+    status: str
+
+
+async def release_allocation(session: AsyncSession, order_id: str) -> Release:
+    """Give an order's stock back, once. RELEASED, or NONE when the order never held stock.
 
     With nothing to release, an empty RELEASED allocation is recorded, so an allocate for the order
     that arrives late (the saga timed out waiting for it and compensated) is refused instead of
@@ -217,14 +226,14 @@ async def release_allocation(session: AsyncSession, order_id: str) -> str:
         marker = {"id": new_id(), "order_id": order_id, "status": AllocationStatus.RELEASED, "currency": None,
                   "created_at": utc_now(), "released_at": utc_now()}
         if await _claim_order(session, marker):
-            return AllocationStatus.NONE
+            return Release(order_id, AllocationStatus.NONE)
         # The order has an allocation: released already, or committed meanwhile (the marker waited for it).
         released = await _mark_released(session, order_id)
     if released is None:
         has_lines = (await session.execute(
             select(allocation_lines.c.id).join(allocations, allocations.c.id == allocation_lines.c.allocation_id)
             .where(allocations.c.order_id == order_id).limit(1))).first() is not None
-        return AllocationStatus.RELEASED if has_lines else AllocationStatus.NONE
+        return Release(order_id, AllocationStatus.RELEASED if has_lines else AllocationStatus.NONE)
     lines = (await session.execute(
         select(allocation_lines.c.sku, allocation_lines.c.quantity)
         .where(allocation_lines.c.allocation_id == released).order_by(allocation_lines.c.sku))).all()
@@ -234,4 +243,4 @@ async def release_allocation(session: AsyncSession, order_id: str) -> str:
             update(products).where(products.c.sku == bindparam("line_sku"))
             .values(reserved=products.c.reserved - bindparam("line_quantity")),
             [{"line_sku": line.sku, "line_quantity": line.quantity} for line in lines])
-    return AllocationStatus.RELEASED
+    return Release(order_id, AllocationStatus.RELEASED)

@@ -4,86 +4,63 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request
-from sqlalchemy.ext.asyncio import AsyncSession
-from starlette.responses import JSONResponse
+from fastapi import APIRouter, Query
+from starlette.responses import Response
 
 from order_service import service
 from order_service.schemas import LinesAdd, OrderCancel, OrderCreate, OrderOut
 from shared.auth import Caller, Privileged
-from shared.idempotency import run_idempotent
+from shared.dependencies import SessionDep
+from shared.idempotency import Idempotent
 from shared.schemas import Page
 
 router = APIRouter(prefix="/api/orders", tags=["orders"])
 
 
 @router.post("", status_code=201, response_model=OrderOut)
-async def create_order(body: OrderCreate, request: Request, identity: Caller) -> JSONResponse:
-    async def work(session: AsyncSession) -> OrderOut:
-        return await service.create_order(session, identity, body)
-
-    return await run_idempotent(request, identity, work, status_code=201)
+async def create_order(body: OrderCreate, identity: Caller, idempotent: Idempotent) -> Response:
+    return await idempotent.run(service.create_order, identity, body)
 
 
 @router.get("", response_model=Page[OrderOut])
 async def list_orders(
-    request: Request,
+    session: SessionDep,
     identity: Caller,
     customer_id: Annotated[str | None, Query(max_length=64)] = None,
     status: Literal["PENDING", "CONFIRMED", "CANCELLED"] | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> Page[OrderOut]:
-    async with request.app.state.db.transaction() as session:
-        orders, total = await service.list_orders(session, identity, customer_id, status, limit, offset)
-        return Page(items=orders, total=total, limit=limit, offset=offset)
+    orders, total = await service.list_orders(session, identity, customer_id, status, limit, offset)
+    return Page(items=orders, total=total, limit=limit, offset=offset)
 
 
 @router.get("/{order_id}", response_model=OrderOut)
-async def get_order(order_id: str, request: Request, identity: Caller) -> OrderOut:
-    async with request.app.state.db.transaction() as session:
-        return await service.get_order(session, identity, order_id)
+async def get_order(order_id: str, identity: Caller, session: SessionDep) -> OrderOut:
+    return await service.get_order(session, identity, order_id)
 
 
 @router.post("/{order_id}/lines", response_model=OrderOut)
-async def add_lines(order_id: str, body: LinesAdd, request: Request, identity: Privileged) -> JSONResponse:
-    async def work(session: AsyncSession) -> OrderOut:
-        return await service.add_lines(session, identity, order_id, body.lines)
-
-    return await run_idempotent(request, identity, work)
+async def add_lines(order_id: str, body: LinesAdd, identity: Privileged, idempotent: Idempotent) -> Response:
+    return await idempotent.run(service.add_lines, identity, order_id, body.lines)
 
 
 @router.delete("/{order_id}/lines", response_model=OrderOut)
-async def remove_all_lines(order_id: str, request: Request, identity: Privileged) -> JSONResponse:
-    async def work(session: AsyncSession) -> OrderOut:
-        return await service.remove_lines(session, identity, order_id)
-
-    return await run_idempotent(request, identity, work)
+async def remove_all_lines(order_id: str, identity: Privileged, idempotent: Idempotent) -> Response:
+    return await idempotent.run(service.remove_lines, identity, order_id)
 
 
 @router.delete("/{order_id}/lines/{line_id}", response_model=OrderOut)
-async def remove_line(order_id: str, line_id: str, request: Request, identity: Privileged) -> JSONResponse:
-    async def work(session: AsyncSession) -> OrderOut:
-        return await service.remove_lines(session, identity, order_id, line_id)
-
-    return await run_idempotent(request, identity, work)
+async def remove_line(order_id: str, line_id: str, identity: Privileged, idempotent: Idempotent) -> Response:
+    return await idempotent.run(service.remove_lines, identity, order_id, line_id)
 
 
 @router.post("/{order_id}/cancel", response_model=OrderOut)
-async def cancel_order(
-    order_id: str, request: Request, identity: Caller, body: OrderCancel | None = None
-) -> JSONResponse:
-    reason = body.reason if body else "cancelled"
-
-    async def work(session: AsyncSession) -> OrderOut:
-        return await service.cancel_order(session, identity, order_id, reason)
-
-    return await run_idempotent(request, identity, work)
+async def cancel_order(order_id: str, identity: Caller, idempotent: Idempotent, body: OrderCancel | None = None
+                       ) -> Response:
+    return await idempotent.run(service.cancel_order, identity, order_id, body.reason if body else "cancelled")
 
 
 @router.post("/{order_id}/confirm", response_model=OrderOut)
-async def confirm_order(order_id: str, request: Request, identity: Privileged) -> JSONResponse:
-    async def work(session: AsyncSession) -> OrderOut:
-        return await service.confirm_order(session, identity, order_id)
-
-    return await run_idempotent(request, identity, work)
+async def confirm_order(order_id: str, identity: Privileged, idempotent: Idempotent) -> Response:
+    return await idempotent.run(service.confirm_order, identity, order_id)

@@ -62,6 +62,15 @@ class Refund(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
     payment: Mapped[Payment] = relationship(back_populates="refunds")
 
+    @property
+    def payment_status(self) -> str:
+        """The refunded payment's status after this refund (a RefundReceipt field)."""
+        return self.payment.status
+
+    @property
+    def payment_refunded_minor(self) -> int:
+        return self.payment.refunded_minor
+
 
 class ChargeAttempt(Base):
     """Every call to the processor, whatever it answered (tok_flaky counts these)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import Row, Table, func, insert, select, update
@@ -11,7 +13,7 @@ from payment_service import processor
 from payment_service.models import ChargeAttempt, Payment, PaymentStatus, Refund, SettledBy, SettledOrder
 from payment_service.schemas import PaymentCreate
 from shared.auth import Identity
-from shared.db import Database, conflict_insert, new_id, rowcount, utc_now
+from shared.db import conflict_insert, new_id, rowcount, utc_now
 from shared.errors import Conflict, NotFound, PaymentRequired, ServiceUnavailable
 
 # The hot paths use the tables directly (Core statements): no unit of work, no instances loaded to change a column.
@@ -59,15 +61,17 @@ async def _attempts_so_far(session: AsyncSession, data: PaymentCreate) -> int:
         charge_attempts.c.payment_token == data.payment_token))).scalar_one())
 
 
-async def make_payment(session: AsyncSession, data: PaymentCreate, failed_attempts: list[AttemptValues]
-                       ) -> dict[str, Any]:
-    """Charge the card once per order; the new payment's columns. Refusals raise; their attempts go to
-    `failed_attempts`.
+async def _record_attempt(attempt: AttemptValues, session: AsyncSession) -> None:
+    await session.execute(insert(charge_attempts), attempt)
+
+
+async def make_payment(session: AsyncSession, data: PaymentCreate) -> dict[str, Any]:
+    """Charge the card once per order; the new payment's columns.
 
     The order is claimed before the processor is called, so a concurrent charge of it (or a compensation)
-    waits and is then refused, never charged too. A refusal rolls the caller's transaction back, claim
-    included, so the caller saves `failed_attempts` afterwards in a transaction of its own
-    (`record_attempts`): a decline is kept on file, and tok_flaky counts its failures.
+    waits and is then refused, never charged too. A refusal rolls the transaction back, claim included;
+    its attempt is kept all the same (DomainError.keeping: committed after the rollback), so a decline
+    stays on file and tok_flaky counts its failures.
     """
     if not await _claim(session, data.order_id, SettledBy.PAYMENT):
         raise await _already_settled(session, data.order_id)
@@ -78,11 +82,11 @@ async def make_payment(session: AsyncSession, data: PaymentCreate, failed_attemp
                               "payment_token": data.payment_token}
     match result:
         case processor.Declined(code=code, message=message):
-            failed_attempts.append({**attempt, "outcome": "DECLINED", "code": code})
-            raise PaymentRequired(message, code=code, order_id=data.order_id)
+            raise PaymentRequired(message, code=code, order_id=data.order_id).keeping(
+                functools.partial(_record_attempt, {**attempt, "outcome": "DECLINED", "code": code}))
         case processor.Unavailable(code=code, message=message):
-            failed_attempts.append({**attempt, "outcome": "UNAVAILABLE", "code": code})
-            raise ServiceUnavailable(message, code=code, order_id=data.order_id, retry_after=1)
+            raise ServiceUnavailable(message, code=code, order_id=data.order_id, retry_after=1).keeping(
+                functools.partial(_record_attempt, {**attempt, "outcome": "UNAVAILABLE", "code": code}))
         case processor.Captured(reference=reference, brand=brand):
             pass
 
@@ -95,12 +99,6 @@ async def make_payment(session: AsyncSession, data: PaymentCreate, failed_attemp
     await session.execute(insert(payments), payment)
     await session.execute(insert(charge_attempts), {**attempt, "outcome": "CAPTURED"})
     return {**payment, "refunds": []}
-
-
-async def record_attempts(db: Database, attempts: list[AttemptValues]) -> None:
-    if attempts:
-        async with db.transaction() as session:
-            await session.execute(insert(charge_attempts), attempts)
 
 
 async def get_payment(session: AsyncSession, identity: Identity, payment_id: str, for_update: bool = False
@@ -143,7 +141,8 @@ def _refund(payment: Payment, amount_minor: int, reason: str | None) -> Refund:
 
 
 async def refund_payment(session: AsyncSession, identity: Identity, payment_id: str, amount_minor: int,
-                         reason: str | None) -> tuple[Refund, Payment]:
+                         reason: str | None) -> Refund:
+    """A partial or full refund; the Refund answers with its payment's state after it (payment_status...)."""
     payment = await get_payment(session, identity, payment_id, for_update=True)
     if payment.status == PaymentStatus.REFUNDED:
         raise Conflict(f"Payment {payment_id} is already fully refunded.", payment_status=payment.status,
@@ -154,7 +153,7 @@ async def refund_payment(session: AsyncSession, identity: Identity, payment_id: 
                        payment_status=payment.status, requested=amount_minor, refundable_minor=refundable)
     refund = _refund(payment, amount_minor, reason)
     await session.flush()
-    return refund, payment
+    return refund
 
 
 async def _order_payment_locked(session: AsyncSession, order_id: str) -> PaymentAmounts | None:
@@ -163,8 +162,25 @@ async def _order_payment_locked(session: AsyncSession, order_id: str) -> Payment
         .where(payments.c.order_id == order_id).with_for_update())).one_or_none()
 
 
-async def refund_order(session: AsyncSession, order_id: str) -> PaymentAmounts | None:
-    """The saga's compensation: refund whatever is left of the order's payment, at most once; None: never charged.
+@dataclass(frozen=True)
+class OrderRefund:
+    """What the compensation did: REFUNDED with the payment's amounts after it, or NONE when never charged."""
+
+    order_id: str
+    status: str
+    payment_id: str | None = None
+    amount_minor: int = 0
+    refunded_minor: int = 0
+
+
+def _refunded(order_id: str, payment: PaymentAmounts | None) -> OrderRefund:
+    if payment is None:
+        return OrderRefund(order_id, "NONE")
+    return OrderRefund(order_id, "REFUNDED", payment.id, payment.amount_minor, payment.refunded_minor)
+
+
+async def refund_order(session: AsyncSession, order_id: str) -> OrderRefund:
+    """The saga's compensation: refund whatever is left of the order's payment, at most once; NONE: never charged.
 
     With no payment, the order is marked settled by compensation, so a charge that arrives late (the
     saga timed out waiting for it) is refused rather than taking money for a cancelled order.
@@ -172,14 +188,14 @@ async def refund_order(session: AsyncSession, order_id: str) -> PaymentAmounts |
     payment = await _order_payment_locked(session, order_id)
     if payment is None:
         if await _claim(session, order_id, SettledBy.COMPENSATION):
-            return None
+            return _refunded(order_id, None)
         # Settled already: by an earlier compensation, or by a charge that committed meanwhile.
         payment = await _order_payment_locked(session, order_id)
         if payment is None:
-            return None
+            return _refunded(order_id, None)
     refundable = payment.amount_minor - payment.refunded_minor
     if refundable <= 0:
-        return payment
+        return _refunded(order_id, payment)
     # The row is locked: refunding the rest makes the payment fully refunded.
     payment = (await session.execute(
         update(payments).where(payments.c.id == payment.id)
@@ -187,4 +203,4 @@ async def refund_order(session: AsyncSession, order_id: str) -> PaymentAmounts |
         .returning(payments.c.id, payments.c.amount_minor, payments.c.refunded_minor))).one()
     await session.execute(insert(refunds).values(payment_id=payment.id, amount_minor=refundable,
                                                  reason="order compensated"))
-    return payment
+    return _refunded(order_id, payment)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Self
 
 import structlog
 from fastapi import FastAPI, Request
@@ -12,6 +13,9 @@ from sqlalchemy.exc import DataError, DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
 
 PROBLEM_JSON = "application/problem+json"
 log = structlog.get_logger(__name__)
@@ -28,6 +32,13 @@ class DomainError(Exception):
         super().__init__(detail)
         self.detail = detail
         self.extra = extra
+        self.kept: Callable[[AsyncSession], Awaitable[None]] | None = None
+
+    def keeping(self, work: Callable[[AsyncSession], Awaitable[None]]) -> Self:
+        """This refusal, with work to commit although it rolls back the request's transaction (a declined
+        charge attempt is kept on file); the route's unit of work (shared/idempotency.py) runs it afterwards."""
+        self.kept = work
+        return self
 
 
 class NotFound(DomainError):

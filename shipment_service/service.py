@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import Row, Table, func, insert, select, update
@@ -156,8 +157,17 @@ async def cancel_shipment(session: AsyncSession, identity: Identity, shipment_id
     return shipment
 
 
-async def cancel_order_shipment(session: AsyncSession, order_id: str, reason: str) -> dict[str, Any] | None:
-    """The saga's compensation: cancel the order's live shipment; None when it has none.
+@dataclass(frozen=True)
+class OrderShipmentCancel:
+    """What the compensation did: CANCELLED with the shipment it cancelled, or NONE when the order had none."""
+
+    order_id: str
+    status: str
+    shipment: dict[str, Any] | None = None
+
+
+async def cancel_order_shipment(session: AsyncSession, order_id: str, reason: str) -> OrderShipmentCancel:
+    """The saga's compensation: cancel the order's live shipment; NONE when it has none.
 
     One conditional UPDATE: a concurrent dispatch holds the row, and this waits and re-checks the status.
     """
@@ -174,12 +184,12 @@ async def cancel_order_shipment(session: AsyncSession, order_id: str, reason: st
         ))).one_or_none()
         if gone is not None:
             raise _not_cancellable(gone.id, gone.status)
-        return None
+        return OrderShipmentCancel(order_id, "NONE")
     # The row lock taken by the UPDATE keeps the history still while it is read and extended.
     changes = (await session.execute(
         select(*_CHANGE_COLUMNS).where(history.c.shipment_id == shipment.id).order_by(history.c.position))).all()
     cancelled = await _add_change(session, shipment.id, len(changes) + 1, ShipmentStatus.CANCELLED, reason)
-    return _shipment_view(shipment, [*changes, cancelled])
+    return OrderShipmentCancel(order_id, "CANCELLED", _shipment_view(shipment, [*changes, cancelled]))
 
 
 async def change_status(

@@ -1,0 +1,39 @@
+"""The route plumbing of every service as FastAPI dependencies: its database, a session in one transaction."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.db import Database
+from shared.settings import ServiceSettings
+
+
+def database(request: Request) -> Database:
+    """The service's database (opened by the app's lifespan): the one place a route reaches app.state for it."""
+    db: Database = request.app.state.db
+    return db
+
+
+DatabaseDep = Annotated[Database, Depends(database)]
+
+
+def service_settings(request: Request) -> ServiceSettings:
+    settings: ServiceSettings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[ServiceSettings, Depends(service_settings)]
+
+
+async def session(db: DatabaseDep) -> AsyncIterator[AsyncSession]:
+    """A session in one transaction, committed when the route returns and rolled back when it raises."""
+    async with db.transaction() as opened:
+        yield opened
+
+
+# scope="function": the transaction ends when the route returns, before its response is sent.
+SessionDep = Annotated[AsyncSession, Depends(session, scope="function")]
