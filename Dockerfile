@@ -1,5 +1,9 @@
 # One image for every component; each container runs its own `python -m <package>`.
-FROM python:3.11-slim AS build
+# PYTHON_IMAGE: the base with Python 3.11; the official image by default (CI, which reaches no registry, builds
+# a stand-in from Debian: deploy/standins/).
+ARG PYTHON_IMAGE=python:3.11-slim
+
+FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
@@ -12,7 +16,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 COPY . .
 RUN pip install --no-deps .
 
-FROM python:3.11-slim
+FROM ${PYTHON_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HOST=0.0.0.0 INSTANCE_HOST=""
 RUN useradd --create-home --uid 10001 app
 COPY --from=build /opt/venv /opt/venv
