@@ -5,11 +5,14 @@ GATEWAY_URL is set, then measures in one run:
   1. placeCustomerOrder through the gateway at 1, 16 and 64 clients (to a terminal state, Prefer: wait)
   2. the lower bound: a bare client making the same seven service calls directly
   3. the same authenticated GET direct to a service, through the gateway, through nginx auth_request
-  4. each process's RSS after the run, and CPU per saga per process
-  5. event-store saves per saga in the run, and the store's own ceiling (saves/s)
+  4. the peer: the same saga driven by DBOS Transact workflows (bench/dbos_peer.py), its outcomes checked by
+     the invariant checker
+  5. each process's RSS after the run, and CPU per saga per process
+  6. event-store saves per saga in the run, and the store's own ceiling (saves/s)
+  7. the ruler (bench/floor.py): the saga's shape of issue 17 priced at this run's floor, and the ratios to it
 It prints a table and writes bench/results/latest.json. BENCH_SCALE (default 1) stretches every phase;
-BENCH_REPEAT (default 1) repeats the 64-client saga and bare phases, interleaved; BENCH_PHASES picks
-parts (store,sagas,bare,overhead); BENCH_FLEET_ENV="NAME=value ..." sets the fleet's environment.
+BENCH_REPEAT (default 1) repeats the 64-client saga, bare and DBOS phases, interleaved; BENCH_PHASES picks
+parts (floor,store,sagas,bare,dbos,overhead); BENCH_FLEET_ENV="NAME=value ..." sets the fleet's environment.
 """
 
 from __future__ import annotations
@@ -27,19 +30,36 @@ from typing import Any
 import httpx
 
 from bench import event_store, floor
+from bench.dbos_peer import PeerProcess
 from bench.load import Figures, closed_loop
 from bench.nginx import Nginx
 from bench.procstats import CpuMeter, db_counters, rss_mb
-from bench.sagas import BareSagas, GatewaySagas, OrderReads, new_session
-from bench.stack import DB_PREFIX, Stack, attach, prepare, refresh_tokens, service_token, start_fleet
-from tests.fleet import PG_ADMIN_DSN
+from bench.sagas import BareSagas, DbosSagas, GatewaySagas, OrderReads, new_session
+from bench.stack import (
+    DB_PREFIX,
+    Stack,
+    admin_token,
+    attach,
+    log_dir,
+    prepare,
+    refresh_tokens,
+    service_secret,
+    service_token,
+    start_fleet,
+)
+from customer_cli.invariants import check_invariants
+from tests.fleet import DB_SUFFIX, PG_ADMIN_DSN, PG_URL_BASE, SERVICES, free_port, recreate_databases
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LEVELS = [int(x) for x in os.environ.get("BENCH_LEVELS", "1,16,64").split(",")]
 SCALE = float(os.environ.get("BENCH_SCALE", "1"))
 REPEAT = int(os.environ.get("BENCH_REPEAT", "1"))
 # Which parts run (all by default): floor, store, sagas, bare, overhead.
-PHASES = set(os.environ.get("BENCH_PHASES", "floor,store,sagas,bare,overhead").split(","))
+PHASES = set(os.environ.get("BENCH_PHASES", "floor,store,sagas,bare,dbos,overhead").split(","))
+DBOS_DB = f"{DB_PREFIX}_dbos"  # the peer's DBOS system database (TEST_DB_SUFFIX appended, like the fleet's)
+# Issue 17's targets, as ratios to the ruler measured in the same run (and p99 in ms at 16 clients).
+TARGETS = {"cpu_vs_ruler": ("<=", 2.2), "sagas_vs_ruler": (">=", 0.45), "orchestrator_vs_bare": (">=", 0.85),
+           "project_vs_dbos": (">=", 3.0), "p99_ms_at_16": ("<=", 300.0), "moonshot_sagas_vs_ruler": (">=", 0.85)}
 SECONDS = {1: 5.0, 16: 8.0}  # a level's measured seconds at scale 1 (others: 12)
 WARMUP = 3.0
 STATS_SETTLE_SECS = 11  # PostgreSQL backends publish their commit counts within 10 s of going idle
@@ -100,7 +120,7 @@ class Bench:
         self.stack = stack
         self.results: list[Figures] = []
         self.errors: list[str] = []
-        self.cpu = CpuMeter(stack.pids, PG_ADMIN_DSN, DB_PREFIX) if stack.pids else None
+        self.cpu = CpuMeter(stack.pids, PG_ADMIN_DSN, DB_PREFIX, DB_SUFFIX) if stack.pids else None
 
     def log(self, figures: Figures) -> None:
         self.results.append(figures)
@@ -152,6 +172,14 @@ class Bench:
         figures.extra["attempts"] = driver.attempts
         return figures
 
+    async def dbos(self, level: int, peer: PeerProcess) -> Figures:
+        async with new_session(level + 8) as session:
+            driver = DbosSagas(self.stack, session, peer.url)
+            figures = await self.phase("DBOS Transact peer", driver.one, level, _secs(level))
+        figures.extra["outcomes"] = driver.outcomes
+        figures.extra["attempts"] = driver.attempts
+        return figures
+
     async def reads(self, name: str, base_url: str, level: int) -> Figures:
         refresh_tokens(self.stack)
         async with new_session(level + 8) as session:
@@ -160,7 +188,7 @@ class Bench:
 
 def _db_counts() -> dict[str, dict[str, int]]:
     try:
-        return db_counters(PG_ADMIN_DSN, DB_PREFIX)
+        return db_counters(PG_ADMIN_DSN, DB_PREFIX, DB_SUFFIX)
     except Exception:
         return {}
 
@@ -172,6 +200,28 @@ def _db_per(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]],
         return {}
     deltas = {db: after[db][key] - before.get(db, {}).get(key, 0) for db in sorted(after) if db != "event_store"}
     return {db: round(delta / count, 2) for db, delta in deltas.items() if delta > 0}
+
+
+def start_peer(stack: Stack) -> PeerProcess:
+    """The DBOS peer against the fleet's services, its system database fresh."""
+    recreate_databases([DBOS_DB])
+    database_url = f"{PG_URL_BASE.replace('+asyncpg', '')}/{DBOS_DB}{DB_SUFFIX}"
+    services = {SERVICES[package]: url for package, url in stack.services.items() if package in SERVICES}
+    workdir = stack.fleet.workdir if stack.fleet else log_dir()
+    peer = PeerProcess(database_url, services, stack.services["auth_service"], service_secret(),
+                       workdir / "dbos_peer.log", free_port())
+    peer.start()
+    return peer
+
+
+def check_peer(stack: Stack, peer: PeerProcess, since: datetime) -> dict[str, Any]:
+    """The invariant checker over every saga the peer ran: orders, money, stock, carriers, shipments."""
+    report = check_invariants(stack.gateway_url, admin_token(stack), sagas=peer.sagas(), since=since,
+                              allow_compensation_failed=False)
+    print("  " + report.render().replace("\n", "\n  "), flush=True)
+    return {"ok": report.ok, "violations": dict(report.by_rule()), "sagas": report.counts["sagas"],
+            "confirmed": report.counts["orders:CONFIRMED"], "cancelled": report.counts["orders:CANCELLED"],
+            "checked_secs": round(report.elapsed_secs, 1)}
 
 
 async def run(stack: Stack) -> dict[str, Any]:
@@ -218,12 +268,35 @@ async def run(stack: Stack) -> dict[str, Any]:
         report["transactions_per_saga"]["bare"] = _db_per(after_sagas, after_bare, placed, "transactions")
         report["sessions_per_saga"]["bare"] = _db_per(after_sagas, after_bare, placed, "sessions")
     top = max(LEVELS)
-    for _ in range(REPEAT - 1):
-        print(f"repeat at {top} clients ...", flush=True)
-        if "sagas" in PHASES:
-            saga_runs.append(await bench.sagas(top))
-        if can_direct:
-            bare_runs.append(await bench.bare(top))
+    dbos_runs: list[Figures] = []
+    peer = None
+    try:
+        if "dbos" in PHASES and can_direct:
+            print("the peer: the same saga as DBOS Transact workflows ...", flush=True)
+            peer = start_peer(stack)
+            if bench.cpu:
+                bench.cpu.pids["dbos peer"] = peer.pid
+            dbos_since, before_dbos = datetime.now(UTC), _db_counts()
+            dbos_runs = [await bench.dbos(level, peer) for level in LEVELS]
+            await asyncio.sleep(STATS_SETTLE_SECS)
+            placed = sum(int(f.extra["attempts"]) for f in dbos_runs)
+            report.setdefault("transactions_per_saga", {})["dbos"] = _db_per(before_dbos, _db_counts(), placed,
+                                                                              "transactions")
+            print("checking the peer's sagas with the invariant checker ...", flush=True)
+            report["dbos_invariants"] = await asyncio.to_thread(check_peer, stack, peer, dbos_since)
+        for _ in range(REPEAT - 1):
+            print(f"repeat at {top} clients ...", flush=True)
+            if "sagas" in PHASES:
+                saga_runs.append(await bench.sagas(top))
+            if can_direct:
+                bare_runs.append(await bench.bare(top))
+            if peer is not None:
+                dbos_runs.append(await bench.dbos(top, peer))
+    finally:
+        if peer is not None:
+            peer.stop()
+            if bench.cpu:
+                bench.cpu.pids.pop("dbos peer", None)
 
     overhead: list[Figures] = []
     if "overhead" in PHASES and "order_service" in stack.services and "auth_service" in stack.services:
@@ -246,7 +319,7 @@ async def run(stack: Stack) -> dict[str, Any]:
     report["phases"] = [f.as_dict() for f in bench.results]
     report["errors"] = bench.errors
     report["loadavg_end"] = os.getloadavg()
-    report["summary"] = summarize(saga_runs, bare_runs, overhead, report)
+    report["summary"] = summarize(saga_runs, bare_runs, overhead, report, dbos_runs)
     return report
 
 
@@ -257,11 +330,46 @@ def _best(runs: list[Figures], level: int) -> Figures | None:
     return at[(len(at) - 1) // 2] if at else None
 
 
+def _cpu(figures: Figures | None) -> float | None:
+    """CPU ms per completed saga of the system (the load generator, on the same cores, left out)."""
+    if figures is None or not figures.extra.get("cpu_ms_per_op"):
+        return None
+    return round(sum(v for k, v in figures.extra["cpu_ms_per_op"].items() if k != "load generator"), 1)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a is not None and b else None
+
+
+def ratios(summary: dict[str, Any], ruler: dict[str, Any] | None) -> dict[str, Any]:
+    """Issue 17's ratios: CPU per saga and sagas/s against the ruler, the orchestrator against the bare client,
+    the project against DBOS — each with its target and how far it is (value ÷ target: ≥ 1 is met)."""
+    values = {"cpu_vs_ruler": _ratio(summary.get("cpu_ms_per_saga"), (ruler or {}).get("cpu_ms_per_saga")),
+              "sagas_vs_ruler": _ratio(summary.get("sagas_per_sec_at_top"), (ruler or {}).get("sagas_per_sec")),
+              "orchestrator_vs_bare": summary.get("orchestrator_vs_bare"),
+              "project_vs_dbos": summary.get("project_vs_dbos"),
+              "p99_ms_at_16": summary.get("p99_ms_at_16")}
+    values["moonshot_sagas_vs_ruler"] = values["sagas_vs_ruler"]
+    out: dict[str, Any] = {}
+    for name, (sense, target) in TARGETS.items():
+        value = values[name]
+        if value is None:
+            continue
+        progress = target / value if sense == "<=" else value / target
+        out[name] = {"value": value, "target": f"{sense} {target}", "met": progress >= 1,
+                     "of_target": round(progress, 2) if value else None}
+    return out
+
+
 def summarize(saga_runs: list[Figures], bare_runs: list[Figures], overhead: list[Figures],
-              report: dict[str, Any]) -> dict[str, Any]:
+              report: dict[str, Any], dbos_runs: list[Figures] | None = None) -> dict[str, Any]:
     top = max(LEVELS)
     saga, bare = _best(saga_runs, top), _best(bare_runs, top)
+    dbos = _best(dbos_runs or [], top)
     summary: dict[str, Any] = {}
+    at_16 = _best(saga_runs, 16)
+    if at_16:
+        summary["p99_ms_at_16"] = at_16.p99_ms
     if saga:
         summary["sagas_per_sec_at_top"] = saga.per_sec
         summary["p99_ms_at_top"] = saga.p99_ms
@@ -269,6 +377,14 @@ def summarize(saga_runs: list[Figures], bare_runs: list[Figures], overhead: list
         summary["store_writes_per_saga"] = saga.extra.get("store_writes_per_saga")
     if saga and bare and bare.per_sec:
         summary["orchestrator_vs_bare"] = round(saga.per_sec / bare.per_sec, 2)
+    if dbos:
+        summary["dbos_sagas_per_sec_at_top"] = dbos.per_sec
+        summary["dbos_p99_ms_at_top"] = dbos.p99_ms
+        summary["cpu_ms_per_dbos_saga"] = _cpu(dbos)
+        summary["dbos_invariants_ok"] = report.get("dbos_invariants", {}).get("ok")
+    if saga and dbos and dbos.per_sec:
+        summary["project_vs_dbos"] = round(saga.per_sec / dbos.per_sec, 2)
+        summary["project_vs_dbos_by_cpu"] = _ratio(_cpu(dbos), _cpu(saga))
     by_name = {f.name: f for f in overhead}
     gw, ng = by_name.get("GET through the gateway"), by_name.get("GET through nginx auth_request")
     direct = by_name.get("GET direct to order_service")
@@ -278,25 +394,28 @@ def summarize(saga_runs: list[Figures], bare_runs: list[Figures], overhead: list
         summary["gateway_vs_direct"] = round(gw.per_sec / direct.per_sec, 2)
     if ng and direct and direct.per_sec:
         summary["nginx_vs_direct"] = round(ng.per_sec / direct.per_sec, 2)
-    if saga and saga.extra.get("cpu_ms_per_op"):
-        # The system's own CPU (the load generator, on the same cores, is left out).
-        spent = sum(v for k, v in saga.extra["cpu_ms_per_op"].items() if k != "load generator")
-        summary["cpu_ms_per_saga"] = round(spent, 1)
+    spent = _cpu(saga)
+    if spent:
+        summary["cpu_ms_per_saga"] = spent
         summary["cpu_bound_sagas_per_sec"] = round((os.cpu_count() or 1) * 1000 / spent, 1)
-    if bare and bare.extra.get("cpu_ms_per_op"):
-        summary["cpu_ms_per_bare_saga"] = round(sum(v for k, v in bare.extra["cpu_ms_per_op"].items()
-                                                    if k != "load generator"), 1)
+    if _cpu(bare):
+        summary["cpu_ms_per_bare_saga"] = _cpu(bare)
     if "floor" in report and saga and saga.extra.get("statements_per_saga"):
         statements = sum(saga.extra["statements_per_saga"].values())
         transactions = sum(report.get("transactions_per_saga", {}).get("orchestrated", {}).values())
         report["floor"]["estimate"] = floor.estimate(report["floor"], statements, transactions)
         summary["floor_cpu_ms_per_saga"] = report["floor"]["estimate"]["floor_cpu_ms_per_saga"]
         summary["floor_sagas_per_sec"] = report["floor"]["estimate"]["floor_sagas_per_sec"]
+    ruler = report.get("floor", {}).get("ruler")
+    if ruler:
+        summary["ruler_cpu_ms_per_saga"] = ruler["cpu_ms_per_saga"]
+        summary["ruler_sagas_per_sec"] = ruler["sagas_per_sec"]
     store = max(report.get("event_store", []), key=lambda r: r["saves_per_sec"], default=None)
     saves = summary.get("saves_per_saga")
     if store and saves:
         summary["event_store_saves_per_sec"] = store["saves_per_sec"]
         summary["event_store_ceiling_sagas_per_sec"] = round(store["saves_per_sec"] / saves, 1)
+    summary["targets"] = ratios(summary, ruler)
     return summary
 
 
@@ -310,14 +429,25 @@ def print_table(report: dict[str, Any]) -> None:
     summary = report["summary"]
     print()
     for key, value in summary.items():
-        print(f"{key:38} {value}")
+        if key != "targets":
+            print(f"{key:38} {value}")
+    if summary.get("targets"):
+        print()
+        print("| ratio | this run | target | value ÷ target (≥ 1: met) |")
+        print("|---|---:|---:|---:|")
+        for key, t in summary["targets"].items():
+            print(f"| {key} | {t['value']} | {t['target']} | {t['of_target']}{' ✓' if t['met'] else ''} |")
+    if report.get("floor", {}).get("ruler"):
+        print(f"ruler (issue 17's shape at this run's floor): {report['floor']['ruler']}")
     for f in report["phases"]:
         if f["concurrency"] == max(LEVELS) and f["extra"].get("statements_per_saga"):
             per = f["extra"]["statements_per_saga"]
             print(f"SQL statements per saga ({f['name']}): {round(sum(per.values()), 1)} = "
                   + ", ".join(f"{k} {v}" for k, v in per.items()))
     if report.get("floor", {}).get("estimate"):
-        print(f"floor: {report['floor']['estimate']}")
+        print(f"floor of the saga's own shape: {report['floor']['estimate']}")
+    if report.get("dbos_invariants"):
+        print(f"the DBOS peer's sagas, invariant check: {report['dbos_invariants']}")
     for what in ("transactions_per_saga", "sessions_per_saga"):
         for kind, per_db in report.get(what, {}).items():
             label = what.replace("_", " ")

@@ -30,10 +30,14 @@ from sqlalchemy import Integer, bindparam, select, text
 from bench.load import closed_loop
 from bench.procstats import cpu_secs
 from shared.db import Database
-from tests.fleet import PG_ADMIN_DSN, PG_URL_BASE, recreate_databases
+from tests.fleet import DB_SUFFIX, PG_ADMIN_DSN, PG_URL_BASE, recreate_databases
 
 DB_NAME = "cs_bench_floor"
 HOPS_PER_SAGA = 11
+# The ruler of issue 17: the saga's shape when the targets were set (11 HTTP hops, 29 SQL statements, 12
+# transactions), priced at this run's floor. It stays fixed when the saga needs fewer statements, so that the
+# ratios to it measure the project's progress on any machine; `estimate` prices the saga's own shape beside it.
+RULER_SHAPE = {"hops": 11, "statements": 29, "transactions": 12}
 
 
 def _free_port() -> int:
@@ -78,7 +82,7 @@ async def http_floor(clients: int, seconds: float) -> dict[str, Any]:
 def _backend_cpu() -> float:
     with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
         pids = [int(r[0]) for r in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s",
-                                                (DB_NAME,)).fetchall()]
+                                                (DB_NAME + DB_SUFFIX,)).fetchall()]
     return sum(cpu_secs(pid) for pid in pids)
 
 
@@ -104,7 +108,7 @@ async def sql_floor(clients: int, seconds: float) -> dict[str, Any]:
     """The cost of one statement inside a transaction and of the transaction around it (session, pool, BEGIN,
     COMMIT), from transactions of one and of four statements: cost(k) = transaction + k x statement."""
     recreate_databases([DB_NAME])
-    db = Database(f"{PG_URL_BASE}/{DB_NAME}", pool_size=10)
+    db = Database(f"{PG_URL_BASE}/{DB_NAME}{DB_SUFFIX}", pool_size=10)
     try:
         async with db.transaction() as session:
             await session.execute(text("CREATE TABLE item (id integer PRIMARY KEY, name text NOT NULL)"))
@@ -130,14 +134,25 @@ def estimate(report: dict[str, Any], statements_per_saga: float, transactions_pe
             "floor_sagas_per_sec": round((os.cpu_count() or 1) * 1000 / ms, 1) if ms else None}
 
 
+def ruler(report: dict[str, Any]) -> dict[str, Any]:
+    """The ruler: RULER_SHAPE at this run's floor prices — CPU ms per saga, and the sagas/s the cores could finish."""
+    ms = (RULER_SHAPE["hops"] * report["hop_cpu_ms"] + RULER_SHAPE["statements"] * report["sql"]["statement_cpu_ms"]
+          + RULER_SHAPE["transactions"] * report["sql"]["transaction_cpu_ms"])
+    return {**RULER_SHAPE, "cpu_ms_per_saga": round(ms, 2),
+            "sagas_per_sec": round((os.cpu_count() or 1) * 1000 / ms, 1) if ms else None}
+
+
 async def run(clients: int = 64, seconds: float = 6.0) -> dict[str, Any]:
     http = await http_floor(clients, seconds)
     sql = await sql_floor(clients, seconds)
     hop_ms = http["server_cpu_ms"] + http["client_cpu_ms"]
-    return {"http": http, "sql": sql, "hops_per_saga": HOPS_PER_SAGA, "hop_cpu_ms": round(hop_ms, 3),
-            # The most sagas/s the cores could finish if a saga were nothing but its hops at the floor's cost.
-            "hops_only_sagas_per_sec": round((os.cpu_count() or 1) * 1000 / (HOPS_PER_SAGA * hop_ms), 1),
-            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    report: dict[str, Any] = {
+        "http": http, "sql": sql, "hops_per_saga": HOPS_PER_SAGA, "hop_cpu_ms": round(hop_ms, 3),
+        # The most sagas/s the cores could finish if a saga were nothing but its hops at the floor's cost.
+        "hops_only_sagas_per_sec": round((os.cpu_count() or 1) * 1000 / (HOPS_PER_SAGA * hop_ms), 1),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    report["ruler"] = ruler(report)
+    return report
 
 
 if __name__ == "__main__":

@@ -58,17 +58,18 @@ class CpuMeter:
     """CPU use of the fleet's processes (by name), of PostgreSQL backends serving the bench's databases,
     and of this process (the load generator)."""
 
-    def __init__(self, pids: dict[str, int], pg_dsn: str, db_prefix: str) -> None:
+    def __init__(self, pids: dict[str, int], pg_dsn: str, db_prefix: str, db_suffix: str = "") -> None:
         self.pids = pids
         self.pg_dsn = pg_dsn
-        self.db_prefix = db_prefix
+        # Only this checkout's databases (TEST_DB_SUFFIX): other checkouts may run a bench on the same server.
+        self.pattern = f"{db_prefix}%{db_suffix}"
         self._pg_seen: dict[int, float] = {}
 
     def _postgres_pids(self) -> list[int]:
         try:
             with psycopg.connect(self.pg_dsn, autocommit=True) as conn:
                 rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE datname LIKE %s",
-                                    (self.db_prefix + "%",)).fetchall()
+                                    (self.pattern,)).fetchall()
         except psycopg.Error:
             return []
         return [int(r[0]) for r in rows]
@@ -96,13 +97,14 @@ class CpuMeter:
         return used
 
 
-def db_counters(pg_dsn: str, db_prefix: str) -> dict[str, dict[str, int]]:
+def db_counters(pg_dsn: str, db_prefix: str, db_suffix: str = "") -> dict[str, dict[str, int]]:
     """Per database of the bench: transactions (committed and rolled back: a pre-ping is one, whichever way it
     ends) and sessions (connections) opened so far. pg_stat_database; a backend publishes its counts within
-    10 s of going idle.
+    10 s of going idle. Keyed by the name between `db_prefix_` and `db_suffix` (this checkout's TEST_DB_SUFFIX).
     """
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         rows = conn.execute("SELECT datname, xact_commit + xact_rollback, sessions FROM pg_stat_database "
-                            "WHERE datname LIKE %s", (db_prefix + "%",)).fetchall()
-    return {str(name)[len(db_prefix) + 1:]: {"transactions": int(xacts), "sessions": int(sessions)}
+                            "WHERE datname LIKE %s", (f"{db_prefix}%{db_suffix}",)).fetchall()
+    return {str(name)[len(db_prefix) + 1:len(name) - len(db_suffix)]: {"transactions": int(xacts),
+                                                                       "sessions": int(sessions)}
             for name, xacts, sessions in rows}

@@ -1,6 +1,7 @@
-"""The two ways to place an order that the bench compares.
+"""The ways to place an order that the bench compares.
 
 `GatewaySagas`: placeCustomerOrder through the gateway, `Prefer: wait=30`, success = COMPLETED.
+`DbosSagas`: the peer — the same seven calls as durable steps of a DBOS Transact workflow (bench/dbos_peer.py).
 `BareSagas`: the lower bound — this process makes the same seven calls directly to the services
 (create order, add lines, allocate, charge, assign carrier, create shipment, confirm), rendered
 from the saga's own step table with the same idempotency keys, with no gateway, orchestrator or
@@ -54,6 +55,22 @@ class GatewaySagas:
         return status == 200 and outcome == "COMPLETED"
 
 
+def saga_context(stack: Stack, client: int, payment_token: str = PAYMENT_TOKEN,
+                 shipping: dict[str, str] | None = None) -> dict[str, Any]:
+    """What `Saga.context()` holds at the start: the request, priced lines, totals."""
+    customer = stack.customers[client % len(stack.customers)]
+    product = random.choice(stack.skus)
+    shipping = shipping or address(random.randrange(1000))
+    return {
+        "saga_id": str(uuid.uuid4()), "customer_id": customer.user_id, "currency": "EUR",
+        "lines": [{"sku": product["sku"], "quantity": 1, "unit_price_minor": product["unit_price_minor"],
+                   "weight_grams": product["weight_grams"]}],
+        "total_minor": product["unit_price_minor"], "total_weight_grams": product["weight_grams"],
+        "shipping_address": shipping, "country": shipping["country"], "payment_token": payment_token,
+        "failure_reason": "saga compensated",
+    }
+
+
 class BareSagas:
     def __init__(self, stack: Stack, session: aiohttp.ClientSession, token: str) -> None:
         self.stack = stack
@@ -62,22 +79,8 @@ class BareSagas:
         self.attempts = 0
         self.outcomes: dict[str, int] = {}
 
-    def _context(self, client: int) -> dict[str, Any]:
-        """What `Saga.context()` holds at the start: the request, priced lines, totals."""
-        customer = self.stack.customers[client % len(self.stack.customers)]
-        product = random.choice(self.stack.skus)
-        shipping = address(random.randrange(1000))
-        return {
-            "saga_id": str(uuid.uuid4()), "customer_id": customer.user_id, "currency": "EUR",
-            "lines": [{"sku": product["sku"], "quantity": 1, "unit_price_minor": product["unit_price_minor"],
-                       "weight_grams": product["weight_grams"]}],
-            "total_minor": product["unit_price_minor"], "total_weight_grams": product["weight_grams"],
-            "shipping_address": shipping, "country": shipping["country"], "payment_token": PAYMENT_TOKEN,
-            "failure_reason": "saga compensated",
-        }
-
     async def one(self, client: int) -> bool:
-        context = self._context(client)
+        context = saga_context(self.stack, client)
         self.attempts += 1
         for step in CURRENT.steps:
             call = step.action
@@ -95,6 +98,28 @@ class BareSagas:
             context.update(step.extract_results(json.loads(answer)))
         self.outcomes["COMPLETED"] = self.outcomes.get("COMPLETED", 0) + 1
         return True
+
+
+class DbosSagas:
+    """The peer: one `POST /sagas` to the DBOS peer (bench/dbos_peer.py), which makes the seven calls as durable
+    steps of a DBOS workflow; success = COMPLETED."""
+
+    def __init__(self, stack: Stack, session: aiohttp.ClientSession, peer_url: str) -> None:
+        self.stack = stack
+        self.session = session
+        self.url = f"{peer_url}/sagas"
+        self.attempts = 0
+        self.outcomes: dict[str, int] = {}
+
+    async def one(self, client: int) -> bool:
+        context = saga_context(self.stack, client)
+        self.attempts += 1
+        async with self.session.post(self.url, json={"saga_id": context["saga_id"], "context": context}) as response:
+            answer = await response.read()
+            status = response.status
+        outcome = json.loads(answer).get("status", str(status)) if status == 200 else str(status)
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+        return outcome == "COMPLETED"
 
 
 class OrderReads:

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from shared.settings import DEV_SERVICE_CLIENT_SECRET
 from tests.fleet import ADMIN_EMAIL, ADMIN_PASSWORD, NO_DATABASE, SERVICES, Fleet, recreate_databases
 
 DB_PREFIX = "cs_bench"
@@ -57,10 +58,15 @@ class Stack:
             self.fleet.stop_all()
 
 
-def start_fleet(extra_env: dict[str, str] | None = None) -> Stack:
-    """Every service as its own process on free ports, against fresh cs_bench_* databases."""
+def log_dir() -> Path:
     workdir = Path(os.environ.get("BENCH_LOG_DIR") or tempfile.mkdtemp(prefix="bench-fleet-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    return workdir
+
+
+def start_fleet(extra_env: dict[str, str] | None = None) -> Stack:
+    """Every service as its own process on free ports, against fresh cs_bench_* databases."""
+    workdir = log_dir()
     fleet = Fleet(workdir, db_prefix=DB_PREFIX, extra_env={**BENCH_ENV, **(extra_env or {})})
     recreate_databases([f"{DB_PREFIX}_{p}" for p in SERVICES if p not in NO_DATABASE])
     try:
@@ -114,13 +120,24 @@ def login(api: httpx.Client, email: str, password: str) -> str:
     return str(body["access_token"])
 
 
+def service_secret() -> str:
+    """The orchestrator's client secret (the bare client and the DBOS peer make the orchestrator's calls)."""
+    return os.environ.get("BENCH_SERVICE_SECRET", DEV_SERVICE_CLIENT_SECRET)
+
+
 def service_token(stack: Stack) -> str:
     """The orchestrator's own credentials: the bare client makes the orchestrator's calls."""
-    secret = os.environ.get("BENCH_SERVICE_SECRET", "dev-only-service-secret-change-me")
+    secret = service_secret()
     with httpx.Client(base_url=stack.gateway_url, timeout=30) as api:
         body = _check(api.post("/api/auth/token", data={
             "grant_type": "client_credentials", "client_id": SERVICE_CLIENT_ID, "client_secret": secret}), 200)
     return str(body["access_token"])
+
+
+def admin_token(stack: Stack) -> str:
+    with httpx.Client(base_url=stack.gateway_url, timeout=30) as api:
+        return login(api, os.environ.get("BENCH_ADMIN_EMAIL", ADMIN_EMAIL),
+                     os.environ.get("BENCH_ADMIN_PASSWORD", ADMIN_PASSWORD))
 
 
 def refresh_tokens(stack: Stack) -> None:

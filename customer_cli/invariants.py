@@ -189,6 +189,7 @@ def check_invariants(
     skus: list[str] | None = None,
     initial_stock: dict[str, int] | None = None,
     since: datetime | None = None,
+    sagas: list[dict[str, Any]] | None = None,
     allow_compensation_failed: bool = True,
     workers: int = 8,
     timeout: float = 30,
@@ -201,7 +202,8 @@ def check_invariants(
     sagas in scope touched, e.g. those a test created (`transport` lets tests serve a fake fleet).
     A COMPENSATION_FAILED saga is reported as a
     violation only with `allow_compensation_failed=False`; it is always counted and its state left
-    unchecked (its compensation is by definition unfinished).
+    unchecked (its compensation is by definition unfinished). `sagas` checks those sagas (each with `saga_id`,
+    `status`, `order_id`, `created_at`, `updated_at`: e.g. the bench's DBOS peer's) instead of the orchestrator's.
     """
     started = time.monotonic()
     since = _aware(since) if since is not None else None
@@ -211,7 +213,7 @@ def check_invariants(
                       limits=httpx.Limits(max_connections=workers + 2)) as client:
         try:
             _check(_Reader(client), report, sorted(set(skus or []) | set(initial_stock or {})),
-                   initial_stock or {}, allow_compensation_failed, workers)
+                   initial_stock or {}, allow_compensation_failed, workers, sagas)
         except UnreadableError as exc:
             report.add(UNREADABLE, report.gateway_url, str(exc))
     report.elapsed_secs = time.monotonic() - started
@@ -219,9 +221,12 @@ def check_invariants(
 
 
 def _check(reader: _Reader, report: InvariantReport, skus: list[str], initial_stock: dict[str, int],
-           allow_compensation_failed: bool, workers: int) -> None:
+           allow_compensation_failed: bool, workers: int, given: list[dict[str, Any]] | None = None) -> None:
     since = report.since
-    sagas = list(reader.pages(SAGAS, since, window=True))
+    if given is None:
+        sagas = list(reader.pages(SAGAS, since, window=True))
+    else:
+        sagas = [s for s in given if since is None or _created(s) >= since]
     orders = {o["id"]: o for o in reader.pages("/api/orders", since)}
     payments: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for payment in reader.pages("/api/payments", since):
