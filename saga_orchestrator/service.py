@@ -6,13 +6,14 @@ import hashlib
 import json
 import secrets
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import structlog
 
+from saga_orchestrator.catalogue import Catalogue
 from saga_orchestrator.domain import TERMINAL, Saga, SagaStatus
 from saga_orchestrator.event_store import ConcurrentSagaUpdate, FeedItem, SagaStore
 from saga_orchestrator.index import SagaIndexStore
@@ -31,7 +32,7 @@ from saga_orchestrator.schemas import (
 )
 from saga_orchestrator.settings import Settings
 from saga_orchestrator.step_client import StepClient
-from saga_orchestrator.steps import CURRENT, INVENTORY, definition
+from saga_orchestrator.steps import CURRENT, definition
 from shared.auth import Identity
 from shared.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
 
@@ -51,6 +52,10 @@ class Orchestrator:
     index: SagaIndexStore
     client: StepClient
     runner: SagaRunner
+    catalogue: Catalogue = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.catalogue = Catalogue(self.settings.catalogue_cache_secs)
 
 
 @dataclass(frozen=True)
@@ -86,15 +91,7 @@ def _merge_lines(order: CustomerOrderCreate) -> dict[str, int]:
 async def price_order(orch: Orchestrator, order: CustomerOrderCreate, trace: dict[str, str]) -> PricedOrder:
     """Look the SKUs up in INVENTORY-SERVICE's catalogue: unknown ones are refused before any saga starts."""
     quantities = _merge_lines(order)
-    result = await orch.client.call(
-        INVENTORY, "GET", "/api/inventory/products", None, idempotency_key=None, trace=trace,
-        deadline_secs=min(orch.settings.step_deadline_secs, 5.0), label="catalogue",
-        params={"skus": ",".join(quantities), "limit": "500"})
-    if result.refused:
-        raise InvalidRequest(f"The catalogue refused the SKUs: {result.error}.")
-    if not result.ok or not isinstance(result.body, dict):
-        raise ServiceUnavailable("The product catalogue is unavailable; try again.", service=INVENTORY)
-    products = {p["sku"]: p for p in result.body.get("items", []) if isinstance(p, dict) and "sku" in p}
+    products = await orch.catalogue.products(orch.client, quantities, trace, min(orch.settings.step_deadline_secs, 5.0))
     unknown = [(i, line.sku) for i, line in enumerate(order.lines) if line.sku not in products]
     if unknown:
         raise InvalidRequest("Some SKUs are not in the catalogue.", errors=[

@@ -36,6 +36,10 @@ class Settings(ServiceSettings):
     # 0 saves every transition.
     event_store_checkpoint_secs: float = Field(default=2.0, ge=0)
 
+    # placeCustomerOrder prices from products inventory listed at most this long ago (saga_orchestrator/catalogue.py;
+    # 0 asks inventory every time). An unknown SKU is asked for every time, so it is always refused.
+    catalogue_cache_secs: float = Field(default=2.0, ge=0, le=2.0)
+
     @model_validator(mode="after")
     def _default_database(self) -> Settings:
         self.database_url = self.database_url or self.default_sqlite_url("saga_orchestrator")

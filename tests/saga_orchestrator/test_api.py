@@ -12,6 +12,7 @@ import pytest
 from fastapi import FastAPI
 
 from saga_orchestrator.app import create_app
+from saga_orchestrator.catalogue import Catalogue
 from saga_orchestrator.settings import Settings
 from tests.inprocess import ADMIN, bearer, fresh_database_url, running_app
 from tests.saga_orchestrator.conftest import ADDRESS
@@ -85,7 +86,9 @@ async def test_unknown_skus_are_422_with_the_line(client: httpx.AsyncClient, fak
     assert response.json()["errors"][0]["loc"] == ["body", "lines", 1, "sku"]
 
 
-async def test_catalogue_down_is_503(client: httpx.AsyncClient, fake: FakeParticipants) -> None:
+async def test_catalogue_down_is_503(served: tuple[FastAPI, httpx.AsyncClient, FakeParticipants],
+                                     client: httpx.AsyncClient, fake: FakeParticipants) -> None:
+    served[0].state.orchestrator.catalogue = Catalogue(2.0)  # nothing cached: the lookup must ask inventory
     fake.failures["catalogue"] = transient()
     response = await client.post("/api/customer-orders", json=body(), headers=keyed(ALICE))
     assert response.status_code == 503 and response.headers["content-type"] == PROBLEM
