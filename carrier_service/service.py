@@ -14,6 +14,7 @@ from carrier_service.models import AssignmentStatus, Carrier, CarrierAssignment,
 from carrier_service.schemas import AssignmentRequest, CarrierCreate, CarrierUpdate
 from shared.db import conflict_insert
 from shared.errors import Conflict, NotFound
+from shared.fence import compensate, enter_step
 
 
 def utc_today() -> date:
@@ -167,6 +168,8 @@ async def _refuse_if_assigned(session: AsyncSession, order_id: str) -> None:
 
 
 async def assign_carrier(session: AsyncSession, data: AssignmentRequest) -> AnyRow:
+    """The cheapest carrier with room today, assigned once per order and never after the order's release."""
+    await enter_step(session, data.order_id)
     day = utc_today()
     serving = await _lock_carriers_serving(session, data.country, data.order_id, day)
     # A live assignment is refused before any other reason; with no carrier rows there is no id to look at.
@@ -217,8 +220,10 @@ async def release_assignment(session: AsyncSession, order_id: str) -> Release:
     """Release the order's live assignment; NONE when it holds none (released already, or never assigned).
 
     One conditional UPDATE: a concurrent release waits on the row, re-checks the status, and changes nothing;
-    only the release that changed it gives the place back to the carrier's day.
+    only the release that changed it gives the place back to the carrier's day. The order's fence is closed
+    first (shared/fence.py): an assignment arriving later is refused, one in flight is waited for and released.
     """
+    await compensate(session, order_id)
     released = (await session.execute(
         update(assignments)
         .where(assignments.c.order_id == order_id, assignments.c.status == AssignmentStatus.ASSIGNED)

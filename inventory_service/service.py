@@ -15,6 +15,7 @@ from inventory_service.models import Allocation, AllocationLine, AllocationStatu
 from inventory_service.schemas import AllocationLineIn, ProductCreate, ProductUpdate
 from shared.db import conflict_insert, new_id, rowcount, utc_now
 from shared.errors import Conflict, DomainError, InvalidRequest, NotFound
+from shared.fence import compensate, enter_step
 
 # The hot paths use the tables directly (Core statements): no unit of work, no instances loaded to change a column.
 products = cast(Table, Product.__table__)
@@ -146,12 +147,12 @@ async def allocate_stock(session: AsyncSession, order_id: str, lines: list[Alloc
     # allocation or compensation of the order waits on the unique index, and neither waits for the other's
     # stock rows while holding its own. The allocation's currency is its products', read by the INSERT from
     # one of them (an unknown sku or a mix of currencies is refused below, which rolls the claim back).
+    await enter_step(session, order_id)
     skus = sorted(wanted)
     allocation = {"id": new_id(), "order_id": order_id, "status": AllocationStatus.ALLOCATED,
                   "currency": select(products.c.currency).where(products.c.sku == skus[0]).scalar_subquery(),
                   "created_at": utc_now(), "released_at": None}
     if not await _claim_order(session, allocation):
-        # Taken already: allocated, or released before it was allocated (the saga timed out and compensated).
         status = await _allocation_status(session, order_id)
         raise _already_allocated(order_id, status or AllocationStatus.ALLOCATED)
 
@@ -217,18 +218,12 @@ class Release:
 async def release_allocation(session: AsyncSession, order_id: str) -> Release:
     """Give an order's stock back, once. RELEASED, or NONE when the order never held stock.
 
-    With nothing to release, an empty RELEASED allocation is recorded, so an allocate for the order
-    that arrives late (the saga timed out waiting for it and compensated) is refused instead of
-    holding stock for a cancelled order.
+    The order's fence is closed first (shared/fence.py), so an allocate for the order that arrives late (the
+    saga timed out waiting for it and compensated) is refused instead of holding stock for a cancelled order;
+    one in flight is waited for, then released.
     """
+    await compensate(session, order_id)
     released = await _mark_released(session, order_id)
-    if released is None:
-        marker = {"id": new_id(), "order_id": order_id, "status": AllocationStatus.RELEASED, "currency": None,
-                  "created_at": utc_now(), "released_at": utc_now()}
-        if await _claim_order(session, marker):
-            return Release(order_id, AllocationStatus.NONE)
-        # The order has an allocation: released already, or committed meanwhile (the marker waited for it).
-        released = await _mark_released(session, order_id)
     if released is None:
         has_lines = (await session.execute(
             select(allocation_lines.c.id).join(allocations, allocations.c.id == allocation_lines.c.allocation_id)

@@ -20,6 +20,7 @@ from order_service.schemas import LineIn, OrderCreate, OrderOut
 from shared.auth import Identity
 from shared.db import new_id
 from shared.errors import Conflict, Forbidden, InvalidRequest, NotFound
+from shared.fence import compensate, enter_step
 
 orders = Base.metadata.tables[Order.__tablename__]
 order_lines = Base.metadata.tables[OrderLine.__tablename__]
@@ -123,6 +124,7 @@ def _require_pending(order: Row[Any], action: str) -> None:
 
 async def add_lines(session: AsyncSession, identity: Identity, order_id: str, lines: list[LineIn]) -> OrderOut:
     order = await _lock_order(session, identity, order_id)
+    await enter_step(session, order_id)
     _require_pending(order, "add lines")
     existing = await _lines(session, order_id)
     position = max((line["position"] for line in existing), default=0)
@@ -137,9 +139,11 @@ async def add_lines(session: AsyncSession, identity: Identity, order_id: str, li
 async def remove_lines(
     session: AsyncSession, identity: Identity, order_id: str, line_id: str | None = None
 ) -> OrderOut:
-    """Remove one line, or all of them (the saga's compensation of 'create order line')."""
+    """Remove one line, or all of them (the saga's compensation of 'add order lines', which closes the order's
+    fence: shared/fence.py)."""
     order = await _lock_order(session, identity, order_id)
     if line_id is None:
+        await compensate(session, order_id)
         if order.status == OrderStatus.CONFIRMED:
             raise Conflict(f"Cannot remove lines: order {order.id} is CONFIRMED.", order_status=order.status)
         await session.execute(delete(order_lines).where(order_lines.c.order_id == order_id))
@@ -175,6 +179,7 @@ async def _leave_pending(session: AsyncSession, identity: Identity, order_id: st
 async def cancel_order(session: AsyncSession, identity: Identity, order_id: str, reason: str) -> OrderOut:
     order, _ = await _leave_pending(session, identity, order_id, OrderStatus.CANCELLED, "cancel",
                                     cancel_reason=reason)
+    await compensate(session, order_id)
     return _order_out(order._mapping, await _lines(session, order_id))
 
 
@@ -184,4 +189,5 @@ async def confirm_order(session: AsyncSession, identity: Identity, order_id: str
     if changed and not lines:
         # Raising rolls the transaction back, and with it the UPDATE: the order stays PENDING.
         raise Conflict(f"Cannot confirm: order {order.id} has no lines.", order_status=OrderStatus.PENDING)
+    await enter_step(session, order_id)
     return _order_out(order._mapping, lines)

@@ -1,4 +1,4 @@
-"""payment_service tables: payments, their refunds, every charge attempt, and which orders are settled."""
+"""payment_service tables: payments, their refunds, every charge attempt, and the compensation fence."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from shared.db import UTCDateTime, new_id, new_metadata, utc_now
+from shared.fence import fence_table
 from shared.idempotency import idempotency_table
 
 
@@ -16,6 +17,7 @@ class Base(DeclarativeBase):
 
 
 idempotency_records = idempotency_table(Base.metadata)
+compensation_fence = fence_table(Base.metadata)
 
 
 class PaymentStatus:
@@ -85,23 +87,4 @@ class ChargeAttempt(Base):
     payment_token: Mapped[str] = mapped_column(String(64))
     outcome: Mapped[str] = mapped_column(String(16))  # CAPTURED | DECLINED | UNAVAILABLE
     code: Mapped[str | None] = mapped_column(String(40), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
-
-
-class SettledBy:
-    PAYMENT = "PAYMENT"
-    COMPENSATION = "COMPENSATION"
-
-
-class SettledOrder(Base):
-    """Which of a capture and a compensation got to an order first; the other is refused.
-
-    Both insert here, so on PostgreSQL they wait on the same primary key: a charge still in flight
-    when the saga compensates either commits first (and is refunded) or is refused afterwards.
-    """
-
-    __tablename__ = "settled_orders"
-
-    order_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    claimed_by: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)

@@ -10,17 +10,17 @@ from sqlalchemy import Row, Table, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from payment_service import processor
-from payment_service.models import ChargeAttempt, Payment, PaymentStatus, Refund, SettledBy, SettledOrder
+from payment_service.models import ChargeAttempt, Payment, PaymentStatus, Refund
 from payment_service.schemas import PaymentCreate
 from shared.auth import Identity
-from shared.db import conflict_insert, new_id, rowcount, utc_now
+from shared.db import new_id, utc_now
 from shared.errors import Conflict, NotFound, PaymentRequired, ServiceUnavailable
+from shared.fence import compensate, enter_step
 
 # The hot paths use the tables directly (Core statements): no unit of work, no instances loaded to change a column.
 payments = cast(Table, Payment.__table__)
 refunds = cast(Table, Refund.__table__)
 charge_attempts = cast(Table, ChargeAttempt.__table__)
-settled_orders = cast(Table, SettledOrder.__table__)
 
 # A payment's id, amount_minor and refunded_minor (what the compensation answers with).
 PaymentAmounts = Row[Any, Any, Any]
@@ -28,29 +28,12 @@ PaymentAmounts = Row[Any, Any, Any]
 AttemptValues = dict[str, Any]
 
 
-async def _claim(session: AsyncSession, order_id: str, claimed_by: str) -> bool:
-    """Mark the order settled by `claimed_by`; False when a charge or a compensation got to it first.
-
-    A concurrent claim of the same order waits on the primary key until the first one's transaction ends:
-    after a commit it claims nothing, after a rollback it claims the order.
-    """
-    claim = conflict_insert(session, settled_orders).values(order_id=order_id, claimed_by=claimed_by)
-    result = await session.execute(claim.on_conflict_do_nothing(index_elements=[settled_orders.c.order_id]))
-    return bool(rowcount(result))
-
-
-async def _already_settled(session: AsyncSession, order_id: str) -> Conflict:
-    settled = (await session.execute(
-        select(settled_orders.c.claimed_by, payments.c.id, payments.c.status)
-        .select_from(settled_orders.outerjoin(payments, payments.c.order_id == settled_orders.c.order_id))
-        .where(settled_orders.c.order_id == order_id))).one_or_none()
-    if settled is not None and settled.id is not None:
-        return Conflict(f"Order {order_id} already has a payment ({settled.status}); an order is charged once.",
-                        order_id=order_id, payment_id=settled.id, payment_status=settled.status)
-    if settled is not None and settled.claimed_by == SettledBy.COMPENSATION:
-        return Conflict(f"Order {order_id} was compensated before it was charged; it cannot be charged now.",
-                        order_id=order_id)
-    return Conflict(f"Order {order_id} is already paid.", order_id=order_id)
+async def _refuse_if_charged(session: AsyncSession, order_id: str) -> None:
+    payment = (await session.execute(
+        select(payments.c.id, payments.c.status).where(payments.c.order_id == order_id))).one_or_none()
+    if payment is not None:
+        raise Conflict(f"Order {order_id} already has a payment ({payment.status}); an order is charged once.",
+                       order_id=order_id, payment_id=payment.id, payment_status=payment.status)
 
 
 async def _attempts_so_far(session: AsyncSession, data: PaymentCreate) -> int:
@@ -68,13 +51,14 @@ async def _record_attempt(attempt: AttemptValues, session: AsyncSession) -> None
 async def make_payment(session: AsyncSession, data: PaymentCreate) -> dict[str, Any]:
     """Charge the card once per order; the new payment's columns.
 
-    The order is claimed before the processor is called, so a concurrent charge of it (or a compensation)
-    waits and is then refused, never charged too. A refusal rolls the transaction back, claim included;
+    The order's fence is entered before the processor is called (shared/fence.py): a charge after the order's
+    compensation is refused, and a concurrent charge of it (or a compensation) waits for this one and is then
+    refused (or refunds it), never charged too. A refusal rolls the transaction back, fence included;
     its attempt is kept all the same (DomainError.keeping: committed after the rollback), so a decline
     stays on file and tok_flaky counts its failures.
     """
-    if not await _claim(session, data.order_id, SettledBy.PAYMENT):
-        raise await _already_settled(session, data.order_id)
+    await enter_step(session, data.order_id)
+    await _refuse_if_charged(session, data.order_id)
     previous = await _attempts_so_far(session, data)
     result = processor.charge(data.payment_token, data.amount_minor, data.currency, attempt=previous + 1)
     attempt: AttemptValues = {"order_id": data.order_id, "customer_id": data.customer_id,
@@ -182,17 +166,13 @@ def _refunded(order_id: str, payment: PaymentAmounts | None) -> OrderRefund:
 async def refund_order(session: AsyncSession, order_id: str) -> OrderRefund:
     """The saga's compensation: refund whatever is left of the order's payment, at most once; NONE: never charged.
 
-    With no payment, the order is marked settled by compensation, so a charge that arrives late (the
-    saga timed out waiting for it) is refused rather than taking money for a cancelled order.
+    The order's fence is closed first (shared/fence.py), so a charge that arrives late (the saga timed out
+    waiting for it) is refused rather than taking money for a cancelled order; a charge in flight is waited for.
     """
+    await compensate(session, order_id)
     payment = await _order_payment_locked(session, order_id)
     if payment is None:
-        if await _claim(session, order_id, SettledBy.COMPENSATION):
-            return _refunded(order_id, None)
-        # Settled already: by an earlier compensation, or by a charge that committed meanwhile.
-        payment = await _order_payment_locked(session, order_id)
-        if payment is None:
-            return _refunded(order_id, None)
+        return _refunded(order_id, None)
     refundable = payment.amount_minor - payment.refunded_minor
     if refundable <= 0:
         return _refunded(order_id, payment)

@@ -9,6 +9,7 @@ from sqlalchemy import JSON, ForeignKey, Index, Integer, String, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from shared.db import UTCDateTime, new_id, new_metadata, utc_now
+from shared.fence import fence_table
 from shared.idempotency import idempotency_table
 
 
@@ -17,6 +18,7 @@ class Base(DeclarativeBase):
 
 
 idempotency_records = idempotency_table(Base.metadata)
+compensation_fence = fence_table(Base.metadata)
 
 
 class ShipmentStatus:

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from shared.auth import Identity
 from shared.db import conflict_insert
 from shared.errors import Conflict, NotFound, ServiceUnavailable
+from shared.fence import compensate, enter_step
 from shipment_service.models import Shipment, ShipmentStatus, ShipmentStatusChange
 from shipment_service.schemas import ShipmentCreate
 
@@ -65,6 +66,8 @@ async def _add_change(session: AsyncSession, shipment_id: str, position: int, st
 
 
 async def create_shipment(session: AsyncSession, data: ShipmentCreate) -> dict[str, Any]:
+    """One live shipment per order, never one for an order whose shipment was compensated (shared/fence.py)."""
+    await enter_step(session, data.order_id)
     for _ in range(_TRACKING_ATTEMPTS):
         shipment = (await session.execute(_insert_unless_taken(session, shipments).returning(*shipments.c), {
             "order_id": data.order_id,
@@ -169,8 +172,11 @@ class OrderShipmentCancel:
 async def cancel_order_shipment(session: AsyncSession, order_id: str, reason: str) -> OrderShipmentCancel:
     """The saga's compensation: cancel the order's live shipment; NONE when it has none.
 
-    One conditional UPDATE: a concurrent dispatch holds the row, and this waits and re-checks the status.
+    One conditional UPDATE: a concurrent dispatch holds the row, and this waits and re-checks the status. The
+    order's fence is closed first (shared/fence.py): a shipment created later for the order is refused, one in
+    flight is waited for and cancelled.
     """
+    await compensate(session, order_id)
     shipment = (await session.execute(
         update(shipments)
         .where(shipments.c.order_id == order_id, shipments.c.status == ShipmentStatus.CREATED)

@@ -217,10 +217,26 @@ async def test_order_has_one_live_assignment(client: httpx.AsyncClient) -> None:
     second = await assign(client, "MC", 100, "mc-order")
     assert second.status_code == 409 and second.json()["code"] == "already_assigned"
     await client.post("/api/carriers/assignments/mc-order/release", headers=SERVICE)
+    # The release is the saga's compensation: the order is not assigned again (shared/fence.py).
     reassigned = await assign(client, "MC", 200, "mc-order")
-    assert reassigned.status_code == 201 and reassigned.json()["id"] != first.json()["id"]
-    live = await client.get("/api/carriers/assignments/mc-order", headers=SERVICE)
-    assert live.json()["id"] == reassigned.json()["id"] and live.json()["status"] == "ASSIGNED"
+    assert reassigned.status_code == 409 and reassigned.json()["code"] == "compensated"
+    shown = await client.get("/api/carriers/assignments/mc-order", headers=SERVICE)
+    assert shown.json()["id"] == first.json()["id"] and shown.json()["status"] == "RELEASED"
+
+
+async def test_assignment_after_the_release_is_refused(client: httpx.AsyncClient) -> None:
+    """The compensation fence: a late assign_carrier (the saga timed out waiting for it and released the
+    order) is refused by the carrier service itself, and takes no place of the carrier's day."""
+    carrier = await new_carrier(client, countries=["WF"], daily_capacity=1)
+    released = await client.post("/api/carriers/assignments/wf-late/release", headers=SERVICE)
+    assert released.status_code == 200 and released.json()["status"] == "NONE"
+    late = await assign(client, "WF", 100, "wf-late")
+    assert late.status_code == 409, late.text
+    assert late.json()["code"] == "compensated" and late.json()["order_id"] == "wf-late"
+    assert (await client.get("/api/carriers/assignments/wf-late", headers=SERVICE)).status_code == 404
+    # The day's one place is still free for another order.
+    other = await assign(client, "WF", 100, "wf-other")
+    assert other.status_code == 201 and other.json()["carrier_id"] == carrier["id"]
 
 
 async def test_live_assignment_is_refused_before_any_other_reason(client: httpx.AsyncClient) -> None:

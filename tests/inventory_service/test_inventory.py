@@ -310,7 +310,7 @@ async def test_release_without_allocation_is_none_and_blocks_a_late_allocate(cli
         response = await client.post(f"/api/inventory/allocations/{order_id}/release", headers=SERVICE)
         assert response.status_code == 200 and response.json() == {"order_id": order_id, "status": "NONE"}
     late = await allocate(client, order_id, [{"sku": a["sku"], "quantity": 1}])
-    assert late.status_code == 409
+    assert late.status_code == 409 and late.json()["code"] == "compensated"  # the fence (shared/fence.py)
     assert (await product(client, a["sku"]))["reserved"] == 0
 
 

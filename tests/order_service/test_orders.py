@@ -183,6 +183,18 @@ async def test_concurrent_add_lines_keep_every_line_and_distinct_positions(
     assert positions == list(range(1, 17))
 
 
+async def test_lines_after_their_compensation_are_refused(client: httpx.AsyncClient) -> None:
+    """The compensation fence: a late add_order_lines (the saga removed the lines while it still ran) is
+    refused by the order service itself, though the order is still PENDING until its cancel arrives."""
+    order_id = await order_with_a_line(client)
+    removed = await client.delete(f"/api/orders/{order_id}/lines", headers=SERVICE)
+    assert removed.status_code == 200 and removed.json()["lines"] == []
+    late = await client.post(f"/api/orders/{order_id}/lines", headers=SERVICE, json=one_line("Y"))
+    assert late.status_code == 409 and late.json()["code"] == "compensated", late.text
+    final = (await client.get(f"/api/orders/{order_id}", headers=SERVICE)).json()
+    assert final["status"] == "PENDING" and final["lines"] == []
+
+
 async def test_confirm_racing_the_lines_compensation_never_confirms_an_empty_order(
     client: httpx.AsyncClient,
 ) -> None:

@@ -176,6 +176,19 @@ async def test_compensation_without_shipment_is_none(client: httpx.AsyncClient) 
     assert response.status_code == 200 and response.json()["status"] == "NONE"
 
 
+async def test_shipment_after_the_compensation_is_refused(client: httpx.AsyncClient) -> None:
+    """The compensation fence: a late create_shipment (the saga timed out waiting for it and cancelled the
+    order's shipment) is refused by the shipment service itself: nothing ships for a cancelled order."""
+    compensated = await client.post("/api/shipments/orders/order-late/cancel", headers=SERVICE)
+    assert compensated.status_code == 200 and compensated.json()["status"] == "NONE"
+    body = {"order_id": "order-late", "customer_id": "cust-1", "carrier_code": "DHL", "address": ADDRESS}
+    late = await client.post("/api/shipments", json=body, headers=SERVICE)
+    assert late.status_code == 409, late.text
+    assert late.json()["code"] == "compensated" and late.json()["order_id"] == "order-late"
+    listed = await client.get("/api/shipments", params={"order_id": "order-late"}, headers=SERVICE)
+    assert listed.json()["total"] == 0
+
+
 async def test_compensation_after_dispatch_is_409(client: httpx.AsyncClient) -> None:
     shipment = await new_shipment(client, order_id="order-gone")
     await set_status(client, shipment["id"], "DISPATCHED")

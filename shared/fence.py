@@ -1,0 +1,83 @@
+"""The compensation fence, once for every saga participant: a step for an order never lands after its compensation.
+
+Each participant adds `fence_table` to its metadata. A step calls `enter_step` before its work, a compensation
+calls `compensate` before its own, both in the request's transaction. The fence is one row per order:
+
+- a step after the compensation is refused (409, code "compensated"): the saga gave up waiting for it and
+  undid the order, so a late copy must not charge, reserve, assign or ship for a cancelled order;
+- a step still running holds the row: a concurrent compensation waits for it to end, then sees what it did
+  and undoes it;
+- a compensation with nothing to undo still leaves the row, so the step that arrives later is refused.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Column, MetaData, String, Table, bindparam
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.expression import Executable
+
+from shared.db import UTCDateTime, utc_now
+from shared.errors import Conflict
+
+
+class FenceState(StrEnum):
+    STEPPED = "STEPPED"  # a step of the order's saga came here first
+    COMPENSATED = "COMPENSATED"  # the order's compensation came here: steps for it are refused
+
+
+def fence_table(metadata: MetaData) -> Table:
+    """Each participant adds this table to its own metadata, so its migrations create it."""
+    return Table(
+        "compensation_fence",
+        metadata,
+        Column("order_id", String(64), primary_key=True),
+        Column("state", String(16), nullable=False),
+        Column("updated_at", UTCDateTime(), nullable=False),
+    )
+
+
+fence = fence_table(MetaData())
+
+
+def _upserts(state_on_conflict: Any) -> dict[str, Executable]:
+    """INSERT ... ON CONFLICT DO UPDATE ... RETURNING state, per dialect: one statement that takes the row's lock
+    whether it inserts or finds the row (DO NOTHING would not lock a row it finds)."""
+    statements: dict[str, Executable] = {}
+    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite)):
+        insert = dialect.insert(fence).values(order_id=bindparam("order_id"), state=bindparam("state"),
+                                              updated_at=bindparam("updated_at"))
+        statements[name] = insert.on_conflict_do_update(
+            index_elements=[fence.c.order_id], set_={"state": state_on_conflict}).returning(fence.c.state)
+    return statements
+
+
+# A step keeps the row's state (SET state = state: the lock without a change); a compensation sets COMPENSATED.
+_STEP = _upserts(fence.c.state)
+_COMPENSATE = _upserts(FenceState.COMPENSATED.value)
+
+
+async def _upsert(session: AsyncSession, statements: dict[str, Executable], order_id: str, state: FenceState
+                  ) -> str:
+    statement = statements[session.get_bind().dialect.name]
+    values = {"order_id": order_id, "state": state.value, "updated_at": utc_now()}
+    return str((await session.execute(statement, values)).scalar_one())
+
+
+async def enter_step(session: AsyncSession, order_id: str) -> None:
+    """Before a saga step's work for `order_id`: refuse it when the order was compensated here already."""
+    if await _upsert(session, _STEP, order_id, FenceState.STEPPED) == FenceState.COMPENSATED:
+        raise Conflict(f"Order {order_id} was compensated before this step arrived; the step is refused.",
+                       code="compensated", order_id=order_id)
+
+
+async def compensate(session: AsyncSession, order_id: str) -> None:
+    """Before a compensation's work for `order_id`: no step for the order lands here after it.
+
+    A step of the order still in its transaction holds the row: this waits for it, and the compensation's
+    next statements see what it committed.
+    """
+    await _upsert(session, _COMPENSATE, order_id, FenceState.COMPENSATED)
