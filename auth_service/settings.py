@@ -21,6 +21,7 @@ DEFAULT_SERVICE_CLIENT_IDS = [
 class Settings(ServiceSettings):
     app_name: str = "AUTH-SERVICE"
     port: int = 8001
+    sqlite_database = "auth_service"
 
     access_token_ttl_secs: int = 900
     refresh_token_ttl_secs: int = 14 * 24 * 3600
@@ -52,7 +53,6 @@ class Settings(ServiceSettings):
 
     @model_validator(mode="after")
     def _auth_defaults(self) -> Settings:
-        self.database_url = self.database_url or self.default_sqlite_url("auth_service")
         if self.env == "production" and self.bootstrap_admin_password == DEV_ADMIN_PASSWORD:
             raise ValueError("BOOTSTRAP_ADMIN_PASSWORD must not be the development demo password when ENV=production")
         return self

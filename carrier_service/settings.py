@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import model_validator
-
 from shared.settings import ServiceSettings
 
 
 class Settings(ServiceSettings):
     app_name: str = "CARRIER-SERVICE"
     port: int = 8005
-
-    @model_validator(mode="after")
-    def _default_database(self) -> Settings:
-        self.database_url = self.database_url or self.default_sqlite_url("carrier_service")
-        return self
+    sqlite_database = "carrier_service"

@@ -12,9 +12,4 @@ from shared.service_app import create_service_app
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    return create_service_app(
-        settings or Settings(),
-        title="order_service",
-        routers=[router],
-        package_dir=Path(__file__).parent,
-    )
+    return create_service_app(settings or Settings(), routers=[router], package_dir=Path(__file__).parent)

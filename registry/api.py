@@ -33,6 +33,7 @@ def bad_request(detail: str, errors: list[schemas.FieldError] | None = None) -> 
 
 
 def not_found(exc: InstanceNotFound) -> Response:
+    """404 problem+json for an unknown instance: every route's answer to InstanceNotFound (registry/app.py)."""
     return problem(404, "Not found", f"no such instance: {exc}", "not-found")
 
 
@@ -40,6 +41,9 @@ def not_found(exc: InstanceNotFound) -> Response:
 async def get_registry(request: Request) -> InstanceRegistry:
     registry: InstanceRegistry = request.app.state.registry
     return registry
+
+
+RegistryDep = Annotated[InstanceRegistry, Depends(get_registry)]
 
 
 def wants_json(request: Request) -> bool:
@@ -73,7 +77,7 @@ async def health() -> dict[str, str]:
 
 
 @eureka.post("/apps/{app}", status_code=204)
-async def register_instance(app: str, request: Request, registry: InstanceRegistry = Depends(get_registry)) -> Response:
+async def register_instance(app: str, request: Request, registry: RegistryDep) -> Response:
     try:
         body = json.loads(await request.body())
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -90,24 +94,18 @@ async def register_instance(app: str, request: Request, registry: InstanceRegist
 async def send_heartbeat(
     app: str,
     instance_id: str,
+    registry: RegistryDep,
     status: str | None = None,
     last_dirty_timestamp: LastDirtyTimestamp = None,
-    registry: InstanceRegistry = Depends(get_registry),
 ) -> Response:
     # `status` is accepted and ignored, as by the real server (see InstanceRegistry.renew).
-    try:
-        registry.renew(app, instance_id, last_dirty_timestamp=last_dirty_timestamp)
-    except InstanceNotFound as exc:
-        return not_found(exc)
+    registry.renew(app, instance_id, last_dirty_timestamp=last_dirty_timestamp)
     return Response(status_code=200)
 
 
 @eureka.delete("/apps/{app}/{instance_id}")
-async def cancel_instance(app: str, instance_id: str, registry: InstanceRegistry = Depends(get_registry)) -> Response:
-    try:
-        registry.cancel(app, instance_id)
-    except InstanceNotFound as exc:
-        return not_found(exc)
+async def cancel_instance(app: str, instance_id: str, registry: RegistryDep) -> Response:
+    registry.cancel(app, instance_id)
     return Response(status_code=200)
 
 
@@ -115,19 +113,16 @@ async def cancel_instance(app: str, instance_id: str, registry: InstanceRegistry
 async def override_status(
     app: str,
     instance_id: str,
+    registry: RegistryDep,
     value: str | None = None,
     last_dirty_timestamp: LastDirtyTimestamp = None,
-    registry: InstanceRegistry = Depends(get_registry),
 ) -> Response:
     status = parse_status(value, "value")
     if isinstance(status, Response):
         return status
     if status == InstanceStatus.UNKNOWN:
         return bad_request("to remove an override, DELETE it")
-    try:
-        registry.override_status(app, instance_id, status, last_dirty_timestamp=last_dirty_timestamp)
-    except InstanceNotFound as exc:
-        return not_found(exc)
+    registry.override_status(app, instance_id, status, last_dirty_timestamp=last_dirty_timestamp)
     return Response(status_code=200)
 
 
@@ -135,9 +130,9 @@ async def override_status(
 async def remove_status_override(
     app: str,
     instance_id: str,
+    registry: RegistryDep,
     value: str | None = None,
     last_dirty_timestamp: LastDirtyTimestamp = None,
-    registry: InstanceRegistry = Depends(get_registry),
 ) -> Response:
     new_status = None
     if value is not None:
@@ -145,10 +140,7 @@ async def remove_status_override(
         if isinstance(parsed, Response):
             return parsed
         new_status = parsed
-    try:
-        registry.remove_status_override(app, instance_id, new_status, last_dirty_timestamp=last_dirty_timestamp)
-    except InstanceNotFound as exc:
-        return not_found(exc)
+    registry.remove_status_override(app, instance_id, new_status, last_dirty_timestamp=last_dirty_timestamp)
     return Response(status_code=200)
 
 
@@ -158,19 +150,19 @@ async def remove_status_override(
 
 @eureka.get("/apps")
 @eureka.get("/apps/", include_in_schema=False)
-async def get_applications(request: Request, registry: InstanceRegistry = Depends(get_registry)) -> Response:
+async def get_applications(request: Request, registry: RegistryDep) -> Response:
     view = registry.applications()
     return negotiated(request, schemas.applications_element(view), schemas.applications_json(view))
 
 
 @eureka.get("/apps/delta")
-async def get_delta(request: Request, registry: InstanceRegistry = Depends(get_registry)) -> Response:
+async def get_delta(request: Request, registry: RegistryDep) -> Response:
     view = registry.delta()
     return negotiated(request, schemas.applications_element(view), schemas.applications_json(view))
 
 
 @eureka.get("/apps/{app}")
-async def get_application(app: str, request: Request, registry: InstanceRegistry = Depends(get_registry)) -> Response:
+async def get_application(app: str, request: Request, registry: RegistryDep) -> Response:
     application = registry.application(app)
     if application is None:
         return problem(404, "Not found", f"no such application: {app.upper()}", "not-found")
@@ -182,35 +174,25 @@ async def get_application(app: str, request: Request, registry: InstanceRegistry
 
 
 @eureka.get("/apps/{app}/{instance_id}")
-async def get_app_instance(
-    app: str, instance_id: str, request: Request, registry: InstanceRegistry = Depends(get_registry)
-) -> Response:
-    try:
-        instance = registry.instance(app, instance_id)
-    except InstanceNotFound as exc:
-        return not_found(exc)
+async def get_app_instance(app: str, instance_id: str, request: Request, registry: RegistryDep) -> Response:
+    instance = registry.instance(app, instance_id)
     return negotiated(request, schemas.instance_element(instance), {"instance": schemas.instance_json(instance)})
 
 
 @eureka.get("/instances/{instance_id}")
-async def get_instance(
-    instance_id: str, request: Request, registry: InstanceRegistry = Depends(get_registry)
-) -> Response:
-    try:
-        instance = registry.find_instance(instance_id)
-    except InstanceNotFound as exc:
-        return not_found(exc)
+async def get_instance(instance_id: str, request: Request, registry: RegistryDep) -> Response:
+    instance = registry.find_instance(instance_id)
     return negotiated(request, schemas.instance_element(instance), {"instance": schemas.instance_json(instance)})
 
 
 @eureka.get("/vips/{vip}")
-async def get_vip(vip: str, request: Request, registry: InstanceRegistry = Depends(get_registry)) -> Response:
+async def get_vip(vip: str, request: Request, registry: RegistryDep) -> Response:
     view = registry.by_vip(vip)
     return negotiated(request, schemas.applications_element(view), schemas.applications_json(view))
 
 
 @eureka.get("/svips/{vip}")
-async def get_secure_vip(vip: str, request: Request, registry: InstanceRegistry = Depends(get_registry)) -> Response:
+async def get_secure_vip(vip: str, request: Request, registry: RegistryDep) -> Response:
     view = registry.by_vip(vip, secure=True)
     return negotiated(request, schemas.applications_element(view), schemas.applications_json(view))
 

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from registry import api
 from registry.schemas import FieldError
-from registry.service import InstanceRegistry
+from registry.service import InstanceNotFound, InstanceRegistry
 from registry.settings import RegistrySettings
 from shared.errors import problem
 
@@ -69,6 +69,10 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
             for error in exc.errors()
         ]
         return api.bad_request("invalid request parameters", errors)
+
+    @app.exception_handler(InstanceNotFound)
+    async def unknown_instance(request: Request, exc: InstanceNotFound) -> Response:
+        return api.not_found(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:

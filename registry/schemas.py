@@ -6,6 +6,7 @@ timestamps); JSON follows the Eureka Jackson codec for clients that ask for it.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Annotated, Any
 from xml.etree import ElementTree
@@ -168,35 +169,28 @@ class InstanceIn(_EurekaModel):
         return "" if value is None else value
 
     def to_instance_info(self) -> InstanceInfo:
+        """The domain record: the fields of the same name as they are, the nested wire objects flattened."""
+        same = {name: getattr(self, name) for name in _SAME_NAMED_FIELDS}
         return InstanceInfo(
-            instance_id=self.instance_id,
+            **same,
             app=self.app.upper(),
-            host_name=self.host_name,
-            ip_addr=self.ip_addr,
-            status=self.status,
-            overridden_status=self.overridden_status,
             port=self.port.number,
             port_enabled=self.port.enabled,
             secure_port=self.secure_port.number,
             secure_port_enabled=self.secure_port.enabled,
-            country_id=self.country_id,
             data_center_class=self.data_center_info.class_name,
             data_center_name=self.data_center_info.name,
             data_center_metadata=dict(self.data_center_info.metadata),
             renewal_interval_secs=self.lease_info.renewal_interval_in_secs,
             duration_secs=self.lease_info.duration_in_secs,
             metadata=dict(self.metadata),
-            home_page_url=self.home_page_url,
-            status_page_url=self.status_page_url,
-            health_check_url=self.health_check_url,
-            secure_health_check_url=self.secure_health_check_url,
-            vip_address=self.vip_address,
-            secure_vip_address=self.secure_vip_address,
-            app_group_name=self.app_group_name,
-            asg_name=self.asg_name,
-            is_coordinating_discovery_server=self.is_coordinating_discovery_server,
-            last_dirty_timestamp=self.last_dirty_timestamp,
         )
+
+
+# The InstanceInfo fields the wire model has under the same name and type (copied as they are).
+_SAME_NAMED_FIELDS = tuple(
+    field.name for field in dataclasses.fields(InstanceInfo)
+    if field.name in InstanceIn.model_fields and field.name not in {"app", "port", "secure_port", "metadata"})
 
 
 class RegistrationBody(BaseModel):

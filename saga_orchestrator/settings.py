@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from shared.settings import ServiceSettings
 
@@ -10,6 +10,7 @@ from shared.settings import ServiceSettings
 class Settings(ServiceSettings):
     app_name: str = "SAGA-ORCHESTRATOR"
     port: int = 8007
+    sqlite_database = "saga_orchestrator"
     service_client_id: str = "saga-orchestrator"
 
     # A step's transient failures (timeout, connection error, 5xx, no UP instance) are retried
@@ -39,8 +40,3 @@ class Settings(ServiceSettings):
     # placeCustomerOrder prices from products inventory listed at most this long ago (saga_orchestrator/catalogue.py;
     # 0 asks inventory every time). An unknown SKU is asked for every time, so it is always refused.
     catalogue_cache_secs: float = Field(default=2.0, ge=0, le=2.0)
-
-    @model_validator(mode="after")
-    def _default_database(self) -> Settings:
-        self.database_url = self.database_url or self.default_sqlite_url("saga_orchestrator")
-        return self

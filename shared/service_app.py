@@ -31,7 +31,6 @@ Hook = Callable[[FastAPI], Awaitable[None]]
 def create_service_app(
     settings: ServiceSettings,
     *,
-    title: str,
     routers: list[APIRouter],
     package_dir: Path | None = None,
     on_startup: Hook | None = None,
@@ -41,8 +40,10 @@ def create_service_app(
     own_openapi: bool = True,
     docs_url: str | None = "/docs",
     redoc_url: str | None = "/redoc",
+    title: str | None = None,
 ) -> FastAPI:
-    """Build a service. `package_dir` holds the service's `migrations/`; None means no database.
+    """Build a service. `package_dir` holds the service's `migrations/`; None means no database. The title
+    (of the API docs) is the package's name unless given.
 
     The docs pages at `docs_url`/`redoc_url` read the document at `openapi_url` and load their assets from the
     service itself (shared/docs.py). `own_openapi` False leaves `openapi_url` to the service's routers (the
@@ -75,6 +76,7 @@ def create_service_app(
                 await app.state.db.dispose()
             log.info("service stopped")
 
+    title = title or (package_dir.name if package_dir is not None else service)
     app = FastAPI(title=title, lifespan=lifespan, openapi_url=openapi_url if own_openapi else None,
                   docs_url=None, redoc_url=None)
     if openapi_url is not None:

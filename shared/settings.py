@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -26,6 +26,9 @@ class ServiceSettings(BaseSettings):
     instance_host: str = "127.0.0.1"
 
     database_url: str = ""
+    # Development default when DATABASE_URL is empty: the service's own SQLite file var/<name>.db (None: the
+    # service keeps no database). Refused when ENV=production.
+    sqlite_database: ClassVar[str | None] = None
     db_pool_size: int = 10  # connections kept open; a request waits for a free one (then 503)
     run_migrations: bool = True
 
@@ -77,7 +80,6 @@ class ServiceSettings(BaseSettings):
                 raise ValueError("FAULT_INJECTION cannot be enabled when ENV=production")
             if not self.database_url:
                 raise ValueError("DATABASE_URL must be configured when ENV=production")
+        if not self.database_url and self.sqlite_database:
+            self.database_url = f"sqlite+aiosqlite:///var/{self.sqlite_database}.db"
         return self
-
-    def default_sqlite_url(self, service: str) -> str:
-        return f"sqlite+aiosqlite:///var/{service}.db"
