@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path
 from starlette.responses import Response
 
 from carrier_service import service
@@ -17,7 +17,7 @@ from carrier_service.schemas import (
     ReleaseOut,
 )
 from shared.auth import Admin, Caller, Privileged
-from shared.dependencies import SessionDep
+from shared.dependencies import Paging, SessionDep
 from shared.idempotency import Idempotent
 from shared.schemas import CountryCode, Page
 
@@ -50,14 +50,13 @@ async def create_carrier(body: CarrierCreate, identity: Admin, idempotent: Idemp
 @router.get("", response_model=Page[CarrierOut])
 async def list_carriers(
     session: SessionDep,
+    page: Paging,
     identity: Caller,
     country: CountryCode | None = None,
     active: bool | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> Page[CarrierOut]:
-    carriers, total = await service.list_carriers(session, country, active, limit, offset)
-    return Page(items=[CarrierOut.model_validate(c) for c in carriers], total=total, limit=limit, offset=offset)
+    carriers, total = await service.list_carriers(session, country, active, page.limit, page.offset)
+    return page.page([CarrierOut.model_validate(c) for c in carriers], total)
 
 
 @router.get("/{carrier_id}", response_model=CarrierOut)

@@ -19,7 +19,7 @@ from inventory_service.schemas import (
     Restock,
 )
 from shared.auth import Admin, Privileged
-from shared.dependencies import SessionDep
+from shared.dependencies import Paging, SessionDep
 from shared.errors import InvalidRequest
 from shared.idempotency import Idempotent
 from shared.schemas import ORDER_ID_PATTERN, SKU_PATTERN, Page
@@ -43,12 +43,11 @@ def _sku_list(skus: str | None) -> list[str] | None:
 @router.get("/products", response_model=Page[ProductOut])
 async def list_products(
     session: SessionDep,
+    page: Paging,
     skus: Annotated[str | None, Query(max_length=40_000, description="Comma-separated skus.")] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> Page[ProductOut]:
-    products, total = await service.list_products(session, _sku_list(skus), limit, offset)
-    return Page(items=[ProductOut.model_validate(p) for p in products], total=total, limit=limit, offset=offset)
+    products, total = await service.list_products(session, _sku_list(skus), page.limit, page.offset)
+    return page.page([ProductOut.model_validate(p) for p in products], total)
 
 
 @router.get("/products/{sku}", response_model=ProductOut)

@@ -10,7 +10,7 @@ from starlette.responses import Response
 from order_service import service
 from order_service.schemas import LinesAdd, OrderCancel, OrderCreate, OrderOut
 from shared.auth import Caller, Privileged
-from shared.dependencies import SessionDep
+from shared.dependencies import Paging, SessionDep
 from shared.idempotency import Idempotent
 from shared.schemas import Page
 
@@ -25,14 +25,13 @@ async def create_order(body: OrderCreate, identity: Caller, idempotent: Idempote
 @router.get("", response_model=Page[OrderOut])
 async def list_orders(
     session: SessionDep,
+    page: Paging,
     identity: Caller,
     customer_id: Annotated[str | None, Query(max_length=64)] = None,
     status: Literal["PENDING", "CONFIRMED", "CANCELLED"] | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> Page[OrderOut]:
-    orders, total = await service.list_orders(session, identity, customer_id, status, limit, offset)
-    return Page(items=orders, total=total, limit=limit, offset=offset)
+    orders, total = await service.list_orders(session, identity, customer_id, status, page.limit, page.offset)
+    return page.page(orders, total)
 
 
 @router.get("/{order_id}", response_model=OrderOut)

@@ -7,17 +7,12 @@ from datetime import datetime
 from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from shared.db import UTCDateTime, new_id, new_metadata, utc_now
-from shared.fence import fence_table
-from shared.idempotency import idempotency_table
+from shared.db import UTCDateTime, new_id, utc_now
+from shared.fence import participant_metadata
 
 
 class Base(DeclarativeBase):
-    metadata = new_metadata()
-
-
-idempotency_records = idempotency_table(Base.metadata)
-compensation_fence = fence_table(Base.metadata)
+    metadata = participant_metadata()  # with the idempotency records and the compensation fence
 
 
 class OrderStatus:

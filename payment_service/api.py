@@ -19,7 +19,7 @@ from payment_service.schemas import (
     RefundReceipt,
 )
 from shared.auth import Caller, Privileged
-from shared.dependencies import SessionDep
+from shared.dependencies import Paging, SessionDep
 from shared.idempotency import Idempotent
 from shared.schemas import Page
 
@@ -37,15 +37,15 @@ async def make_payment(body: PaymentCreate, identity: Privileged, idempotent: Id
 @router.get("", response_model=Page[PaymentOut])
 async def list_payments(
     session: SessionDep,
+    page: Paging,
     identity: Caller,
     order_id: Annotated[str | None, Query(pattern=ORDER_ID_PATTERN)] = None,
     customer_id: Annotated[str | None, Query(pattern=CUSTOMER_ID_PATTERN)] = None,
     status: Literal["CAPTURED", "PARTIALLY_REFUNDED", "REFUNDED"] | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> Page[PaymentOut]:
-    payments, total = await service.list_payments(session, identity, order_id, customer_id, status, limit, offset)
-    return Page(items=[PaymentOut.model_validate(p) for p in payments], total=total, limit=limit, offset=offset)
+    payments, total = await service.list_payments(session, identity, order_id, customer_id, status, page.limit,
+                                                  page.offset)
+    return page.page([PaymentOut.model_validate(p) for p in payments], total)
 
 
 @router.get("/{payment_id}", response_model=PaymentOut)

@@ -21,6 +21,7 @@ from saga_orchestrator.schemas import (
     Timestamp,
 )
 from shared.auth import Admin, Caller
+from shared.dependencies import Paging
 from shared.errors import DomainError, InvalidRequest, NotFound
 from shared.idempotency import HEADER as IDEMPOTENCY_HEADER
 from shared.idempotency import REPLAYED_HEADER
@@ -94,15 +95,14 @@ async def place_customer_order(
 async def list_customer_orders(
     request: Request,
     identity: Caller,
+    page: Paging,
     status: SagaStatus | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
     created_after: CreatedAfter = None,
     created_before: CreatedBefore = None,
 ) -> Page[SagaSummary]:
-    items, total = await service.list_sagas(_orchestrator(request), identity, status and str(status), limit, offset,
-                                            created_after, created_before)
-    return Page(items=items, total=total, limit=limit, offset=offset)
+    items, total = await service.list_sagas(_orchestrator(request), identity, status and str(status), page.limit,
+                                            page.offset, created_after, created_before)
+    return page.page(items, total)
 
 
 # Declared before "/{saga_id}", which would otherwise take "stats" for a saga id (and answer 404).

@@ -1,14 +1,16 @@
-"""The route plumbing of every service as FastAPI dependencies: its database, a session in one transaction."""
+"""The route plumbing of every service as FastAPI dependencies: its database, a session in one transaction,
+the page a list route is asked for."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db import Database
+from shared.schemas import PageParams
 from shared.settings import ServiceSettings
 
 
@@ -37,3 +39,11 @@ async def session(db: DatabaseDep) -> AsyncIterator[AsyncSession]:
 
 # scope="function": the transaction ends when the route returns, before its response is sent.
 SessionDep = Annotated[AsyncSession, Depends(session, scope="function")]
+
+
+def paging(limit: Annotated[int, Query(ge=1, le=500)] = 50,
+           offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0) -> PageParams:
+    return PageParams(limit=limit, offset=offset)
+
+
+Paging = Annotated[PageParams, Depends(paging)]

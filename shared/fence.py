@@ -1,7 +1,7 @@
 """The compensation fence, once for every saga participant: a step for an order never lands after its compensation.
 
-Each participant adds `fence_table` to its metadata. A step calls `enter_step` before its work, a compensation
-calls `compensate` before its own, both in the request's transaction. The fence is one row per order:
+Each participant's metadata has the fence table (`participant_metadata`). A step calls `enter_step` before its
+work, a compensation calls `compensate` before its own, both in the request's transaction. One row per order:
 
 - a step after the compensation is refused (409, code "compensated"): the saga gave up waiting for it and
   undid the order, so a late copy must not charge, reserve, assign or ship for a cancelled order;
@@ -20,8 +20,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.expression import Executable
 
-from shared.db import UTCDateTime, utc_now
+from shared.db import UTCDateTime, new_metadata, utc_now
 from shared.errors import Conflict
+from shared.idempotency import idempotency_table
 
 
 class FenceState(StrEnum):
@@ -41,6 +42,15 @@ def fence_table(metadata: MetaData) -> Table:
 
 
 fence = fence_table(MetaData())
+
+
+def participant_metadata() -> MetaData:
+    """A saga participant's metadata: its own tables (added by its models) plus the idempotency records and
+    the compensation fence, so its migrations create both."""
+    metadata = new_metadata()
+    idempotency_table(metadata)
+    fence_table(metadata)
+    return metadata
 
 
 def _upserts(state_on_conflict: Any) -> dict[str, Executable]:

@@ -44,5 +44,10 @@ class Page(BaseModel, Generic[T]):
 
 
 class PageParams(BaseModel):
+    """Which page of a list a request asks for (the `Paging` dependency reads it from the query)."""
+
     limit: int = Field(default=50, ge=1, le=500)
-    offset: int = Field(default=0, ge=0)
+    offset: int = Field(default=0, ge=0, le=1_000_000_000)
+
+    def page(self, items: list[T], total: int) -> Page[T]:
+        return Page(items=items, total=total, limit=self.limit, offset=self.offset)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query
 from starlette.responses import Response
 
 from shared.auth import Caller, Privileged
-from shared.dependencies import SessionDep
+from shared.dependencies import Paging, SessionDep
 from shared.idempotency import Idempotent
 from shared.schemas import Page
 from shipment_service import service
@@ -33,15 +33,15 @@ async def create_shipment(body: ShipmentCreate, identity: Privileged, idempotent
 @router.get("", response_model=Page[ShipmentOut])
 async def list_shipments(
     session: SessionDep,
+    page: Paging,
     identity: Caller,
     order_id: Annotated[str | None, Query(max_length=64)] = None,
     customer_id: Annotated[str | None, Query(max_length=64)] = None,
     status: StatusName | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> Page[ShipmentOut]:
-    shipments, total = await service.list_shipments(session, identity, order_id, customer_id, status, limit, offset)
-    return Page(items=[ShipmentOut.model_validate(s) for s in shipments], total=total, limit=limit, offset=offset)
+    shipments, total = await service.list_shipments(session, identity, order_id, customer_id, status, page.limit,
+                                                    page.offset)
+    return page.page([ShipmentOut.model_validate(s) for s in shipments], total)
 
 
 @router.get("/tracking/{tracking_number}", response_model=ShipmentOut)

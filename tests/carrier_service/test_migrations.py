@@ -7,7 +7,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
 from alembic import command
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -17,7 +16,7 @@ from carrier_service import service
 from carrier_service.app import create_app
 from carrier_service.settings import Settings
 from shared.migrations import alembic_config
-from tests.inprocess import SERVICE, fresh_database_url, running_app
+from tests.inprocess import SERVICE, running_app
 
 BEFORE_COUNTERS = "34475acccd40"
 
@@ -35,20 +34,14 @@ def assignment(carrier_row: dict, day: object, status: str = "ASSIGNED") -> dict
             "currency": "EUR", "status": status, "service_day": day, "created_at": datetime.now(UTC)}
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path}/carrier.db"
-    return fresh_database_url("cs_unit_carrier_migrations")
 
-
-async def test_upgrade_counts_the_assignments_made_before_it(database_url: str) -> None:
-    config = alembic_config(Path(carrier_service.__file__).parent, database_url)
+async def test_upgrade_counts_the_assignments_made_before_it(migrations_database_url: str) -> None:
+    config = alembic_config(Path(carrier_service.__file__).parent, migrations_database_url)
     await asyncio.to_thread(command.upgrade, config, BEFORE_COUNTERS)
     today = service.utc_today()
     cheap, dear = carrier("CHEAP", 3), carrier("DEAR", 1)
     cheap["base_price_minor"], dear["base_price_minor"] = 100, 900
-    engine = create_async_engine(database_url)
+    engine = create_async_engine(migrations_database_url)
     async with engine.begin() as conn:
         await conn.execute(insert(service.carriers), [cheap, dear])
         await conn.execute(insert(service.carrier_countries), [{"carrier_id": cheap["id"], "country": "DE"},
@@ -59,7 +52,7 @@ async def test_upgrade_counts_the_assignments_made_before_it(database_url: str) 
         ])
     await engine.dispose()
 
-    settings = Settings(database_url=database_url, eureka_server_url="")
+    settings = Settings(database_url=migrations_database_url, eureka_server_url="")
     async with running_app(create_app, settings) as (app, client):  # upgrades to head on start
         async with app.state.db.transaction() as session:
             rows = (await session.execute(select(service.loads))).all()

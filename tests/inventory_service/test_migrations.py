@@ -6,7 +6,6 @@ import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 from alembic import command
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -15,24 +14,18 @@ import inventory_service
 from inventory_service.app import create_app
 from inventory_service.settings import Settings
 from shared.migrations import alembic_config
-from tests.inprocess import ADMIN, SERVICE, fresh_database_url, running_app
+from tests.inprocess import ADMIN, SERVICE, running_app
 
 BEFORE_FENCE = "1644c71754e4"
 allocations = sa.table("allocations", sa.column("id"), sa.column("order_id"), sa.column("status"),
                        sa.column("currency"), sa.column("created_at"), sa.column("released_at"))
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path}/inventory.db"
-    return fresh_database_url("cs_unit_inventory_migrations")
 
-
-async def test_orders_released_before_the_fence_still_refuse_a_late_allocate(database_url: str) -> None:
-    config = alembic_config(Path(inventory_service.__file__).parent, database_url)
+async def test_orders_released_before_the_fence_still_refuse_a_late_allocate(migrations_database_url: str) -> None:
+    config = alembic_config(Path(inventory_service.__file__).parent, migrations_database_url)
     await asyncio.to_thread(command.upgrade, config, BEFORE_FENCE)
-    engine = create_async_engine(database_url)
+    engine = create_async_engine(migrations_database_url)
     now = datetime.now(UTC)
     async with engine.begin() as conn:  # the empty RELEASED allocation a release without stock used to leave
         await conn.execute(sa.insert(allocations), [{"id": "marker-1", "order_id": "old-released",
@@ -40,7 +33,7 @@ async def test_orders_released_before_the_fence_still_refuse_a_late_allocate(dat
                                                      "released_at": now}])
     await engine.dispose()
 
-    settings = Settings(database_url=database_url, eureka_server_url="")
+    settings = Settings(database_url=migrations_database_url, eureka_server_url="")
     async with running_app(create_app, settings) as (_, client):  # upgrades to head on start
         product = {"sku": "MIG-1", "name": "Migrated", "unit_price_minor": 100, "currency": "EUR",
                    "weight_grams": 10, "on_hand": 5}
