@@ -323,7 +323,9 @@ class AuthService:
 
     async def issue_service_token(self, client_id: str, client_secret: str) -> tuple[str, int]:
         known = client_id in self.settings.service_client_ids
-        secret_ok = hmac.compare_digest(client_secret.encode(), self.settings.service_client_secret.encode())
+        configured = self.settings.service_client_secret
+        # No SERVICE_CLIENT_SECRET configured: no service tokens at all (there is no default secret).
+        secret_ok = bool(configured) and hmac.compare_digest(client_secret.encode(), configured.encode())
         if not (known and secret_ok):
             raise Unauthorized("The client credentials are not valid.")
         await self.keyring.reload_if_stale()

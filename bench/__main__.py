@@ -208,7 +208,7 @@ def start_peer(stack: Stack) -> PeerProcess:
     database_url = f"{PG_URL_BASE.replace('+asyncpg', '')}/{DBOS_DB}{DB_SUFFIX}"
     services = {SERVICES[package]: url for package, url in stack.services.items() if package in SERVICES}
     workdir = stack.fleet.workdir if stack.fleet else log_dir()
-    peer = PeerProcess(database_url, services, stack.services["auth_service"], service_secret(),
+    peer = PeerProcess(database_url, services, stack.services["auth_service"], service_secret(stack),
                        workdir / "dbos_peer.log", free_port())
     peer.start()
     return peer

@@ -13,7 +13,6 @@ from typing import Any
 
 import httpx
 
-from shared.settings import DEV_SERVICE_CLIENT_SECRET
 from tests.fleet import ADMIN_EMAIL, ADMIN_PASSWORD, NO_DATABASE, SERVICES, Fleet, recreate_databases
 
 DB_PREFIX = "cs_bench"
@@ -120,15 +119,26 @@ def login(api: httpx.Client, email: str, password: str) -> str:
     return str(body["access_token"])
 
 
-def service_secret() -> str:
-    """The orchestrator's client secret (the bare client and the DBOS peer make the orchestrator's calls)."""
-    return os.environ.get("BENCH_SERVICE_SECRET", DEV_SERVICE_CLIENT_SECRET)
+def service_secret(stack: Stack) -> str:
+    """The orchestrator's client secret (the bare client and the DBOS peer make the orchestrator's calls): the
+    fleet's generated one, or BENCH_SERVICE_SECRET for a running stack (there is no default secret)."""
+    if stack.fleet is not None:
+        return stack.fleet.service_secret
+    secret = os.environ.get("BENCH_SERVICE_SECRET", "")
+    if not secret:
+        raise RuntimeError("a running stack's service token needs BENCH_SERVICE_SECRET")
+    return secret
 
 
 def service_token(stack: Stack) -> str:
-    """The orchestrator's own credentials: the bare client makes the orchestrator's calls."""
-    secret = service_secret()
-    with httpx.Client(base_url=stack.gateway_url, timeout=30) as api:
+    """The orchestrator's own credentials, from auth_service's own port (the gateway routes no service tokens):
+    for a running stack at BENCH_AUTH_URL (default: the direct auth_service URL found in its registry)."""
+    secret = service_secret(stack)
+    auth_url = stack.fleet.auth_url if stack.fleet is not None else (
+        os.environ.get("BENCH_AUTH_URL") or stack.services.get("auth_service", ""))
+    if not auth_url:
+        raise RuntimeError("a running stack's service token needs BENCH_AUTH_URL")
+    with httpx.Client(base_url=auth_url, timeout=30) as api:
         body = _check(api.post("/api/auth/token", data={
             "grant_type": "client_credentials", "client_id": SERVICE_CLIENT_ID, "client_secret": secret}), 200)
     return str(body["access_token"])

@@ -17,11 +17,11 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from customer_cli import views
+from customer_cli import local_secrets, views
 from customer_cli.gateway_client import GatewayClient, GatewayError
 from customer_cli.load import ERROR, OUTCOMES, LoadPlan, OrderResult, percentile, run_load
 from customer_cli.orders import EventNarrator, choose_lines, describe, follow, new_customer, order_body
-from customer_cli.runner import DEMO_ADMIN_EMAIL, DEMO_ADMIN_PASSWORD, LocalFleet
+from customer_cli.runner import DEMO_ADMIN_EMAIL, LocalFleet
 
 app = typer.Typer(help="customer-service: the order-to-shipment fleet.", no_args_is_help=True)
 sagas_app = typer.Typer(help="List sagas (admin), or show one with its steps: `sagas show ID`.")
@@ -38,7 +38,8 @@ SAGA_STATES = ["STARTED", "RUNNING", "COMPLETED", "COMPENSATING", "COMPENSATED",
 Gateway = Annotated[str, typer.Option("--gateway", envvar="CS_GATEWAY_URL", help="The gateway's base URL.")]
 AdminEmail = Annotated[str, typer.Option("--admin-email", envvar="CS_ADMIN_EMAIL",
                                          help="Admin account (default: the local runner's demo admin).")]
-AdminPassword = Annotated[str, typer.Option("--admin-password", envvar="CS_ADMIN_PASSWORD", help="Its password.")]
+AdminPassword = Annotated[str, typer.Option("--admin-password", envvar="CS_ADMIN_PASSWORD",
+                                            help="Its password (default: the local runner's, from var/secrets.json).")]
 AsAdmin = Annotated[bool, typer.Option("--as-admin", help="Order as the admin account instead of a customer.")]
 Email = Annotated[str | None, typer.Option("--email", help="Order as this customer (with --password).")]
 Password = Annotated[str | None, typer.Option("--password", help="The customer's password.")]
@@ -87,9 +88,19 @@ def parse_since(value: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def local_admin_password(given: str) -> str:
+    """--admin-password, else the one the local runner generated at its first run (var/secrets.json)."""
+    if given:
+        return given
+    made = local_secrets.read(Path("var").resolve())
+    if made is None:
+        raise GatewayError("Give --admin-password (no local runner's var/secrets.json here).")
+    return made.admin_password
+
+
 def admin_client(gateway: str, admin_email: str, admin_password: str) -> GatewayClient:
     client = GatewayClient(gateway)
-    client.login(admin_email, admin_password)
+    client.login(admin_email, local_admin_password(admin_password))
     return client
 
 
@@ -108,7 +119,7 @@ def customer_client(gateway: str, email: str | None, password: str | None, token
         client.login(email, password)
         return client, email
     if as_admin:
-        client.login(admin_email, admin_password)
+        client.login(admin_email, local_admin_password(admin_password))
         return client, admin_email
     return client, f"new customer {new_customer(client)}"
 
@@ -146,7 +157,7 @@ def order(
     token: Token = None,
     as_admin: AsAdmin = False,
     admin_email: AdminEmail = DEMO_ADMIN_EMAIL,
-    admin_password: AdminPassword = DEMO_ADMIN_PASSWORD,
+    admin_password: AdminPassword = "",
     idempotency_key: Annotated[str | None, typer.Option(
         "--idempotency-key", help="Send it again to get the same order back, never a second one.")] = None,
     follow_it: Annotated[bool, typer.Option("--follow/--no-follow", help="Follow the saga to its end.")] = True,
@@ -203,7 +214,7 @@ def load(
     token: Token = None,
     as_admin: AsAdmin = False,
     admin_email: AdminEmail = DEMO_ADMIN_EMAIL,
-    admin_password: AdminPassword = DEMO_ADMIN_PASSWORD,
+    admin_password: AdminPassword = "",
     timeout: Annotated[float, typer.Option(help="Longest wait for one order's outcome, in seconds.")] = 120,
     as_json: AsJson = False,
 ) -> None:
@@ -258,7 +269,7 @@ def sagas(
     since: Since = None,
     gateway: Gateway = DEFAULT_GATEWAY,
     admin_email: AdminEmail = DEMO_ADMIN_EMAIL,
-    admin_password: AdminPassword = DEMO_ADMIN_PASSWORD,
+    admin_password: AdminPassword = "",
     as_json: AsJson = False,
 ) -> None:
     """List sagas, newest first (as the admin: everyone's)."""
@@ -275,7 +286,7 @@ def list_sagas(
     since: Since = None,
     gateway: Gateway = DEFAULT_GATEWAY,
     admin_email: AdminEmail = DEMO_ADMIN_EMAIL,
-    admin_password: AdminPassword = DEMO_ADMIN_PASSWORD,
+    admin_password: AdminPassword = "",
     as_json: AsJson = False,
 ) -> None:
     """List sagas, newest first (as the admin: everyone's)."""
@@ -296,7 +307,7 @@ def show_saga(
     events: Annotated[bool, typer.Option("--events", help="Also list every event of its history.")] = False,
     gateway: Gateway = DEFAULT_GATEWAY,
     admin_email: AdminEmail = DEMO_ADMIN_EMAIL,
-    admin_password: AdminPassword = DEMO_ADMIN_PASSWORD,
+    admin_password: AdminPassword = "",
     as_json: AsJson = False,
 ) -> None:
     """One saga: its facts and the timeline of its steps and compensations."""
@@ -317,7 +328,7 @@ def show_saga(
 def check(
     gateway: Gateway = DEFAULT_GATEWAY,
     admin_email: AdminEmail = DEMO_ADMIN_EMAIL,
-    admin_password: AdminPassword = DEMO_ADMIN_PASSWORD,
+    admin_password: AdminPassword = "",
     since: Since = None,
     sku: Annotated[list[str] | None, typer.Option(
         "--sku", help="Also check that this SKU's stock is conserved (repeat for more).")] = None,

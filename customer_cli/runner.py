@@ -15,6 +15,8 @@ from types import FrameType
 
 import httpx
 
+from customer_cli import local_secrets
+
 # Component → (default port, needs a database). Started in this order; the gateway last.
 COMPONENTS: dict[str, tuple[int, bool]] = {
     "registry": (8761, False),
@@ -28,9 +30,9 @@ COMPONENTS: dict[str, tuple[int, bool]] = {
     "gateway": (8080, False),
 }
 SEEDS = ["inventory_service.seed", "carrier_service.seed"]
-# Clearly-marked development defaults for local mode only (auth_service refuses them in production).
+# The demo admin of local mode; its password is generated at the first run (var/secrets.json).
 DEMO_ADMIN_EMAIL = "admin@example.com"
-DEMO_ADMIN_PASSWORD = "admin-password-dev"
+REGISTRY_USER = "eureka"
 # Where the gateway connects to auth_service from when every component is a local process.
 LOCAL_GATEWAY = "127.0.0.1,::1"
 
@@ -71,10 +73,30 @@ class LocalFleet:
         self.log = log
         self.components = [Component(name, port + port_offset) for name, (port, _) in COMPONENTS.items()]
         self.stopping = False
+        self._secrets: local_secrets.LocalSecrets | None = None
+
+    @property
+    def secrets(self) -> local_secrets.LocalSecrets:
+        """Generated at the first run under var/ (the environment's SERVICE_CLIENT_SECRET, EUREKA_PASSWORD and
+        BOOTSTRAP_ADMIN_PASSWORD win when set)."""
+        if self._secrets is None:
+            made = local_secrets.load_or_create(self.var)
+            self._secrets = local_secrets.LocalSecrets(
+                service_client_secret=os.environ.get("SERVICE_CLIENT_SECRET") or made.service_client_secret,
+                registry_password=os.environ.get("EUREKA_PASSWORD") or made.registry_password,
+                admin_password=os.environ.get("BOOTSTRAP_ADMIN_PASSWORD") or made.admin_password,
+            )
+        return self._secrets
 
     @property
     def registry_url(self) -> str:
-        return f"{self.components[0].url}/eureka"
+        """The registry's API with its credentials in the URL, as py-eureka-client takes them."""
+        registry = self.components[0]
+        return f"http://{REGISTRY_USER}:{self.secrets.registry_password}@127.0.0.1:{registry.port}/eureka"
+
+    @property
+    def auth_url(self) -> str:
+        return next(c.url for c in self.components if c.name == "auth_service")
 
     @property
     def gateway_url(self) -> str:
@@ -86,10 +108,14 @@ class LocalFleet:
             "PORT": str(port),
             "PYTHONUNBUFFERED": "1",
             "EUREKA_SERVER_URL": self.registry_url,
+            "EUREKA_USERNAME": REGISTRY_USER,
+            "EUREKA_PASSWORD": self.secrets.registry_password,
+            "AUTH_URLS": self.auth_url,
+            "SERVICE_CLIENT_SECRET": self.secrets.service_client_secret,
             "EUREKA_RENEWAL_INTERVAL_SECS": os.environ.get("EUREKA_RENEWAL_INTERVAL_SECS", "2"),
             "EUREKA_LEASE_DURATION_SECS": os.environ.get("EUREKA_LEASE_DURATION_SECS", "10"),
             "BOOTSTRAP_ADMIN_EMAIL": os.environ.get("BOOTSTRAP_ADMIN_EMAIL", DEMO_ADMIN_EMAIL),
-            "BOOTSTRAP_ADMIN_PASSWORD": os.environ.get("BOOTSTRAP_ADMIN_PASSWORD", DEMO_ADMIN_PASSWORD),
+            "BOOTSTRAP_ADMIN_PASSWORD": self.secrets.admin_password,
         }
         if COMPONENTS[name][1]:
             env["DATABASE_URL"] = f"sqlite+aiosqlite:///{self.var / f'{name}.db'}"
@@ -190,6 +216,8 @@ class LocalFleet:
             self.start()
             self.log(f"The fleet is up. Gateway: {self.gateway_url}  (registry: {self.components[0].url}, "
                      f"logs: {self.var / 'logs'}). Press Ctrl-C to stop.")
+            self.log(f"Demo admin: {DEMO_ADMIN_EMAIL} with the password in {self.var / local_secrets.FILE_NAME} "
+                     "(made at the first run; the CLI's commands read it from there).")
             while True:
                 dead = [c for c in self.components if c.process is not None and c.process.poll() is not None]
                 if dead:

@@ -56,7 +56,8 @@ async def proxy(request: Request) -> Response:
     raw_path = raw.decode("latin-1") if raw else quote(request.scope["path"])
     path = check_path(raw_path)
     route = gateway.routes.match(request.method, path)
-    if route is None:
+    if route is None or not route.routed:
+        # An internal endpoint is answered exactly as a path nobody serves.
         raise NotFound(f"No route for {request.method} {path}.")
     # Metrics by route table entry: the catch-all's own template would lump every service together.
     request.state.route_label = route.prefix

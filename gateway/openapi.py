@@ -100,9 +100,10 @@ def _used_components(paths: Mapping[str, Any], components: Mapping[str, Mapping[
 
 
 def _route_of(routes: RouteTable, app: str, method: str, path: str) -> Route | None:
-    """The route that sends `method path` to `app`, if any (internal endpoints such as /validate have none)."""
+    """The route that sends `method path` to `app`, if any (internal endpoints such as /validate or the saga's
+    steps have none)."""
     route = routes.match(method.upper(), path)
-    return route if route is not None and route.app == app else None
+    return route if route is not None and route.routed and route.app == app else None
 
 
 def merge_openapi(

@@ -1,7 +1,14 @@
-"""The gateway's route table: path prefix → Eureka app, matched longest prefix first; path tricks refused."""
+"""The gateway's route table: path prefix → Eureka app, matched longest prefix first; path tricks refused.
+
+Some entries are never routed: the fleet's internal endpoints (the saga's steps and compensations, service
+tokens) are answered 404 here, as if they did not exist, whoever asks; only the services call them, on each
+other's own ports.
+"""
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Iterable
 from urllib.parse import unquote
 
@@ -12,15 +19,28 @@ from shared.errors import DomainError
 AUTH_APP = "AUTH-SERVICE"
 
 
+@functools.cache
+def _wildcard_pattern(prefix: str, exact: bool) -> re.Pattern[str]:
+    """A prefix with `*` segments as a regex: each `*` stands for exactly one non-empty segment."""
+    body = "/".join("[^/]+" if segment == "*" else re.escape(segment) for segment in prefix.split("/"))
+    return re.compile(body + ("/?" if exact else "(?:/.*)?") + r"\Z", re.DOTALL)
+
+
 class Route(BaseModel):
-    """One entry of the table. `methods` None means every method; public routes skip /validate."""
+    """One entry of the table. `methods` None means every method; public routes skip /validate.
+
+    A `*` segment in the prefix matches any one segment (`/api/orders/*/lines`); `exact` matches the prefix
+    itself and not the paths below it; `routed` False makes the gateway answer 404 (internal endpoints).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    prefix: str = Field(description="Path prefix, matched on a segment boundary.")
+    prefix: str = Field(description="Path prefix, matched on a segment boundary; a `*` segment matches any one.")
     app: str = Field(description="Eureka app name of the service that owns the prefix.")
     methods: tuple[str, ...] | None = None
     public: bool = False
+    exact: bool = Field(default=False, description="Match the prefix itself only, not the paths below it.")
+    routed: bool = Field(default=True, description="False: never forwarded (an internal endpoint); 404.")
     timeout_secs: float = Field(default=30.0, gt=0, description="Longest wait for the upstream's answer.")
 
     @field_validator("prefix")
@@ -30,6 +50,8 @@ class Route(BaseModel):
             raise ValueError("a route prefix starts with '/'")
         if any(seg in (".", "..") for seg in value.split("/")) or "\\" in value or "%" in value:
             raise ValueError("a route prefix is a plain path")
+        if any("*" in seg and seg != "*" for seg in value.split("/")):
+            raise ValueError("a `*` in a route prefix stands for a whole segment")
         return value.rstrip("/") or "/"
 
     @field_validator("app")
@@ -49,17 +71,35 @@ class Route(BaseModel):
             # HEAD is a GET without a body: a route open to GET is open to HEAD.
             if not (method == "HEAD" and "GET" in self.methods):
                 return False
+        if "*" in self.prefix:
+            return _wildcard_pattern(self.prefix, self.exact).match(path) is not None
+        if self.exact:
+            return path in (self.prefix, self.prefix + "/")
         if self.prefix == "/":
             return True
         return path == self.prefix or path.startswith(self.prefix + "/")
 
 
+# The endpoints only the fleet's services call: the saga's steps and compensations (saga_orchestrator/steps.py)
+# and the service tokens they are made with. Never routed: an admin's token does not open them either.
+INTERNAL_ROUTES: tuple[Route, ...] = (
+    Route(prefix="/api/auth/token", app=AUTH_APP, routed=False),
+    Route(prefix="/api/orders/*/lines", app="ORDER-SERVICE", routed=False),
+    Route(prefix="/api/orders/*/confirm", app="ORDER-SERVICE", routed=False),
+    Route(prefix="/api/inventory/allocations", app="INVENTORY-SERVICE", methods=("POST",), routed=False),
+    # Payments, refunds of a payment and of an order.
+    Route(prefix="/api/payments", app="PAYMENT-SERVICE", methods=("POST",), routed=False),
+    Route(prefix="/api/carriers/assignments", app="CARRIER-SERVICE", methods=("POST",), routed=False),
+    Route(prefix="/api/shipments", app="SHIPMENT-SERVICE", methods=("POST",), exact=True, routed=False),
+    Route(prefix="/api/shipments/orders", app="SHIPMENT-SERVICE", methods=("POST",), routed=False),
+)
+
 # DESIGN.md's table. Login and friends are public; /api/auth/me and the like are not.
 DEFAULT_ROUTES: tuple[Route, ...] = (
+    *INTERNAL_ROUTES,
     Route(prefix="/api/auth/register", app=AUTH_APP, public=True),
     Route(prefix="/api/auth/login", app=AUTH_APP, public=True),
     Route(prefix="/api/auth/refresh", app=AUTH_APP, public=True),
-    Route(prefix="/api/auth/token", app=AUTH_APP, public=True),
     Route(prefix="/api/auth/.well-known/jwks.json", app=AUTH_APP, public=True),
     Route(prefix="/api/auth", app=AUTH_APP),
     # The saga may hold the request open for `Prefer: wait=N`, so it gets a longer timeout.

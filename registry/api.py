@@ -7,19 +7,42 @@ All handlers are `async def` so that they run on the event loop, the registry's 
 
 from __future__ import annotations
 
+import hmac
 import json
 from typing import Annotated, Any
 from xml.etree.ElementTree import Element
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
 from registry import schemas
 from registry.service import InstanceNotFound, InstanceRegistry, InstanceStatus
 from shared.errors import problem
 
+_basic = HTTPBasic(realm="eureka", auto_error=False)
+
+
+class Unauthenticated(Exception):
+    """No or wrong registry credentials (answered 401 by the app's handler)."""
+
+
+async def require_credentials(
+    request: Request, credentials: Annotated[HTTPBasicCredentials | None, Depends(_basic)]
+) -> None:
+    """Every /eureka call, reads included, carries the registry's basic credentials (as Spring Security's
+    Eureka asks): registrations are who the fleet sends traffic to, and the listing is the fleet's map."""
+    settings = request.app.state.settings
+    if credentials is None:
+        raise Unauthenticated
+    user_ok = hmac.compare_digest(credentials.username.encode(), settings.eureka_username.encode())
+    password_ok = hmac.compare_digest(credentials.password.encode(), settings.eureka_password.encode())
+    if not (user_ok and password_ok):
+        raise Unauthenticated
+
+
 router = APIRouter()
-eureka = APIRouter(prefix="/eureka", tags=["eureka"])
+eureka = APIRouter(prefix="/eureka", tags=["eureka"], dependencies=[Depends(require_credentials)])
 
 # Epoch milliseconds of the client's last change to its registration.
 LastDirtyTimestamp = Annotated[int | None, Query(alias="lastDirtyTimestamp")]

@@ -74,6 +74,11 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
     async def unknown_instance(request: Request, exc: InstanceNotFound) -> Response:
         return api.not_found(exc)
 
+    @app.exception_handler(api.Unauthenticated)
+    async def unauthenticated(request: Request, exc: api.Unauthenticated) -> Response:
+        return problem(401, "Unauthorized", "The registry needs its credentials (HTTP basic).", "unauthorized",
+                       headers={"WWW-Authenticate": 'Basic realm="eureka"'})
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         return problem(exc.status_code, str(exc.detail), str(exc.detail))

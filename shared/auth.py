@@ -16,12 +16,11 @@ from jose.exceptions import JOSEError, JWTError
 
 from shared.errors import Forbidden, ServiceUnavailable, Unauthorized
 from shared.registry_client import RegistryClient
-from shared.settings import ServiceSettings
+from shared.settings import AUTH_APP, ServiceSettings
 
 log = structlog.get_logger(__name__)
 
 ALGORITHMS = ["RS256"]  # the only algorithm accepted: no "none", no HS256 with a public key
-AUTH_APP = "AUTH-SERVICE"
 VERIFIED_CACHE_SIZE = 4096
 
 
@@ -71,6 +70,7 @@ class TokenVerifier:
         self._static_keys = {k["kid"]: k for k in jwks.get("keys", [])}
 
     def _jwks_url(self) -> str:
+        """AUTH_JWKS_URL, or auth_service's /jwks at AUTH_URLS: fixed by configuration, never the registry's."""
         if self.settings.auth_jwks_url:
             return self.settings.auth_jwks_url
         if self.registry is None:

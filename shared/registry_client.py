@@ -9,6 +9,7 @@ import ssl
 import threading
 from dataclasses import dataclass
 from io import BytesIO
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import structlog
@@ -16,7 +17,7 @@ from py_eureka_client import http_client as eureka_http
 from py_eureka_client.eureka_client import EurekaClient
 
 from shared.errors import ServiceUnavailable
-from shared.settings import ServiceSettings
+from shared.settings import AUTH_APP, ServiceSettings
 
 log = structlog.get_logger(__name__)
 
@@ -122,8 +123,21 @@ def _on_eureka_error(error_type: str, exception: Exception) -> None:
     log.warning("eureka error", error_type=error_type, error=repr(exception))
 
 
+def redacted(url: str) -> str:
+    """The URL without the password in it (for logs)."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 class RegistryClient:
-    """One per process: registers this instance (if it has a port) and keeps a local copy of the registry."""
+    """One per process: registers this instance (if it has a port) and keeps a local copy of the registry.
+
+    AUTH-SERVICE is never looked up in the registry: its instances are the configured AUTH_URLS. Anyone who
+    can register could otherwise become the fleet's authority (its keys, its forward-auth answers).
+    """
 
     def __init__(self, settings: ServiceSettings, register: bool = True, discover: bool = True) -> None:
         self.settings = settings
@@ -133,6 +147,7 @@ class RegistryClient:
         self._client: EurekaClient | None = None
         self._cursors: dict[str, itertools.count[int]] = {}
         self._static: dict[str, list[Instance]] = {}
+        self.set_static(AUTH_APP, list(settings.auth_urls))
 
     async def start(self) -> None:
         if not self.enabled:
@@ -158,7 +173,7 @@ class RegistryClient:
         )
         harden_eureka_client(self._client)
         await self._client.start()
-        log.info("registry client started", app=s.app_name, port=s.port, registry=s.eureka_server_url)
+        log.info("registry client started", app=s.app_name, port=s.port, registry=redacted(s.eureka_server_url))
 
     async def stop(self) -> None:
         client, self._client = self._client, None
@@ -194,6 +209,9 @@ class RegistryClient:
     def choose(self, app_name: str, exclude: frozenset[str] = frozenset()) -> Instance:
         """Round-robin over the UP instances; 503 when there is none."""
         candidates = [i for i in self.instances(app_name) if i.instance_id not in exclude]
+        if not candidates and app_name.upper() == AUTH_APP and not self.settings.auth_urls:
+            raise ServiceUnavailable("AUTH_URLS is not configured: auth_service is never looked up in the registry.",
+                                     service=AUTH_APP)
         if not candidates:
             raise ServiceUnavailable(f"No UP instance of {app_name.upper()} is registered.",
                                      service=app_name.upper())

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 from pydantic import field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.forwarded import Network, parse_networks
 
-# Clearly-marked development default: services refuse it when ENV=production.
-DEV_SERVICE_CLIENT_SECRET = "dev-only-service-secret-change-me"
+# auth_service's app name in the registry. It is never resolved there: see ServiceSettings.auth_urls.
+AUTH_APP = "AUTH-SERVICE"
+# The shortest SERVICE_CLIENT_SECRET production accepts (the local runner generates 48 hex characters).
+MIN_SERVICE_SECRET_LENGTH = 32
 
 
 class ServiceSettings(BaseSettings):
@@ -32,7 +35,8 @@ class ServiceSettings(BaseSettings):
     db_pool_size: int = 10  # connections kept open; a request waits for a free one (then 503)
     run_migrations: bool = True
 
-    # Empty disables registration and discovery (used by in-process unit tests).
+    # Empty disables registration and discovery (used by in-process unit tests). The registry's credentials go
+    # in the URL, as py-eureka-client expects them: http://eureka:PASSWORD@host:8761/eureka.
     eureka_server_url: str = "http://127.0.0.1:8761/eureka"
     eureka_renewal_interval_secs: int = 30
     eureka_lease_duration_secs: int = 90
@@ -40,15 +44,21 @@ class ServiceSettings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
 
-    # How services verify tokens: JWKS of AUTH-SERVICE (resolved from the registry) unless set.
+    # Where auth_service is, fixed by configuration (comma-separated base URLs): the token keys (JWKS), the
+    # revocation list, service tokens and the gateway's forward-auth come from here and never from the
+    # registry, so whoever manages to register an AUTH-SERVICE instance does not become the authority.
+    auth_urls: Annotated[tuple[str, ...], NoDecode] = ("http://127.0.0.1:8001",)
+    # The JWKS to trust, if not auth_service's own /jwks at AUTH_URLS.
     auth_jwks_url: str = ""
     jwt_issuer: str = "customer-service-auth"
     jwt_audience: str = "customer-service"
     jwks_cache_secs: int = 300
 
-    # Service-to-service credentials (client credentials grant at auth_service).
+    # Service-to-service credentials (client credentials grant at auth_service). No default: a published one
+    # would let anyone mint a service token. The local runner generates one at first run (var/secrets.json);
+    # empty means no service tokens (auth_service grants none, a service needing one fails its call).
     service_client_id: str = ""
-    service_client_secret: str = DEV_SERVICE_CLIENT_SECRET
+    service_client_secret: str = ""
 
     idempotency_ttl_secs: int = 24 * 3600
 
@@ -71,11 +81,24 @@ class ServiceSettings(BaseSettings):
         # From the environment a plain "10.0.0.0/8, 192.0.2.7" rather than JSON; a bad entry stops startup.
         return parse_networks(value) if isinstance(value, str | list | tuple) else value
 
+    @field_validator("auth_urls", mode="before")
+    @classmethod
+    def _urls(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, list | tuple):
+            return tuple(str(url).strip().rstrip("/") for url in value if str(url).strip())
+        return value
+
     @model_validator(mode="after")
     def _refuse_dev_defaults_in_production(self) -> ServiceSettings:
         if self.env == "production":
-            if self.service_client_secret == DEV_SERVICE_CLIENT_SECRET:
-                raise ValueError("SERVICE_CLIENT_SECRET must be configured when ENV=production")
+            if len(self.service_client_secret) < MIN_SERVICE_SECRET_LENGTH:
+                raise ValueError(f"SERVICE_CLIENT_SECRET must be configured (at least {MIN_SERVICE_SECRET_LENGTH} "
+                                 "characters) when ENV=production")
+            if self.eureka_server_url and not urlsplit(self.eureka_server_url).password:
+                raise ValueError("EUREKA_SERVER_URL must carry the registry's credentials when ENV=production "
+                                 "(http://user:password@host:8761/eureka)")
             if self.fault_injection:
                 raise ValueError("FAULT_INJECTION cannot be enabled when ENV=production")
             if not self.database_url:

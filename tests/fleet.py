@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -34,6 +35,7 @@ NO_DATABASE = {"gateway"}
 DB_SUFFIX = os.environ.get("TEST_DB_SUFFIX", "")
 ADMIN_EMAIL = "admin@fleet.test"
 ADMIN_PASSWORD = "fleet-admin-password"
+REGISTRY_USER = "eureka"
 
 
 def free_port() -> int:
@@ -114,11 +116,21 @@ class Fleet:
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
     registry: ServiceProcess | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Secrets made for this fleet alone (no published default works anywhere): the registry's password and
+    # the services' client secret. auth_service keeps one port, the address every service is configured with.
+    registry_password: str = field(default_factory=lambda: secrets.token_hex(16))
+    service_secret: str = field(default_factory=lambda: secrets.token_hex(24))
+    auth_port: int = field(default_factory=lambda: free_port())
 
     @property
     def registry_url(self) -> str:
+        """The registry's API with its credentials, as the services are configured with it."""
         assert self.registry is not None
-        return f"{self.registry.url}/eureka"
+        return f"http://{REGISTRY_USER}:{self.registry_password}@127.0.0.1:{self.registry.port}/eureka"
+
+    @property
+    def auth_url(self) -> str:
+        return f"http://127.0.0.1:{self.auth_port}"
 
     @property
     def gateway_url(self) -> str:
@@ -128,7 +140,8 @@ class Fleet:
         return f"{PG_URL_BASE}/{self.db_prefix}_{package}{DB_SUFFIX}"
 
     def start_registry(self) -> None:
-        env = {**os.environ, "PORT": str(free_port()), "EVICTION_INTERVAL_SECS": "1", "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PORT": str(free_port()), "EVICTION_INTERVAL_SECS": "1", "PYTHONUNBUFFERED": "1",
+               "EUREKA_USERNAME": REGISTRY_USER, "EUREKA_PASSWORD": self.registry_password}
         self.registry = ServiceProcess("registry", "registry", int(env["PORT"]), env, self.workdir / "registry.log")
         self.registry.start()
         wait_http(f"{self.registry.url}/health", self.registry)
@@ -139,6 +152,8 @@ class Fleet:
             "ENV": "test",
             "PORT": str(port),
             "EUREKA_SERVER_URL": self.registry_url,
+            "AUTH_URLS": self.auth_url,
+            "SERVICE_CLIENT_SECRET": self.service_secret,
             "EUREKA_RENEWAL_INTERVAL_SECS": "1",
             "EUREKA_LEASE_DURATION_SECS": "3",
             "FAULT_INJECTION": "true",
@@ -163,7 +178,7 @@ class Fleet:
               env: dict[str, str] | None = None) -> ServiceProcess:
         """Start one instance (name defaults to the package; use another name for a second instance)."""
         name = name or package
-        port = free_port()
+        port = self.auth_port if name == "auth_service" else free_port()
         proc = ServiceProcess(name, package, port, self.service_env(package, port, **(env or {})),
                               self.workdir / f"{name}.log")
         self.processes[name] = proc
@@ -206,6 +221,13 @@ class Fleet:
                 return
             time.sleep(0.2)
         raise TimeoutError(f"{app} (port {port}) is still registered after {timeout}s")
+
+    def service_token(self, client_id: str = "saga-orchestrator") -> str:
+        """A service token from auth_service's own port, as the services get theirs (the gateway routes none)."""
+        response = httpx.post(f"{self.auth_url}/api/auth/token", data={
+            "grant_type": "client_credentials", "client_id": client_id, "client_secret": self.service_secret})
+        assert response.status_code == 200, response.text
+        return str(response.json()["access_token"])
 
     def registered_ports(self, app: str) -> set[int]:
         response = httpx.get(f"{self.registry_url}/apps/{app}", headers={"Accept": "application/json"}, timeout=5)

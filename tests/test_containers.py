@@ -13,6 +13,18 @@ from tests.fleet import ROOT, SERVICES
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 DESIGN_SERVICES = list(SERVICES)  # every package of the design, gateway included
+EUREKA_URL = "http://eureka:${EUREKA_PASSWORD:?set EUREKA_PASSWORD, the registry's password}@eureka:8761/eureka"
+
+
+def test_no_secret_has_a_published_default() -> None:
+    """Issue 15 item 2: compose refuses to start until each secret is set (`${VAR:?…}`), none has a fallback."""
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert "dev-only-service-secret" not in text and "admin-password-dev" not in text
+    for variable in ("SERVICE_CLIENT_SECRET", "EUREKA_PASSWORD", "BOOTSTRAP_ADMIN_PASSWORD"):
+        uses = re.findall(r"\$\{" + variable + r"(:?[-?])", text)
+        assert uses and set(uses) == {":?"}, (variable, uses)
+    eureka = COMPOSE["services"]["eureka"]["environment"]
+    assert eureka["EUREKA_USERNAME"] == eureka["SPRING_SECURITY_USER_NAME"] == "eureka"
 
 
 def _command_module(service: dict) -> list[str]:
@@ -27,7 +39,8 @@ def test_every_service_of_the_design_is_in_compose() -> None:
         service = services[name]
         assert "healthcheck" in service, name
         env = service["environment"]
-        assert env["EUREKA_SERVER_URL"] == "http://eureka:8761/eureka", name
+        assert env["EUREKA_SERVER_URL"] == EUREKA_URL, name
+        assert env["AUTH_URLS"] == "http://auth_service:8001", name
         if name != "gateway":
             assert env["DATABASE_URL"].startswith("postgresql+asyncpg://"), name
             assert env["DATABASE_URL"].endswith(f"/{name}"), name

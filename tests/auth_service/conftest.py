@@ -30,6 +30,7 @@ AppAndClient = tuple[FastAPI, httpx.AsyncClient]
 ADMIN_EMAIL = "admin@auth.test"
 ADMIN_PASSWORD = "auth-admin-password"
 PASSWORD = "correct horse battery"
+SERVICE_SECRET = "auth-test-service-secret-0123456789abcdef"
 
 
 def auth_settings(database_url: str, **overrides: Any) -> Settings:
@@ -39,6 +40,7 @@ def auth_settings(database_url: str, **overrides: Any) -> Settings:
         "eureka_server_url": "",
         "bootstrap_admin_email": ADMIN_EMAIL,
         "bootstrap_admin_password": ADMIN_PASSWORD,
+        "service_client_secret": SERVICE_SECRET,
         "login_failure_delay_secs": 0,
         "log_json": False,
         "log_level": "WARNING",

@@ -68,6 +68,7 @@ async def test_an_untrusted_peers_forwarded_for_is_ignored(app: FastAPI) -> None
 
 def test_trusted_proxies_is_a_setting_of_every_service_and_trusts_nobody_by_default(database_url: str) -> None:
     assert auth_settings(database_url).trusted_proxies == ()
-    production = auth_settings(database_url, env="production", service_client_secret="s3cret",
+    production = auth_settings(database_url, env="production",
+                               service_client_secret="s3cret-of-at-least-32-characters-0123",
                                bootstrap_admin_password="not-the-demo-one")
     assert production.trusted_proxies == ()

@@ -26,7 +26,8 @@ from tests.auth_service.conftest import (
 )
 from tests.inprocess import fresh_database_url
 
-PRODUCTION: dict[str, Any] = {"env": "production", "service_client_secret": "a-real-secret-from-the-vault",
+PRODUCTION: dict[str, Any] = {"env": "production", "eureka_server_url": "",
+              "service_client_secret": "a-real-secret-from-the-vault-0123456789",
               "bootstrap_admin_email": "", "bootstrap_admin_password": ""}
 
 

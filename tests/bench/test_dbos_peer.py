@@ -20,7 +20,6 @@ from bench.sagas import saga_context
 from bench.stack import Customer, Stack
 from customer_cli.invariants import check_invariants
 from saga_orchestrator.steps import CURRENT
-from shared.settings import DEV_SERVICE_CLIENT_SECRET
 from tests.conftest import User
 from tests.fleet import DB_SUFFIX, PG_URL_BASE, SERVICES, Fleet, free_port, recreate_databases
 
@@ -35,7 +34,7 @@ def peer(fleet: Fleet) -> Iterator[PeerProcess]:
     services = {SERVICES[name]: proc.url for name, proc in fleet.processes.items()}
     url = PG_URL_BASE.replace("+asyncpg", "")
     process = PeerProcess(f"{url}/{DB_NAME}{DB_SUFFIX}", services, fleet.processes["auth_service"].url,
-                          DEV_SERVICE_CLIENT_SECRET, fleet.workdir / "dbos_peer.log", free_port())
+                          fleet.service_secret, fleet.workdir / "dbos_peer.log", free_port())
     process.start()
     yield process
     process.stop()
@@ -102,7 +101,7 @@ def test_the_peer_calls_under_the_sagas_idempotency_keys(peer: PeerProcess, stac
     with httpx.Client(timeout=30) as client:
         token = client.post(f"{fleet.processes['auth_service'].url}/api/auth/token", data={
             "grant_type": "client_credentials", "client_id": "saga-orchestrator",
-            "client_secret": DEV_SERVICE_CLIENT_SECRET})
+            "client_secret": fleet.service_secret})
         assert token.status_code == 200, token.text
         create = CURRENT.steps[0].action
         # The body as the peer's aiohttp client serialized it (the key's fingerprint is of the bytes).

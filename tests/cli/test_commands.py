@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -55,9 +57,19 @@ def test_an_unreachable_gateway_is_a_clear_error() -> None:
 
 
 def test_the_gateway_comes_from_the_environment() -> None:
-    result = run_cli("sagas", timeout=60, env={"CS_GATEWAY_URL": "http://127.0.0.1:9"})
+    result = run_cli("sagas", timeout=60, env={"CS_GATEWAY_URL": "http://127.0.0.1:9", "CS_ADMIN_PASSWORD": "x"})
     assert result.returncode == 1
     assert "http://127.0.0.1:9" in result.stderr
+
+
+def test_without_a_local_runner_the_admin_password_must_be_given(tmp_path: Path) -> None:
+    """The demo admin's password is the local runner's, generated at its first run: no published default."""
+    # Run from an empty directory (no var/ there), this checkout's code first on the path.
+    environment = {**os.environ, "COLUMNS": "200", "CS_GATEWAY_URL": "http://127.0.0.1:9", "PYTHONPATH": str(ROOT)}
+    environment.pop("CS_ADMIN_PASSWORD", None)
+    result = subprocess.run([sys.executable, "-m", "customer_cli", "sagas"], cwd=tmp_path, env=environment,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1 and "--admin-password" in result.stderr, result.stderr
 
 
 # -- against the fleet ----------------------------------------------------------------------------

@@ -17,7 +17,6 @@ TABLE = RouteTable(DEFAULT_ROUTES)
         ("POST", "/api/auth/login", "AUTH-SERVICE", True),
         ("POST", "/api/auth/register", "AUTH-SERVICE", True),
         ("POST", "/api/auth/refresh", "AUTH-SERVICE", True),
-        ("POST", "/api/auth/token", "AUTH-SERVICE", True),
         ("GET", "/api/auth/.well-known/jwks.json", "AUTH-SERVICE", True),
         ("GET", "/api/auth/me", "AUTH-SERVICE", False),
         ("GET", "/api/auth", "AUTH-SERVICE", False),
@@ -25,22 +24,46 @@ TABLE = RouteTable(DEFAULT_ROUTES)
         ("POST", "/api/customer-orders", "SAGA-ORCHESTRATOR", False),
         ("GET", "/api/customer-orders/abc", "SAGA-ORCHESTRATOR", False),
         ("GET", "/api/orders", "ORDER-SERVICE", False),
-        ("POST", "/api/orders/o-1/lines", "ORDER-SERVICE", False),
         ("GET", "/api/orders/", "ORDER-SERVICE", False),
         ("GET", "/api/inventory/products", "INVENTORY-SERVICE", True),
         ("HEAD", "/api/inventory/products/sku-1", "INVENTORY-SERVICE", True),
         ("POST", "/api/inventory/products", "INVENTORY-SERVICE", False),  # writes are not public
         ("GET", "/api/inventory/productsX", "INVENTORY-SERVICE", False),
-        ("POST", "/api/inventory/allocations", "INVENTORY-SERVICE", False),
-        ("POST", "/api/payments", "PAYMENT-SERVICE", False),
-        ("POST", "/api/carriers/assignments", "CARRIER-SERVICE", False),
         ("GET", "/api/shipments/s-1", "SHIPMENT-SERVICE", False),
+        ("POST", "/api/shipments/s-1/cancel", "SHIPMENT-SERVICE", False),  # a customer's own cancellation
+        ("POST", "/api/orders/o-1/cancel", "ORDER-SERVICE", False),
+        ("GET", "/api/inventory/allocations/o-1", "INVENTORY-SERVICE", False),  # reads stay open to admins
+        ("GET", "/api/carriers/assignments/o-1", "CARRIER-SERVICE", False),
+        ("GET", "/api/payments", "PAYMENT-SERVICE", False),
     ],
 )
 def test_longest_prefix_and_method_decide_the_route(method: str, path: str, app: str, public: bool) -> None:
     route = TABLE.match(method, path)
-    assert route is not None
+    assert route is not None and route.routed
     assert (route.app, route.public) == (app, public)
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("POST", "/api/auth/token"), ("GET", "/api/auth/token"),
+    ("POST", "/api/orders/o-1/lines"), ("DELETE", "/api/orders/o-1/lines"), ("DELETE", "/api/orders/o-1/lines/l-1"),
+    ("POST", "/api/orders/o-1/confirm"),
+    ("POST", "/api/inventory/allocations"), ("POST", "/api/inventory/allocations/o-1/release"),
+    ("POST", "/api/payments"), ("POST", "/api/payments/p-1/refunds"), ("POST", "/api/payments/orders/o-1/refund"),
+    ("POST", "/api/carriers/assignments"), ("POST", "/api/carriers/assignments/o-1/release"),
+    ("POST", "/api/shipments"), ("POST", "/api/shipments/"), ("POST", "/api/shipments/orders/o-1/cancel"),
+])
+def test_internal_endpoints_are_never_routed(method: str, path: str) -> None:
+    route = TABLE.match(method, path)
+    assert route is not None and not route.routed
+
+
+def test_a_wildcard_stands_for_one_whole_segment() -> None:
+    route = Route(prefix="/api/x/*/y", app="X", routed=False)
+    assert route.matches("GET", "/api/x/1/y") and route.matches("GET", "/api/x/1/y/z")
+    assert not route.matches("GET", "/api/x/y") and not route.matches("GET", "/api/x/1/2/y")
+    assert not route.matches("GET", "/api/x/1/yy")
+    with pytest.raises(ValidationError):
+        Route(prefix="/api/x*/y", app="X")
 
 
 @pytest.mark.parametrize("path", ["/api/ordersX", "/api/orders-old", "/api", "/", "/apiorders", "/api/unknown",

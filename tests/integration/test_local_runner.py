@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -105,6 +106,19 @@ def test_local_runner_start_use_stop_restart(tmp_path: Path) -> None:
             created = client.post("/api/orders", json={"currency": "EUR"}, headers={"Authorization": f"Bearer {token}"})
             assert created.status_code == 201, created.text
             order_id = created.json()["id"]
+        # Secrets made at the first run, readable by the owner only; none of them published anywhere.
+        made = json.loads((var / "secrets.json").read_text())
+        assert (var / "secrets.json").stat().st_mode & 0o077 == 0
+        assert made["service_client_secret"] != "dev-only-service-secret-change-me"
+        with httpx.Client(base_url=gateway, timeout=30) as client:
+            admin = client.post("/api/auth/login", json={"email": "admin@example.com",
+                                                        "password": made["admin_password"]})
+            assert admin.status_code == 200, admin.text
+            assert client.post("/api/auth/login", json={"email": "admin@example.com",
+                                                        "password": "admin-password-dev"}).status_code == 401
+        registry = f"http://127.0.0.1:{8761 + offset}/eureka/apps/"
+        assert httpx.get(registry).status_code == 401
+        assert httpx.get(registry, auth=("eureka", made["registry_password"])).status_code == 200
         children = _stop(runner)
     finally:
         if runner.poll() is None:
@@ -116,6 +130,7 @@ def test_local_runner_start_use_stop_restart(tmp_path: Path) -> None:
     runner = _start(var, offset)
     try:
         _wait_up(runner)
+        assert json.loads((var / "secrets.json").read_text()) == made  # the same secrets on the next run
         with httpx.Client(base_url=gateway, timeout=30) as client:
             token = client.post("/api/auth/login", json={"email": email, "password": password}).json()["access_token"]
             read = client.get(f"/api/orders/{order_id}", headers={"Authorization": f"Bearer {token}"})

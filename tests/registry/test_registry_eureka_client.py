@@ -32,6 +32,7 @@ from shared.registry_client import harden_eureka_client, stop_eureka_client
 pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+USER, PASSWORD = "eureka", "registry-test-password"
 INTERVAL = 1  # heartbeat / registry refresh interval of the clients under test, in seconds
 DURATION = 3  # their lease duration
 
@@ -60,15 +61,17 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def registry_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Base URL of a `python -m registry` subprocess (evicting every second)."""
+    """Base URL of a `python -m registry` subprocess (evicting every second), its credentials in it as
+    py-eureka-client takes them (http://user:password@host:port)."""
     port = free_port()
-    env = {**os.environ, "PORT": str(port), "EVICTION_INTERVAL_SECS": "1", "LOG_JSON": "false"}
+    env = {**os.environ, "PORT": str(port), "EVICTION_INTERVAL_SECS": "1", "LOG_JSON": "false",
+           "EUREKA_USERNAME": USER, "EUREKA_PASSWORD": PASSWORD}
     log_path = tmp_path_factory.mktemp("registry") / "registry.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "registry"], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
         )
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://{USER}:{PASSWORD}@127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -477,7 +480,7 @@ async def test_health(registry_url: str) -> None:
 
 
 async def test_lifespan_runs_the_eviction_task_and_cancels_it_on_shutdown() -> None:
-    app = create_app(RegistrySettings(eviction_interval_secs=0.05))
+    app = create_app(RegistrySettings(eviction_interval_secs=0.05, eureka_password=PASSWORD))
 
     def eviction_tasks() -> list[asyncio.Task[Any]]:
         return [task for task in asyncio.all_tasks() if task.get_name() == "registry-eviction"]
@@ -488,3 +491,26 @@ async def test_lifespan_runs_the_eviction_task_and_cancels_it_on_shutdown() -> N
         assert not task.done()
     assert task.cancelled()
     assert eviction_tasks() == []
+
+
+def test_the_registry_refuses_to_run_without_credentials() -> None:
+    with pytest.raises(ValueError, match="EUREKA_PASSWORD"):
+        RegistrySettings(eureka_password="")
+    with pytest.raises(ValueError, match="letters, digits"):
+        RegistrySettings(eureka_password="has:colon@and-at")  # py-eureka-client could not carry it in its URL
+
+
+async def test_an_anonymous_or_wrong_caller_can_neither_register_nor_read(registry_url: str) -> None:
+    """The attack of issue 15: an anonymous POST /eureka/apps/AUTH-SERVICE registered a rogue instance."""
+    bare = registry_url.replace(f"{USER}:{PASSWORD}@", "")
+    app, port = "AUTH-SERVICE", free_port()
+    for auth in (None, (USER, "guessed"), ("admin", PASSWORD)):
+        async with httpx.AsyncClient(base_url=f"{bare}/eureka", auth=auth, timeout=5) as stranger:
+            refused = await stranger.post(f"/apps/{app}", json=registration(app, port))
+            assert refused.status_code == 401, refused.text
+            assert refused.headers["www-authenticate"].startswith("Basic")
+            for method, path in (("PUT", f"/apps/{app}/x"), ("DELETE", f"/apps/{app}/x"), ("GET", "/apps/"),
+                                 ("GET", "/apps/delta"), ("GET", f"/apps/{app}"), ("PUT", f"/apps/{app}/x/status")):
+                assert (await stranger.request(method, path)).status_code == 401, (method, path)
+    async with httpx.AsyncClient(base_url=f"{registry_url}/eureka", timeout=5) as member:
+        assert instance_id(app, port) not in await registered_statuses(member, app)

@@ -1,0 +1,55 @@
+"""The local fleet's secrets: generated at its first run, kept in var/secrets.json (owner-only), reused after.
+
+No secret of the local fleet is printed in the repository: the services' client secret, the registry's
+password and the demo admin's password are random per checkout. The environment's values win when set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+FILE_NAME = "secrets.json"
+
+
+@dataclass(frozen=True)
+class LocalSecrets:
+    service_client_secret: str
+    registry_password: str
+    admin_password: str
+
+
+def _generate() -> LocalSecrets:
+    # Hex only: py-eureka-client reads the registry's password out of its URL with a narrow pattern.
+    return LocalSecrets(service_client_secret=secrets.token_hex(24), registry_password=secrets.token_hex(16),
+                        admin_password=secrets.token_hex(8))
+
+
+def read(var: Path) -> LocalSecrets | None:
+    """The secrets the local runner made in `var`, or None before its first run."""
+    try:
+        values = json.loads((var / FILE_NAME).read_text())
+        return LocalSecrets(**{name: str(values[name]) for name in LocalSecrets.__dataclass_fields__})
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def load_or_create(var: Path) -> LocalSecrets:
+    """The secrets in `var`, made now (file mode 0600) if there are none yet."""
+    existing = read(var)
+    if existing is not None:
+        return existing
+    var.mkdir(parents=True, exist_ok=True)
+    made = _generate()
+    path = var / FILE_NAME
+    # O_EXCL: two runners starting at once must not write two different sets; the loser reads the winner's.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return read(var) or made
+    with os.fdopen(fd, "w") as file:
+        json.dump(asdict(made), file, indent=2)
+    return made
