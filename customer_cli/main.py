@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import os
 import sys
@@ -17,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from customer_cli import local_secrets, views
+from customer_cli import invariants, local_secrets, views
 from customer_cli.gateway_client import GatewayClient, GatewayError
 from customer_cli.load import ERROR, OUTCOMES, LoadPlan, OrderResult, percentile, run_load
 from customer_cli.orders import EventNarrator, choose_lines, describe, follow, new_customer, order_body
@@ -337,16 +336,8 @@ def check(
 ) -> None:
     """Check the fleet's invariants through the gateway (every saga finished, money moved once, stock conserved).
 
-    Exits 1 when an invariant is broken, 2 when the checker is not installed.
+    Exits 1 when an invariant is broken.
     """
-    try:
-        invariants = importlib.import_module("customer_cli.invariants")
-    except ModuleNotFoundError as exc:
-        if exc.name != "customer_cli.invariants":
-            raise
-        errors.print("[yellow]The invariant checker (customer_cli/invariants.py) is not installed in this "
-                     "version of customer-service; `check` cannot run.[/yellow]")
-        raise typer.Exit(2) from None
     moment = parse_since(since)
     with reported_errors(), admin_client(gateway, admin_email, admin_password) as client:
         assert client.token is not None

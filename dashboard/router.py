@@ -36,7 +36,10 @@ _SECURITY_HEADERS = {
 
 @cache
 def _template(name: str) -> str:
-    return (_PACKAGE / "templates" / name).read_text(encoding="utf-8")
+    """A page with the bar and login form every page shares (_chrome.html) in place of {{chrome}}."""
+    templates = _PACKAGE / "templates"
+    chrome = (templates / "_chrome.html").read_text(encoding="utf-8").split("\n", 1)[1].strip()
+    return (templates / name).read_text(encoding="utf-8").replace("{{chrome}}", chrome)
 
 
 @cache

@@ -8,16 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 from starlette.responses import Response
 
-from inventory_service import service
-from inventory_service.schemas import (
-    AllocationCreate,
-    AllocationOut,
-    ProductCreate,
-    ProductOut,
-    ProductUpdate,
-    ReleaseOut,
-    Restock,
-)
+from inventory_service import schemas, service
 from shared.auth import Admin, Privileged
 from shared.dependencies import Paging, SessionDep
 from shared.errors import InvalidRequest
@@ -40,46 +31,47 @@ def _sku_list(skus: str | None) -> list[str] | None:
 
 
 # The catalogue is public: no token needed (the gateway marks these two routes public too).
-@router.get("/products", response_model=Page[ProductOut])
+@router.get("/products", response_model=Page[schemas.ProductOut])
 async def list_products(
     session: SessionDep,
     page: Paging,
     skus: Annotated[str | None, Query(max_length=40_000, description="Comma-separated skus.")] = None,
-) -> Page[ProductOut]:
+) -> Page[schemas.ProductOut]:
     products, total = await service.list_products(session, _sku_list(skus), page.limit, page.offset)
-    return page.page([ProductOut.model_validate(p) for p in products], total)
+    return page.page([schemas.ProductOut.model_validate(p) for p in products], total)
 
 
-@router.get("/products/{sku}", response_model=ProductOut)
+@router.get("/products/{sku}", response_model=schemas.ProductOut)
 async def get_product(sku: SkuPath, session: SessionDep) -> Any:
     return await service.get_product(session, sku)
 
 
-@router.post("/products", status_code=201, response_model=ProductOut)
-async def create_product(body: ProductCreate, identity: Admin, idempotent: Idempotent) -> Response:
+@router.post("/products", status_code=201, response_model=schemas.ProductOut)
+async def create_product(body: schemas.ProductCreate, identity: Admin, idempotent: Idempotent) -> Response:
     return await idempotent.run(service.create_product, body)
 
 
-@router.patch("/products/{sku}", response_model=ProductOut)
-async def update_product(sku: SkuPath, body: ProductUpdate, identity: Admin, idempotent: Idempotent) -> Response:
+@router.patch("/products/{sku}", response_model=schemas.ProductOut)
+async def update_product(sku: SkuPath, body: schemas.ProductUpdate, identity: Admin,
+                         idempotent: Idempotent) -> Response:
     return await idempotent.run(service.update_product, sku, body)
 
 
-@router.post("/products/{sku}/restock", response_model=ProductOut)
-async def restock(sku: SkuPath, body: Restock, identity: Admin, idempotent: Idempotent) -> Response:
+@router.post("/products/{sku}/restock", response_model=schemas.ProductOut)
+async def restock(sku: SkuPath, body: schemas.Restock, identity: Admin, idempotent: Idempotent) -> Response:
     return await idempotent.run(service.restock, sku, body.quantity)
 
 
-@router.post("/allocations", status_code=201, response_model=AllocationOut)
-async def allocate_stock(body: AllocationCreate, identity: Privileged, idempotent: Idempotent) -> Response:
+@router.post("/allocations", status_code=201, response_model=schemas.AllocationOut)
+async def allocate_stock(body: schemas.AllocationCreate, identity: Privileged, idempotent: Idempotent) -> Response:
     return await idempotent.run(service.allocate_stock, body.order_id, body.lines)
 
 
-@router.get("/allocations/{order_id}", response_model=AllocationOut)
+@router.get("/allocations/{order_id}", response_model=schemas.AllocationOut)
 async def get_allocation(order_id: OrderIdPath, identity: Privileged, session: SessionDep) -> Any:
     return await service.get_allocation(session, order_id)
 
 
-@router.post("/allocations/{order_id}/release", response_model=ReleaseOut)
+@router.post("/allocations/{order_id}/release", response_model=schemas.ReleaseOut)
 async def release_allocation(order_id: OrderIdPath, identity: Privileged, idempotent: Idempotent) -> Response:
     return await idempotent.run(service.release_allocation, order_id)

@@ -7,8 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from starlette.responses import Response
 
-from order_service import service
-from order_service.schemas import LinesAdd, OrderCancel, OrderCreate, OrderOut
+from order_service import schemas, service
 from shared.auth import Caller, Privileged
 from shared.dependencies import Paging, SessionDep
 from shared.idempotency import Idempotent
@@ -17,49 +16,49 @@ from shared.schemas import Page
 router = APIRouter(prefix="/api/orders", tags=["orders"])
 
 
-@router.post("", status_code=201, response_model=OrderOut)
-async def create_order(body: OrderCreate, identity: Caller, idempotent: Idempotent) -> Response:
+@router.post("", status_code=201, response_model=schemas.OrderOut)
+async def create_order(body: schemas.OrderCreate, identity: Caller, idempotent: Idempotent) -> Response:
     return await idempotent.run(service.create_order, identity, body)
 
 
-@router.get("", response_model=Page[OrderOut])
+@router.get("", response_model=Page[schemas.OrderOut])
 async def list_orders(
     session: SessionDep,
     page: Paging,
     identity: Caller,
     customer_id: Annotated[str | None, Query(max_length=64)] = None,
     status: Literal["PENDING", "CONFIRMED", "CANCELLED"] | None = None,
-) -> Page[OrderOut]:
+) -> Page[schemas.OrderOut]:
     orders, total = await service.list_orders(session, identity, customer_id, status, page.limit, page.offset)
     return page.page(orders, total)
 
 
-@router.get("/{order_id}", response_model=OrderOut)
-async def get_order(order_id: str, identity: Caller, session: SessionDep) -> OrderOut:
+@router.get("/{order_id}", response_model=schemas.OrderOut)
+async def get_order(order_id: str, identity: Caller, session: SessionDep) -> schemas.OrderOut:
     return await service.get_order(session, identity, order_id)
 
 
-@router.post("/{order_id}/lines", response_model=OrderOut)
-async def add_lines(order_id: str, body: LinesAdd, identity: Privileged, idempotent: Idempotent) -> Response:
+@router.post("/{order_id}/lines", response_model=schemas.OrderOut)
+async def add_lines(order_id: str, body: schemas.LinesAdd, identity: Privileged, idempotent: Idempotent) -> Response:
     return await idempotent.run(service.add_lines, identity, order_id, body.lines)
 
 
-@router.delete("/{order_id}/lines", response_model=OrderOut)
+@router.delete("/{order_id}/lines", response_model=schemas.OrderOut)
 async def remove_all_lines(order_id: str, identity: Privileged, idempotent: Idempotent) -> Response:
     return await idempotent.run(service.remove_lines, identity, order_id)
 
 
-@router.delete("/{order_id}/lines/{line_id}", response_model=OrderOut)
+@router.delete("/{order_id}/lines/{line_id}", response_model=schemas.OrderOut)
 async def remove_line(order_id: str, line_id: str, identity: Privileged, idempotent: Idempotent) -> Response:
     return await idempotent.run(service.remove_lines, identity, order_id, line_id)
 
 
-@router.post("/{order_id}/cancel", response_model=OrderOut)
-async def cancel_order(order_id: str, identity: Caller, idempotent: Idempotent, body: OrderCancel | None = None
+@router.post("/{order_id}/cancel", response_model=schemas.OrderOut)
+async def cancel_order(order_id: str, identity: Caller, idempotent: Idempotent, body: schemas.OrderCancel | None = None
                        ) -> Response:
     return await idempotent.run(service.cancel_order, identity, order_id, body.reason if body else "cancelled")
 
 
-@router.post("/{order_id}/confirm", response_model=OrderOut)
+@router.post("/{order_id}/confirm", response_model=schemas.OrderOut)
 async def confirm_order(order_id: str, identity: Privileged, idempotent: Idempotent) -> Response:
     return await idempotent.run(service.confirm_order, identity, order_id)

@@ -11,62 +11,54 @@ from shared.auth import Caller, Privileged
 from shared.dependencies import Paging, SessionDep
 from shared.idempotency import Idempotent
 from shared.schemas import Page
-from shipment_service import service
-from shipment_service.schemas import (
-    OrderShipmentCancelOut,
-    ShipmentCancel,
-    ShipmentCreate,
-    ShipmentOut,
-    StatusChange,
-    StatusName,
-)
+from shipment_service import schemas, service
 
 router = APIRouter(prefix="/api/shipments", tags=["shipments"])
 IdPath = Annotated[str, Path(max_length=64)]
 
 
-@router.post("", status_code=201, response_model=ShipmentOut)
-async def create_shipment(body: ShipmentCreate, identity: Privileged, idempotent: Idempotent) -> Response:
+@router.post("", status_code=201, response_model=schemas.ShipmentOut)
+async def create_shipment(body: schemas.ShipmentCreate, identity: Privileged, idempotent: Idempotent) -> Response:
     return await idempotent.run(service.create_shipment, body)
 
 
-@router.get("", response_model=Page[ShipmentOut])
+@router.get("", response_model=Page[schemas.ShipmentOut])
 async def list_shipments(
     session: SessionDep,
     page: Paging,
     identity: Caller,
     order_id: Annotated[str | None, Query(max_length=64)] = None,
     customer_id: Annotated[str | None, Query(max_length=64)] = None,
-    status: StatusName | None = None,
-) -> Page[ShipmentOut]:
+    status: schemas.StatusName | None = None,
+) -> Page[schemas.ShipmentOut]:
     shipments, total = await service.list_shipments(session, identity, order_id, customer_id, status, page.limit,
                                                     page.offset)
-    return page.page([ShipmentOut.model_validate(s) for s in shipments], total)
+    return page.page([schemas.ShipmentOut.model_validate(s) for s in shipments], total)
 
 
-@router.get("/tracking/{tracking_number}", response_model=ShipmentOut)
+@router.get("/tracking/{tracking_number}", response_model=schemas.ShipmentOut)
 async def track_shipment(tracking_number: IdPath, identity: Caller, session: SessionDep) -> Any:
     return await service.get_by_tracking_number(session, identity, tracking_number.upper())
 
 
-@router.post("/orders/{order_id}/cancel", response_model=OrderShipmentCancelOut)
+@router.post("/orders/{order_id}/cancel", response_model=schemas.OrderShipmentCancelOut)
 async def cancel_order_shipment(order_id: IdPath, identity: Privileged, idempotent: Idempotent,
-                                body: ShipmentCancel | None = None) -> Response:
+                                body: schemas.ShipmentCancel | None = None) -> Response:
     return await idempotent.run(service.cancel_order_shipment, order_id, body.reason if body else "order compensated")
 
 
-@router.get("/{shipment_id}", response_model=ShipmentOut)
+@router.get("/{shipment_id}", response_model=schemas.ShipmentOut)
 async def get_shipment(shipment_id: IdPath, identity: Caller, session: SessionDep) -> Any:
     return await service.get_shipment(session, identity, shipment_id)
 
 
-@router.post("/{shipment_id}/cancel", response_model=ShipmentOut)
+@router.post("/{shipment_id}/cancel", response_model=schemas.ShipmentOut)
 async def cancel_shipment(shipment_id: IdPath, identity: Caller, idempotent: Idempotent,
-                          body: ShipmentCancel | None = None) -> Response:
+                          body: schemas.ShipmentCancel | None = None) -> Response:
     return await idempotent.run(service.cancel_shipment, identity, shipment_id, body.reason if body else "cancelled")
 
 
-@router.post("/{shipment_id}/status", response_model=ShipmentOut)
-async def change_status(shipment_id: IdPath, body: StatusChange, identity: Privileged,
+@router.post("/{shipment_id}/status", response_model=schemas.ShipmentOut)
+async def change_status(shipment_id: IdPath, body: schemas.StatusChange, identity: Privileged,
                         idempotent: Idempotent) -> Response:
     return await idempotent.run(service.change_status, identity, shipment_id, body.status, body.note)

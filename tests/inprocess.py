@@ -9,11 +9,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI
 from jose import jwk, jwt
 
+from shared.errors import PROBLEM_JSON
 from shared.settings import ServiceSettings
 from tests.fleet import DB_SUFFIX, PG_URL_BASE, recreate_databases
 
@@ -42,6 +44,7 @@ def bearer(subject: str = "customer-1", roles: tuple[str, ...] = ("customer",)) 
     return {"Authorization": f"Bearer {mint(subject, roles)}"}
 
 
+PROBLEM = PROBLEM_JSON  # the content type of every refusal
 ADMIN = bearer("admin-1", ("admin",))
 SERVICE = bearer("service:saga-orchestrator", ("service",))
 
@@ -62,3 +65,24 @@ async def running_app(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             yield app, client
+
+
+Served = tuple[FastAPI, httpx.AsyncClient]
+
+
+def service_fixtures(create_app: Callable[[Any], FastAPI], settings_class: type[ServiceSettings], database: str,
+                     **settings: Any) -> tuple[Any, Any]:
+    """A test module's `served` (the service's app and a client, once per module, on a fresh database) and
+    `client` fixtures: `served, client = service_fixtures(create_app, Settings, "cs_unit_payment")`."""
+
+    @pytest.fixture(scope="module")
+    async def served() -> AsyncIterator[Served]:
+        configured = settings_class(database_url=fresh_database_url(database), eureka_server_url="", **settings)
+        async with running_app(create_app, configured) as app_and_client:
+            yield app_and_client
+
+    @pytest.fixture(scope="module")
+    def client(served: Served) -> httpx.AsyncClient:
+        return served[1]
+
+    return served, client

@@ -18,8 +18,7 @@ from tests.auth_service.conftest import (
     login,
     new_account,
 )
-
-PROBLEM = "application/problem+json"
+from tests.inprocess import PROBLEM
 
 
 async def test_register_login_me(client: httpx.AsyncClient) -> None:

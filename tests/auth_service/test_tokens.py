@@ -26,8 +26,7 @@ from tests.auth_service.conftest import (
     running,
     unverified_kid,
 )
-
-PROBLEM = "application/problem+json"
+from tests.inprocess import PROBLEM
 
 
 async def test_validate_returns_identity_in_body_and_headers(client: httpx.AsyncClient, account: Account) -> None:

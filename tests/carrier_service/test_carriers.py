@@ -20,22 +20,13 @@ from carrier_service.schemas import AssignmentRequest
 from carrier_service.seed import DEMO_CARRIERS, seed
 from carrier_service.settings import Settings
 from tests.fleet import DB_SUFFIX, PG_URL_BASE, free_port
-from tests.inprocess import ADMIN, SERVICE, bearer, fresh_database_url, running_app
+from tests.inprocess import ADMIN, SERVICE, bearer, service_fixtures
 
 CUSTOMER = bearer("alice")
 DB_NAME = "cs_unit_carrier"
 
 
-@pytest.fixture(scope="module")
-async def served() -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    settings = Settings(database_url=fresh_database_url(DB_NAME), eureka_server_url="")
-    async with running_app(create_app, settings) as (app, client):
-        yield app, client
-
-
-@pytest.fixture(scope="module")
-def client(served: tuple[FastAPI, httpx.AsyncClient]) -> httpx.AsyncClient:
-    return served[1]
+served, client = service_fixtures(create_app, Settings, DB_NAME)
 
 
 def unique_code(prefix: str = "C") -> str:

@@ -20,22 +20,12 @@ from inventory_service.app import create_app
 from inventory_service.seed import CATALOGUE, seed_catalogue
 from inventory_service.settings import Settings
 from tests.fleet import free_port
-from tests.inprocess import ADMIN, JWKS, SERVICE, bearer, fresh_database_url, running_app
+from tests.inprocess import ADMIN, JWKS, PROBLEM, SERVICE, bearer, running_app, service_fixtures
 
 CUSTOMER = bearer("cust-1")
-PROBLEM = "application/problem+json"
 
 
-@pytest.fixture(scope="module")
-async def served() -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    settings = Settings(database_url=fresh_database_url("cs_unit_inventory"), eureka_server_url="")
-    async with running_app(create_app, settings) as (app, client):
-        yield app, client
-
-
-@pytest.fixture(scope="module")
-def client(served: tuple[FastAPI, httpx.AsyncClient]) -> httpx.AsyncClient:
-    return served[1]
+served, client = service_fixtures(create_app, Settings, "cs_unit_inventory")
 
 
 def new_sku() -> str:

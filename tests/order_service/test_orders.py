@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -13,21 +12,12 @@ from sqlalchemy import select
 from order_service.app import create_app
 from order_service.models import OrderLine
 from order_service.settings import Settings
-from tests.inprocess import ADMIN, SERVICE, bearer, fresh_database_url, running_app
+from tests.inprocess import ADMIN, SERVICE, bearer, service_fixtures
 
 ADDRESS = {"name": "Ada", "line1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "DE"}
 
 
-@pytest.fixture(scope="module")
-async def app_and_client() -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    settings = Settings(database_url=fresh_database_url("cs_unit_order"), eureka_server_url="")
-    async with running_app(create_app, settings) as app_and_client:
-        yield app_and_client
-
-
-@pytest.fixture(scope="module")
-def client(app_and_client: tuple[FastAPI, httpx.AsyncClient]) -> httpx.AsyncClient:
-    return app_and_client[1]
+served, client = service_fixtures(create_app, Settings, "cs_unit_order")
 
 
 async def new_order(client: httpx.AsyncClient, customer: str = "cust-1") -> dict:
@@ -164,9 +154,9 @@ async def order_with_a_line(client: httpx.AsyncClient) -> str:
 
 
 async def test_concurrent_add_lines_keep_every_line_and_distinct_positions(
-    app_and_client: tuple[FastAPI, httpx.AsyncClient],
+    served: tuple[FastAPI, httpx.AsyncClient],
 ) -> None:
-    app, client = app_and_client
+    app, client = served
     order = await new_order(client)
     two_lines = [{"lines": [{"sku": f"{sku}{i}", "quantity": 1, "unit_price_minor": 1} for sku in "AB"]}
                  for i in range(8)]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -16,21 +15,9 @@ from sqlalchemy import func, select
 from payment_service.app import create_app
 from payment_service.models import ChargeAttempt
 from payment_service.settings import Settings
-from tests.inprocess import ADMIN, SERVICE, bearer, fresh_database_url, running_app
+from tests.inprocess import ADMIN, PROBLEM, SERVICE, bearer, running_app, service_fixtures
 
-PROBLEM = "application/problem+json"
-
-
-@pytest.fixture(scope="module")
-async def served() -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    settings = Settings(database_url=fresh_database_url("cs_unit_payment"), eureka_server_url="", db_pool_size=20)
-    async with running_app(create_app, settings) as (app, client):
-        yield app, client
-
-
-@pytest.fixture(scope="module")
-def client(served: tuple[FastAPI, httpx.AsyncClient]) -> httpx.AsyncClient:
-    return served[1]
+served, client = service_fixtures(create_app, Settings, "cs_unit_payment", db_pool_size=20)
 
 
 def new_order_id() -> str:

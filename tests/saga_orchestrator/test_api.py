@@ -14,13 +14,12 @@ from fastapi import FastAPI
 from saga_orchestrator.app import create_app
 from saga_orchestrator.catalogue import Catalogue
 from saga_orchestrator.settings import Settings
-from tests.inprocess import ADMIN, bearer, fresh_database_url, running_app
+from tests.inprocess import ADMIN, PROBLEM, bearer, fresh_database_url, running_app
 from tests.saga_orchestrator.conftest import ADDRESS
 from tests.saga_orchestrator.fakes import FakeParticipants, refused, transient
 
 ALICE = bearer("alice")
 BOB = bearer("bob")
-PROBLEM = "application/problem+json"
 
 
 def body(**overrides: object) -> dict[str, object]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -13,7 +13,7 @@ import pytest
 from shipment_service import service
 from shipment_service.app import create_app
 from shipment_service.settings import Settings
-from tests.inprocess import ADMIN, SERVICE, bearer, fresh_database_url, running_app
+from tests.inprocess import ADMIN, SERVICE, bearer, service_fixtures
 
 ADDRESS = {"name": "Ada", "line1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "DE"}
 ALICE = bearer("alice")
@@ -21,11 +21,7 @@ BOB = bearer("bob")
 TRACKING = re.compile(r"^CS[A-Z2-7]{12}$")
 
 
-@pytest.fixture(scope="module")
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(database_url=fresh_database_url("cs_unit_shipment"), eureka_server_url="")
-    async with running_app(create_app, settings) as (_, client):
-        yield client
+served, client = service_fixtures(create_app, Settings, "cs_unit_shipment")
 
 
 async def new_shipment(client: httpx.AsyncClient, customer: str = "cust-1", order_id: str | None = None,
