@@ -19,7 +19,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     async def on_startup(app: FastAPI) -> None:
         db = app.state.db
-        async with db.transaction() as session:
+        async with db.session() as session:
             await ensure_signing_key(session, settings)
         # auth_service verifies tokens with its own keys, straight from its database, never over HTTP.
         keyring = KeyRing(db, settings, app.state.verifier)

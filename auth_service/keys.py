@@ -136,7 +136,7 @@ async def create_signing_key_command(settings: Settings) -> str:
     await asyncio.to_thread(upgrade_to_head, Path(__file__).parent, settings.database_url)
     db = Database(settings.database_url, pool_size=1)
     try:
-        async with db.transaction() as session:
+        async with db.session() as session:
             key = await rotate_signing_key(session, settings)
             return key.kid
     finally:
@@ -174,7 +174,7 @@ class KeyRing:
         return any(key["kid"] == kid for key in self.jwks["keys"])
 
     async def load(self) -> None:
-        async with self.db.transaction() as session:
+        async with self.db.session() as session:
             rows = await session.execute(
                 select(SigningKey)
                 .where(or_(SigningKey.retired_at.is_(None), SigningKey.retired_at > now_utc()))
@@ -209,7 +209,7 @@ class KeyRing:
             return  # the verifier reports the malformed token
         if not kid or self.knows(kid):
             return
-        async with self.db.autocommit() as session:
+        async with self.db.session(autocommit=True) as session:
             published = await session.scalar(select(SigningKey.kid).where(
                 SigningKey.kid == kid, or_(SigningKey.retired_at.is_(None), SigningKey.retired_at > now_utc())))
         if published is not None:

@@ -94,7 +94,7 @@ class AuthService:
 
     async def register(self, email: str, password: str, full_name: str | None) -> User:
         password_hash = await hash_password(password)
-        async with self.db.transaction() as session:
+        async with self.db.session() as session:
             if await _user_by_email(session, email) is not None:
                 raise Conflict("An account with this email already exists.")
             user = User(email=email, password_hash=password_hash, full_name=full_name, roles=[Role.CUSTOMER])
@@ -107,7 +107,7 @@ class AuthService:
             return user
 
     async def get_user(self, user_id: str) -> User:
-        async with self.db.transaction() as session:
+        async with self.db.session() as session:
             user = await session.get(User, user_id)
         if user is None:
             raise NotFound("The caller is not a user account.")
@@ -128,7 +128,7 @@ class AuthService:
         email = normalize_email(raw_email)
         password_hash = await hash_password(password)
         for _ in range(2):  # a second pass if another instance created the account meanwhile
-            async with self.db.transaction() as session:
+            async with self.db.session() as session:
                 user = await _user_by_email(session, email)
                 if user is not None:
                     if Role.ADMIN not in user.roles:
@@ -150,18 +150,18 @@ class AuthService:
         email = raw_email.strip().lower()
         account_key, address_key = f"account:{email}", f"address:{address}"
         await self.keyring.reload_if_stale()  # before any transaction: see KeyRing.mint
-        async with self.db.transaction() as session:
+        async with self.db.session() as session:
             await self._refuse_if_throttled(session, account_key, address_key)
             user = await _user_by_email(session, email)
         # An unknown address costs the same hashing as a wrong password, so timing does not reveal accounts.
         valid, new_hash = await _verify_password(password, user.password_hash if user else await self._dummy())
         if user is None or not valid:
-            async with self.db.transaction() as session:
+            async with self.db.session() as session:
                 failures = await self._record_failure(session, account_key, address_key)
             # Slow down guessing before the hard refusal starts.
             await asyncio.sleep(min(2.0, self.settings.login_failure_delay_secs * max(0, failures - 2)))
             raise Unauthorized(BAD_CREDENTIALS)
-        async with self.db.transaction() as session:
+        async with self.db.session() as session:
             await session.execute(delete(LoginFailure).where(LoginFailure.key == account_key))
             if new_hash is not None:  # the hashing parameters were raised since this hash was made
                 stored = await session.get(User, user.id)
@@ -235,7 +235,7 @@ class AuthService:
         """
         reused_family: str | None = None
         await self.keyring.reload_if_stale()  # before any transaction: see KeyRing.mint
-        async with self.db.transaction() as session:
+        async with self.db.session() as session:
             token = await _refresh_token_by_hash(session, _sha256(refresh_token))
             if token is None:
                 raise Unauthorized(BAD_REFRESH)
@@ -287,14 +287,14 @@ class AuthService:
     async def _is_revoked(self, jti: str) -> bool:
         if jti in self._revoked_here:
             return True
-        async with self.db.autocommit() as session:  # one SELECT: no BEGIN/ROLLBACK round trips
+        async with self.db.session(autocommit=True) as session:  # one SELECT: no BEGIN/ROLLBACK round trips
             found = await session.scalar(select(RevokedToken.jti).where(RevokedToken.jti == jti))
         return found is not None
 
     async def logout(self, caller: VerifiedToken, refresh_token: str | None) -> None:
         """Revoke the access token until it expires, and the refresh family it belongs to."""
         now = now_utc()
-        async with self.db.transaction() as session:
+        async with self.db.session() as session:
             if await session.get(RevokedToken, caller.jti) is None:
                 try:
                     async with session.begin_nested():
@@ -336,13 +336,13 @@ class AuthService:
     # --- signing keys ---------------------------------------------------------------------------
 
     async def rotate_keys(self) -> SigningKey:
-        async with self.db.transaction() as session:
+        async with self.db.session() as session:
             key = await rotate_signing_key(session, self.settings)
         await self.keyring.load()
         return key
 
     async def signing_keys(self) -> list[SigningKey]:
-        async with self.db.transaction() as session:
+        async with self.db.session() as session:
             return await list_signing_keys(session)
 
 

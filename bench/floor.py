@@ -87,11 +87,11 @@ def _backend_cpu() -> float:
 
 
 async def _sql_phase(db: Database, query: Any, statements: int, clients: int, seconds: float) -> tuple[float, float]:
-    """Transactions of `statements` primary-key SELECTs (the services' `Database.transaction()`): CPU ms per
+    """Transactions of `statements` primary-key SELECTs (a SQLAlchemy session, `Database.session()`): CPU ms per
     transaction in this process and in PostgreSQL, and transactions per second."""
 
     async def one(client: int) -> bool:
-        async with db.transaction() as session:
+        async with db.session() as session:
             for i in range(statements):
                 await session.execute(query, {"id": (client * 7 + i) % 1000 + 1})
         return True
@@ -110,7 +110,7 @@ async def sql_floor(clients: int, seconds: float) -> dict[str, Any]:
     recreate_databases([DB_NAME])
     db = Database(f"{PG_URL_BASE}/{DB_NAME}{DB_SUFFIX}", pool_size=10)
     try:
-        async with db.transaction() as session:
+        async with db.session() as session:
             await session.execute(text("CREATE TABLE item (id integer PRIMARY KEY, name text NOT NULL)"))
             await session.execute(text("INSERT INTO item SELECT g, 'item ' || g FROM generate_series(1, 1000) g"))
         query = select(text("name")).select_from(text("item")).where(

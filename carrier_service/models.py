@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date, datetime
+from enum import StrEnum
 
 from sqlalchemy import BigInteger, Boolean, CheckConstraint, Date, ForeignKey, Index, Integer, String, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -15,10 +17,16 @@ class Base(DeclarativeBase):
     metadata = participant_metadata()  # with the idempotency records and the compensation fence
 
 
-class AssignmentStatus:
+class AssignmentStatus(StrEnum):
     ASSIGNED = "ASSIGNED"
     RELEASED = "RELEASED"
-    ALL = (ASSIGNED, RELEASED)
+
+
+class ReleaseStatus(StrEnum):
+    """What a release answers: RELEASED when it freed a live assignment, NONE when the order held none."""
+
+    RELEASED = "RELEASED"
+    NONE = "NONE"
 
 
 class Carrier(Base):
@@ -38,10 +46,6 @@ class Carrier(Base):
     country_rows: Mapped[list[CarrierCountry]] = relationship(
         back_populates="carrier", cascade="all, delete-orphan", lazy="selectin", order_by="CarrierCountry.country"
     )
-
-    @property
-    def countries(self) -> list[str]:
-        return [row.country for row in self.country_rows]
 
 
 class CarrierCountry(Base):
@@ -97,3 +101,51 @@ class CarrierDailyLoad(Base):
     carrier_id: Mapped[str] = mapped_column(ForeignKey("carriers.id"), primary_key=True)
     day: Mapped[date] = mapped_column(Date, primary_key=True)
     assigned: Mapped[int] = mapped_column(Integer)
+
+
+# --- what the service layer returns -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CarrierDetails:
+    """A carrier with the countries it serves, in order."""
+
+    id: str
+    code: str
+    name: str
+    countries: tuple[str, ...]
+    max_weight_grams: int
+    daily_capacity: int
+    base_price_minor: int
+    price_per_kg_minor: int
+    currency: str
+    active: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """An order's parcel given to a carrier for a service day."""
+
+    id: str
+    order_id: str
+    carrier_id: str
+    carrier_code: str
+    country: str
+    weight_grams: int
+    price_minor: int
+    currency: str
+    status: AssignmentStatus
+    service_day: date
+    created_at: datetime
+    released_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """What a release did: RELEASED with the assignment it freed, or NONE when the order held none."""
+
+    order_id: str
+    status: ReleaseStatus
+    assignment: Assignment | None = None

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from carrier_service.models import AssignmentStatus, ReleaseStatus
 from shared.schemas import CountryCode, Currency, MinorUnits, NonEmptyText, StrictModel
 
 CarrierCode = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9][A-Z0-9_-]{0,31}$")]
@@ -96,7 +97,7 @@ class AssignmentOut(BaseModel):
     weight_grams: int
     price_minor: int
     currency: str
-    status: str
+    status: AssignmentStatus
     created_at: datetime
     released_at: datetime | None
 
@@ -105,5 +106,5 @@ class ReleaseOut(BaseModel):
     """RELEASED when this call freed a live assignment, NONE when the order held none."""
 
     order_id: str
-    status: Literal["RELEASED", "NONE"]
+    status: ReleaseStatus
     assignment: AssignmentOut | None = None

@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import bindparam, select
 
-from carrier_service.models import Carrier, CarrierCountry
+from carrier_service import service
+from carrier_service.schemas import CarrierCreate, CarrierUpdate
+from carrier_service.service import carriers
 from carrier_service.settings import Settings
-from shared.db import Database
+from shared.db import Database, Tx
 from shared.logging import configure_logging
 from shared.migrations import upgrade_to_head
 
@@ -36,27 +37,22 @@ DEMO_CARRIERS: list[dict[str, Any]] = [
 ]
 
 
-async def upsert_carriers(session: AsyncSession, carriers: list[dict[str, Any]]) -> tuple[int, int]:
-    """Insert missing carriers and bring existing ones (matched by code) to the given values."""
+_BY_CODE = select(carriers.c.id).where(carriers.c.code == bindparam("w_code")).with_for_update()
+
+
+async def upsert_carriers(tx: Tx, specs: list[dict[str, Any]]) -> tuple[int, int]:
+    """Insert missing carriers and bring existing ones (matched by code) to the given values, through the
+    service layer's own rules."""
     created = updated = 0
-    for spec in carriers:
-        fields = {k: v for k, v in spec.items() if k != "countries"}
-        countries = sorted(set(spec["countries"]))
-        carrier = (await session.execute(select(Carrier).where(Carrier.code == spec["code"]))).scalar_one_or_none()
-        if carrier is None:
-            session.add(Carrier(**fields, active=True,
-                                country_rows=[CarrierCountry(country=c) for c in countries]))
+    for spec in specs:
+        carrier_id = await tx.fetchval(_BY_CODE, {"w_code": spec["code"]})
+        if carrier_id is None:
+            await service.create_carrier(tx, CarrierCreate(**spec, active=True))
             created += 1
-            continue
-        for field, value in fields.items():
-            setattr(carrier, field, value)
-        carrier.active = True
-        if carrier.countries != countries:
-            carrier.country_rows.clear()
-            await session.flush()
-            carrier.country_rows.extend(CarrierCountry(country=c) for c in countries)
-        updated += 1
-    await session.flush()
+        else:
+            fields = {k: v for k, v in spec.items() if k != "code"}
+            await service.update_carrier(tx, carrier_id, CarrierUpdate(**fields, active=True))
+            updated += 1
     return created, updated
 
 
@@ -64,8 +60,8 @@ async def seed(settings: Settings) -> None:
     db = Database(settings.database_url, pool_size=1)  # first: it creates the SQLite file's folder
     try:
         await asyncio.to_thread(upgrade_to_head, Path(__file__).parent, settings.database_url)
-        async with db.transaction() as session:
-            created, updated = await upsert_carriers(session, DEMO_CARRIERS)
+        async with db.transaction() as tx:
+            created, updated = await upsert_carriers(tx, DEMO_CARRIERS)
     finally:
         await db.dispose()
     log.info("demo carriers seeded", created=created, updated=updated)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -36,15 +38,16 @@ class Product(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now, onupdate=utc_now)
 
-    @property
-    def available(self) -> int:
-        return self.on_hand - self.reserved
 
-
-class AllocationStatus:
+class AllocationStatus(StrEnum):
     ALLOCATED = "ALLOCATED"
     RELEASED = "RELEASED"
-    # What a release answers when the order never held stock.
+
+
+class ReleaseStatus(StrEnum):
+    """What a release answers: the stock given back, or NONE when the order never held any."""
+
+    RELEASED = "RELEASED"
     NONE = "NONE"
 
 
@@ -76,3 +79,53 @@ class AllocationLine(Base):
     unit_price_minor: Mapped[int] = mapped_column(BigInteger)
     weight_grams: Mapped[int] = mapped_column(Integer)
     allocation: Mapped[Allocation] = relationship(back_populates="lines")
+
+
+# --- what the service layer returns -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StockedProduct:
+    sku: str
+    name: str
+    unit_price_minor: int
+    currency: str
+    weight_grams: int
+    on_hand: int
+    reserved: int
+    created_at: datetime
+    updated_at: datetime
+    available: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeldLine:
+    """One sku of an allocation, with the price and weight it had when it was allocated."""
+
+    sku: str
+    quantity: int
+    unit_price_minor: int
+    weight_grams: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeldStock:
+    """An order's allocation with its lines, in sku order."""
+
+    id: str
+    order_id: str
+    status: AllocationStatus
+    currency: str | None
+    created_at: datetime
+    released_at: datetime | None
+    lines: tuple[HeldLine, ...]
+    total_minor: int
+    total_weight_grams: int
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """What a release did: RELEASED when the order held stock, NONE when it never did."""
+
+    order_id: str
+    status: ReleaseStatus

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from inventory_service.models import AllocationStatus, ReleaseStatus
 from shared.schemas import ORDER_ID_PATTERN, Currency, MinorUnits, NonEmptyText, Quantity, Sku, StrictModel
 
 # The same shape as shared.schemas.Sku, for path and query parameters.
@@ -84,7 +85,7 @@ class AllocationOut(BaseModel):
 
     id: str
     order_id: str
-    status: Literal["ALLOCATED", "RELEASED"]
+    status: AllocationStatus
     lines: list[AllocationLineOut]
     total_weight_grams: int
     total_minor: int
@@ -95,4 +96,4 @@ class AllocationOut(BaseModel):
 
 class ReleaseOut(BaseModel):
     order_id: str
-    status: Literal["RELEASED", "NONE"]
+    status: ReleaseStatus

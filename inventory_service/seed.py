@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import make_url
 
-from inventory_service.models import Product
+from inventory_service.service import products
 from inventory_service.settings import Settings
 from shared.db import Database
 from shared.logging import configure_logging
@@ -43,28 +44,26 @@ CATALOGUE = (
 )
 
 
+_CATALOGUE_FIELDS = update(products).where(products.c.sku == bindparam("w_sku"))
+
+
 async def seed_catalogue(db: Database, catalogue: tuple[SeedProduct, ...] = CATALOGUE) -> tuple[int, int]:
     """Upsert by sku: new products get their stock; existing ones get catalogue fields only.
 
     Stock of an existing product is left alone, so seeding again never breaks reserved <= on_hand.
     Returns (created, updated).
     """
-    created = updated = 0
-    async with db.transaction() as session:
-        for item in catalogue:
-            product = await session.get(Product, item.sku)
-            if product is None:
-                session.add(Product(sku=item.sku, name=item.name, unit_price_minor=item.unit_price_minor,
-                                    currency="EUR", weight_grams=item.weight_grams, on_hand=item.on_hand,
-                                    reserved=0))
-                created += 1
-            else:
-                product.name = item.name
-                product.unit_price_minor = item.unit_price_minor
-                product.currency = "EUR"
-                product.weight_grams = item.weight_grams
-                updated += 1
-    return created, updated
+    async with db.transaction() as tx:
+        existing = {row["sku"] for row in await tx.fetch(
+            select(products.c.sku).where(products.c.sku.in_([item.sku for item in catalogue])).with_for_update())}
+        new = [item for item in catalogue if item.sku not in existing]
+        await tx.executemany(insert(products), [
+            {"sku": item.sku, "name": item.name, "unit_price_minor": item.unit_price_minor, "currency": "EUR",
+             "weight_grams": item.weight_grams, "on_hand": item.on_hand, "reserved": 0} for item in new])
+        await tx.executemany(_CATALOGUE_FIELDS, [
+            {"w_sku": item.sku, "name": item.name, "unit_price_minor": item.unit_price_minor, "currency": "EUR",
+             "weight_grams": item.weight_grams} for item in catalogue if item.sku in existing])
+    return len(new), len(catalogue) - len(new)
 
 
 async def _seed(database_url: str) -> tuple[int, int]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from starlette.responses import Response
 
 from order_service import schemas, service
+from order_service.models import OrderStatus
 from shared.auth import Caller, Privileged
 from shared.dependencies import Paging, SessionDep
 from shared.idempotency import Idempotent
@@ -27,14 +28,14 @@ async def list_orders(
     page: Paging,
     identity: Caller,
     customer_id: Annotated[str | None, Query(max_length=64)] = None,
-    status: Literal["PENDING", "CONFIRMED", "CANCELLED"] | None = None,
+    status: OrderStatus | None = None,
 ) -> Page[schemas.OrderOut]:
     orders, total = await service.list_orders(session, identity, customer_id, status, page.limit, page.offset)
-    return page.page(orders, total)
+    return page.page([schemas.OrderOut.model_validate(order) for order in orders], total)
 
 
 @router.get("/{order_id}", response_model=schemas.OrderOut)
-async def get_order(order_id: str, identity: Caller, session: SessionDep) -> schemas.OrderOut:
+async def get_order(order_id: str, identity: Caller, session: SessionDep) -> Any:
     return await service.get_order(session, identity, order_id)
 
 

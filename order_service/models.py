@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -15,11 +18,10 @@ class Base(DeclarativeBase):
     metadata = participant_metadata()  # with the idempotency records and the compensation fence
 
 
-class OrderStatus:
+class OrderStatus(StrEnum):
     PENDING = "PENDING"
     CONFIRMED = "CONFIRMED"
     CANCELLED = "CANCELLED"
-    ALL = (PENDING, CONFIRMED, CANCELLED)
 
 
 class Order(Base):
@@ -48,3 +50,31 @@ class OrderLine(Base):
     quantity: Mapped[int] = mapped_column(Integer)
     unit_price_minor: Mapped[int] = mapped_column(BigInteger)
     order: Mapped[Order] = relationship(back_populates="lines")
+
+
+# --- what the service layer returns -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    id: str
+    sku: str
+    quantity: int
+    unit_price_minor: int
+    line_total_minor: int
+
+
+@dataclass(frozen=True, slots=True)
+class PlacedOrder:
+    """An order with its lines, in position order."""
+
+    id: str
+    customer_id: str
+    status: OrderStatus
+    currency: str
+    shipping_address: dict[str, Any] | None
+    cancel_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+    lines: tuple[Line, ...]
+    total_minor: int

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from order_service.models import OrderStatus
 from shared.schemas import Address, Currency, MinorUnits, NonEmptyText, Quantity, Sku, StrictModel
 
 
@@ -47,7 +48,7 @@ class OrderOut(BaseModel):
 
     id: str
     customer_id: str
-    status: str
+    status: OrderStatus
     currency: str
     total_minor: int
     shipping_address: Address | None

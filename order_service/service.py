@@ -1,40 +1,43 @@
 """order_service domain rules: an order is PENDING until confirmed or cancelled; lines only while PENDING.
 
-The statements are SQLAlchemy Core on the route's session, not the ORM's unit of work: every saga calls
-these functions, and the ORM's flush, loaders and instrumentation cost more CPU than the statements do.
-A change to an order's lines first locks the order's row, and a status change updates that row, so the
-two are serialised. The lines are read only after the lock is held: a statement that locks the order and
-reads its lines at once would read them as they were before it waited for the lock.
+The statements are SQLAlchemy Core, built once here and executed with parameters on the route's transaction
+(shared.db.Tx). A change to an order's lines first locks the order's row, and a status change updates that
+row, so the two are serialised. The lines are read only after the lock is held: a statement that locks the
+order and reads its lines at once would read them as they were before it waited for the lock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, delete, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import ColumnElement, bindparam, delete, insert, select, update
 
-from order_service.models import Base, Order, OrderLine, OrderStatus
-from order_service.schemas import LineIn, OrderCreate, OrderOut
+from order_service.models import Line, Order, OrderLine, OrderStatus, PlacedOrder
+from order_service.schemas import LineIn, OrderCreate
 from shared.auth import Identity
-from shared.db import new_id
+from shared.db import Row, Tx, new_id, table_of
 from shared.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from shared.fence import compensate, enter_step
+from shared.paging import visible_page
 
-orders = Base.metadata.tables[Order.__tablename__]
-order_lines = Base.metadata.tables[OrderLine.__tablename__]
-
-
-def _order_out(order: Mapping[Any, Any], lines: Iterable[Mapping[Any, Any]]) -> OrderOut:
-    line_outs = [{**line, "line_total_minor": line["quantity"] * line["unit_price_minor"]} for line in lines]
-    total_minor = sum(line["line_total_minor"] for line in line_outs)
-    return OrderOut.model_validate({**order, "total_minor": total_minor, "lines": line_outs})
+orders = table_of(Order)
+order_lines = table_of(OrderLine)
+_LINE_COLUMNS = (order_lines.c.id, order_lines.c.sku, order_lines.c.quantity, order_lines.c.unit_price_minor)
 
 
-def _visible_to(identity: Identity) -> list[ColumnElement[bool]]:
-    """Identity.may_access as a WHERE clause."""
-    return [] if identity.is_privileged else [orders.c.customer_id == identity.subject]
+def _order(order: Row, lines: Iterable[Row | Line]) -> PlacedOrder:
+    held = tuple(line if isinstance(line, Line) else _line(line["id"], line) for line in lines)
+    return PlacedOrder(
+        id=order["id"], customer_id=order["customer_id"], status=OrderStatus(order["status"]),
+        currency=order["currency"], shipping_address=order["shipping_address"], cancel_reason=order["cancel_reason"],
+        created_at=order["created_at"], updated_at=order["updated_at"], lines=held,
+        total_minor=sum(line.line_total_minor for line in held))
+
+
+def _line(line_id: str, row: Row) -> Line:
+    return Line(id=line_id, sku=row["sku"], quantity=row["quantity"], unit_price_minor=row["unit_price_minor"],
+                line_total_minor=row["quantity"] * row["unit_price_minor"])
 
 
 def _missing(order_id: str) -> NotFound:
@@ -42,25 +45,47 @@ def _missing(order_id: str) -> NotFound:
     return NotFound(f"Order {order_id} does not exist.")
 
 
-# Built once and executed with parameters: compiled once, no bind parameters built per call.
-_INSERT_ORDER = insert(orders).returning(*orders.c)
+def _visible_to(identity: Identity) -> dict[str, Any]:
+    """Identity.may_access as the parameters of the statements' visibility clause (None: everyone's)."""
+    return {"w_customer": None if identity.is_privileged else identity.subject}
 
-async def _lock_order(session: AsyncSession, identity: Identity, order_id: str) -> Row[Any]:
-    query = select(orders).where(orders.c.id == order_id, *_visible_to(identity)).with_for_update()
-    order = (await session.execute(query)).one_or_none()
+
+# Built once and executed with parameters: compiled once, prepared once per connection.
+_VISIBLE: ColumnElement[bool] = (bindparam("w_customer", type_=orders.c.customer_id.type).is_(None)
+                                 | (orders.c.customer_id == bindparam("w_customer")))
+_INSERT_ORDER = insert(orders).returning(*orders.c)
+_LOCK_ORDER = select(orders).where(orders.c.id == bindparam("w_id"), _VISIBLE).with_for_update()
+_LINES = (select(order_lines.c.position, *_LINE_COLUMNS)
+          .where(order_lines.c.order_id == bindparam("w_id")).order_by(order_lines.c.position))
+# The order and its lines in one statement: one row per line, or one row without a line.
+_ORDER_WITH_LINES = (
+    select(orders, order_lines.c.id.label("line_id"), order_lines.c.sku, order_lines.c.quantity,
+           order_lines.c.unit_price_minor)
+    .outerjoin(order_lines, order_lines.c.order_id == orders.c.id)
+    .where(orders.c.id == bindparam("w_id"), _VISIBLE)
+    .order_by(order_lines.c.position))
+_INSERT_LINES = insert(order_lines)
+_DELETE_LINES = delete(order_lines).where(order_lines.c.order_id == bindparam("w_id"))
+_DELETE_LINE = (delete(order_lines)
+                .where(order_lines.c.id == bindparam("w_line_id"), order_lines.c.order_id == bindparam("w_id"))
+                .returning(order_lines.c.id))
+_LEAVE_PENDING = (update(orders)
+                  .where(orders.c.id == bindparam("w_id"), orders.c.status == OrderStatus.PENDING, _VISIBLE)
+                  .returning(*orders.c))
+
+
+async def _lock_order(tx: Tx, identity: Identity, order_id: str) -> Row:
+    order = await tx.fetchrow(_LOCK_ORDER, {"w_id": order_id, **_visible_to(identity)})
     if order is None:
         raise _missing(order_id)
     return order
 
 
-async def _lines(session: AsyncSession, order_id: str) -> list[Mapping[Any, Any]]:
-    query = (select(order_lines.c.id, order_lines.c.position, order_lines.c.sku, order_lines.c.quantity,
-                    order_lines.c.unit_price_minor)
-             .where(order_lines.c.order_id == order_id).order_by(order_lines.c.position))
-    return list((await session.execute(query)).mappings())
+async def _lines(tx: Tx, order_id: str) -> list[Row]:
+    return await tx.fetch(_LINES, {"w_id": order_id})
 
 
-async def create_order(session: AsyncSession, identity: Identity, data: OrderCreate) -> OrderOut:
+async def create_order(tx: Tx, identity: Identity, data: OrderCreate) -> PlacedOrder:
     if identity.is_privileged:
         if not data.customer_id:
             raise InvalidRequest("customer_id is required when an admin or a service creates an order.")
@@ -69,125 +94,107 @@ async def create_order(session: AsyncSession, identity: Identity, data: OrderCre
         if data.customer_id not in (None, identity.subject):
             raise Forbidden("A customer may only create orders for themselves.")
         customer_id = identity.subject
-    order = (await session.execute(_INSERT_ORDER, {
+    order = await tx.fetchrow(_INSERT_ORDER, {
         "customer_id": customer_id,
         "currency": data.currency,
         "status": OrderStatus.PENDING,
         "shipping_address": data.shipping_address.model_dump() if data.shipping_address else None,
-    })).one()
-    return _order_out(order._mapping, [])
+    })
+    assert order is not None  # an INSERT ... RETURNING returns its row
+    return _order(order, [])
 
 
-async def get_order(session: AsyncSession, identity: Identity, order_id: str) -> OrderOut:
-    """The order and its lines in one statement: one row per line, or one row without a line."""
-    query = (select(orders, order_lines.c.id.label("line_id"), order_lines.c.sku, order_lines.c.quantity,
-                    order_lines.c.unit_price_minor)
-             .outerjoin(order_lines, order_lines.c.order_id == orders.c.id)
-             .where(orders.c.id == order_id, *_visible_to(identity))
-             .order_by(order_lines.c.position))
-    rows = (await session.execute(query)).all()
+async def get_order(tx: Tx, identity: Identity, order_id: str) -> PlacedOrder:
+    rows = await tx.fetch(_ORDER_WITH_LINES, {"w_id": order_id, **_visible_to(identity)})
     if not rows:
         raise _missing(order_id)
-    lines = [{"id": row.line_id, "sku": row.sku, "quantity": row.quantity, "unit_price_minor": row.unit_price_minor}
-             for row in rows if row.line_id is not None]
-    return _order_out(rows[0]._mapping, lines)
+    lines = [_line(row["line_id"], row) for row in rows if row["line_id"] is not None]
+    return _order(rows[0], lines)
 
 
 async def list_orders(
-    session: AsyncSession, identity: Identity, customer_id: str | None, status: str | None, limit: int, offset: int
-) -> tuple[list[OrderOut], int]:
-    query = select(orders)
+    tx: Tx, identity: Identity, customer_id: str | None, status: OrderStatus | None, limit: int, offset: int
+) -> tuple[list[PlacedOrder], int]:
     if not identity.is_privileged:
         customer_id = identity.subject
-    if customer_id:
-        query = query.where(orders.c.customer_id == customer_id)
+    match = [orders.c.customer_id == customer_id] if customer_id else []
     if status:
-        query = query.where(orders.c.status == status)
-    total = (await session.execute(select(func.count()).select_from(query.subquery()))).scalar_one()
-    page = (await session.execute(
-        query.order_by(orders.c.created_at.desc(), orders.c.id).limit(limit).offset(offset))).all()
-    lines_of: dict[str, list[Mapping[Any, Any]]] = {order.id: [] for order in page}
+        match.append(orders.c.status == status)
+    page, total = await visible_page(tx, orders, match, (orders.c.created_at.desc(), orders.c.id), limit, offset)
+    lines_of: dict[str, list[Row]] = {order["id"]: [] for order in page}
     if page:
-        lines = await session.execute(
-            select(order_lines.c.order_id, order_lines.c.id, order_lines.c.sku, order_lines.c.quantity,
-                   order_lines.c.unit_price_minor)
-            .where(order_lines.c.order_id.in_(lines_of)).order_by(order_lines.c.position))
-        for line in lines.mappings():
+        for line in await tx.fetch(select(order_lines.c.order_id, *_LINE_COLUMNS)
+                                   .where(order_lines.c.order_id.in_(lines_of)).order_by(order_lines.c.position)):
             lines_of[line["order_id"]].append(line)
-    return [_order_out(order._mapping, lines_of[order.id]) for order in page], int(total)
+    return [_order(order, lines_of[order["id"]]) for order in page], total
 
 
-def _require_pending(order: Row[Any], action: str) -> None:
-    if order.status != OrderStatus.PENDING:
-        raise Conflict(f"Cannot {action}: order {order.id} is {order.status}.", order_status=order.status)
+def _require_pending(order: Row, action: str) -> None:
+    if order["status"] != OrderStatus.PENDING:
+        raise Conflict(f"Cannot {action}: order {order['id']} is {order['status']}.", order_status=order["status"])
 
 
-async def add_lines(session: AsyncSession, identity: Identity, order_id: str, lines: list[LineIn]) -> OrderOut:
-    order = await _lock_order(session, identity, order_id)
-    await enter_step(session, order_id)
+async def add_lines(tx: Tx, identity: Identity, order_id: str, lines: list[LineIn]) -> PlacedOrder:
+    order = await _lock_order(tx, identity, order_id)
+    await enter_step(tx, order_id)
     _require_pending(order, "add lines")
-    existing = await _lines(session, order_id)
+    existing = await _lines(tx, order_id)
     position = max((line["position"] for line in existing), default=0)
     added = [{"id": new_id(), "order_id": order_id, "position": position + offset, "sku": line.sku,
               "quantity": line.quantity, "unit_price_minor": line.unit_price_minor}
              for offset, line in enumerate(lines, start=1)]
-    # The rows as parameters of one INSERT (executemany), not .values(rows): that one is compiled anew each time.
-    await session.execute(insert(order_lines), added)
-    return _order_out(order._mapping, [*existing, *added])
+    await tx.executemany(_INSERT_LINES, added)
+    return _order(order, [*existing, *added])
 
 
-async def remove_lines(
-    session: AsyncSession, identity: Identity, order_id: str, line_id: str | None = None
-) -> OrderOut:
+async def remove_lines(tx: Tx, identity: Identity, order_id: str, line_id: str | None = None) -> PlacedOrder:
     """Remove one line, or all of them (the saga's compensation of 'add order lines', which closes the order's
     fence: shared/fence.py)."""
-    order = await _lock_order(session, identity, order_id)
+    order = await _lock_order(tx, identity, order_id)
     if line_id is None:
-        await compensate(session, order_id)
-        if order.status == OrderStatus.CONFIRMED:
-            raise Conflict(f"Cannot remove lines: order {order.id} is CONFIRMED.", order_status=order.status)
-        await session.execute(delete(order_lines).where(order_lines.c.order_id == order_id))
-        return _order_out(order._mapping, [])
+        await compensate(tx, order_id)
+        if order["status"] == OrderStatus.CONFIRMED:
+            raise Conflict(f"Cannot remove lines: order {order['id']} is CONFIRMED.", order_status=order["status"])
+        await tx.execute(_DELETE_LINES, {"w_id": order_id})
+        return _order(order, [])
     _require_pending(order, "remove a line")
-    removed = await session.execute(delete(order_lines).where(
-        order_lines.c.id == line_id, order_lines.c.order_id == order_id).returning(order_lines.c.id))
-    if removed.one_or_none() is None:
+    if await tx.fetchrow(_DELETE_LINE, {"w_id": order_id, "w_line_id": line_id}) is None:
         raise NotFound(f"Line {line_id} is not part of order {order_id}.")
-    return _order_out(order._mapping, await _lines(session, order_id))
+    return _order(order, await _lines(tx, order_id))
 
 
-async def _leave_pending(session: AsyncSession, identity: Identity, order_id: str, status: str, action: str,
-                         **values: Any) -> tuple[Row[Any], bool]:
+async def _leave_pending(tx: Tx, identity: Identity, order_id: str, status: OrderStatus, action: str,
+                         cancel_reason: str | None = None) -> tuple[Row, bool]:
     """Move a PENDING order to `status` in one conditional UPDATE, which also locks its row (and sets
-    updated_at: Core applies the column's onupdate as the ORM did).
+    updated_at: the column's onupdate applies on the data path as in Core).
 
     Returns the order and whether it changed. An order already in `status` is returned unchanged (a retried
     step); a missing order, another customer's, or one in the other final status is refused as before.
     """
-    changed = (await session.execute(
-        update(orders).where(orders.c.id == order_id, orders.c.status == OrderStatus.PENDING, *_visible_to(identity))
-        .values(status=status, **values).returning(*orders.c))).one_or_none()
+    values: dict[str, Any] = {"w_id": order_id, "status": status, **_visible_to(identity)}
+    if cancel_reason is not None:
+        values["cancel_reason"] = cancel_reason
+    changed = await tx.fetchrow(_LEAVE_PENDING, values)
     if changed is not None:
         return changed, True
-    order = await _lock_order(session, identity, order_id)
-    if order.status != status:
+    order = await _lock_order(tx, identity, order_id)
+    if order["status"] != status:
         # Never PENDING here: the UPDATE above would have matched it, and no order goes back to PENDING.
         _require_pending(order, action)
     return order, False
 
 
-async def cancel_order(session: AsyncSession, identity: Identity, order_id: str, reason: str) -> OrderOut:
-    order, _ = await _leave_pending(session, identity, order_id, OrderStatus.CANCELLED, "cancel",
-                                    cancel_reason=reason)
-    await compensate(session, order_id)
-    return _order_out(order._mapping, await _lines(session, order_id))
+async def cancel_order(tx: Tx, identity: Identity, order_id: str, reason: str) -> PlacedOrder:
+    order, _ = await _leave_pending(tx, identity, order_id, OrderStatus.CANCELLED, "cancel", cancel_reason=reason)
+    await compensate(tx, order_id)
+    return _order(order, await _lines(tx, order_id))
 
 
-async def confirm_order(session: AsyncSession, identity: Identity, order_id: str) -> OrderOut:
-    order, changed = await _leave_pending(session, identity, order_id, OrderStatus.CONFIRMED, "confirm")
-    lines = await _lines(session, order_id)
+async def confirm_order(tx: Tx, identity: Identity, order_id: str) -> PlacedOrder:
+    order, changed = await _leave_pending(tx, identity, order_id, OrderStatus.CONFIRMED, "confirm")
+    lines = await _lines(tx, order_id)
     if changed and not lines:
         # Raising rolls the transaction back, and with it the UPDATE: the order stays PENDING.
-        raise Conflict(f"Cannot confirm: order {order.id} has no lines.", order_status=OrderStatus.PENDING)
-    await enter_step(session, order_id)
-    return _order_out(order._mapping, lines)
+        raise Conflict(f"Cannot confirm: order {order['id']} has no lines.", order_status=OrderStatus.PENDING)
+    await enter_step(tx, order_id)
+    return _order(order, lines)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 from starlette.responses import Response
 
 from payment_service import schemas, service
+from payment_service.models import PaymentStatus
 from shared.auth import Caller, Privileged
 from shared.dependencies import Paging, SessionDep
 from shared.idempotency import Idempotent
@@ -31,7 +32,7 @@ async def list_payments(
     identity: Caller,
     order_id: Annotated[str | None, Query(pattern=schemas.ORDER_ID_PATTERN)] = None,
     customer_id: Annotated[str | None, Query(pattern=schemas.CUSTOMER_ID_PATTERN)] = None,
-    status: Literal["CAPTURED", "PARTIALLY_REFUNDED", "REFUNDED"] | None = None,
+    status: PaymentStatus | None = None,
 ) -> Page[schemas.PaymentOut]:
     payments, total = await service.list_payments(session, identity, order_id, customer_id, status, page.limit,
                                                   page.offset)

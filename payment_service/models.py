@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -15,11 +17,25 @@ class Base(DeclarativeBase):
     metadata = participant_metadata()  # with the idempotency records and the compensation fence
 
 
-class PaymentStatus:
+class PaymentStatus(StrEnum):
     CAPTURED = "CAPTURED"
     PARTIALLY_REFUNDED = "PARTIALLY_REFUNDED"
     REFUNDED = "REFUNDED"
-    ALL = (CAPTURED, PARTIALLY_REFUNDED, REFUNDED)
+
+
+class OrderRefundStatus(StrEnum):
+    """What the saga's compensation answers: REFUNDED, or NONE when the order was never charged."""
+
+    REFUNDED = "REFUNDED"
+    NONE = "NONE"
+
+
+class ChargeOutcome(StrEnum):
+    """What the processor answered a charge attempt."""
+
+    CAPTURED = "CAPTURED"
+    DECLINED = "DECLINED"
+    UNAVAILABLE = "UNAVAILABLE"
 
 
 class Payment(Base):
@@ -80,6 +96,60 @@ class ChargeAttempt(Base):
     amount_minor: Mapped[int] = mapped_column(BigInteger)
     currency: Mapped[str] = mapped_column(String(3))
     payment_token: Mapped[str] = mapped_column(String(64))
-    outcome: Mapped[str] = mapped_column(String(16))  # CAPTURED | DECLINED | UNAVAILABLE
+    outcome: Mapped[str] = mapped_column(String(16))
     code: Mapped[str | None] = mapped_column(String(40), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+
+
+# --- what the service layer returns -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RefundEntry:
+    id: str
+    payment_id: str
+    amount_minor: int
+    reason: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedRefund:
+    """A new refund, with its payment's state after it."""
+
+    id: str
+    payment_id: str
+    amount_minor: int
+    reason: str | None
+    created_at: datetime
+    payment_status: PaymentStatus
+    payment_refunded_minor: int
+
+
+@dataclass(frozen=True, slots=True)
+class CapturedPayment:
+    """A payment with its refunds, oldest first."""
+
+    id: str
+    order_id: str
+    customer_id: str
+    amount_minor: int
+    currency: str
+    status: PaymentStatus
+    refunded_minor: int
+    processor_reference: str
+    card_brand: str
+    created_at: datetime
+    updated_at: datetime
+    refunds: tuple[RefundEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRefund:
+    """What the compensation did: REFUNDED with the payment's amounts after it, or NONE when never charged."""
+
+    order_id: str
+    status: OrderRefundStatus
+    payment_id: str | None = None
+    amount_minor: int = 0
+    refunded_minor: int = 0

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from payment_service.models import OrderRefundStatus, PaymentStatus
 from shared.schemas import ORDER_ID_PATTERN, Currency, NonEmptyText, StrictModel
 
 # Order ids are UUIDs from order_service; anything id-like up to the column's 64 characters is accepted.
@@ -47,7 +48,7 @@ class RefundOut(BaseModel):
 class RefundReceipt(RefundOut):
     """A new refund with the state of its payment after it."""
 
-    payment_status: str
+    payment_status: PaymentStatus
     payment_refunded_minor: int
 
 
@@ -57,7 +58,7 @@ class PaymentOut(BaseModel):
     id: str
     order_id: str
     customer_id: str
-    status: str
+    status: PaymentStatus
     amount_minor: int
     refunded_minor: int
     currency: str
@@ -72,7 +73,7 @@ class OrderRefundOut(BaseModel):
     """The saga's compensation: the order's payment refunded in full, or NONE when it was never charged."""
 
     order_id: str
-    status: Literal["REFUNDED", "NONE"]
+    status: OrderRefundStatus
     payment_id: str | None = None
     amount_minor: int = 0
     refunded_minor: int = 0

@@ -1,55 +1,102 @@
-"""payment_service domain rules: one payment per order, refunds never exceed it, compensation refunds once."""
+"""payment_service domain rules: one payment per order, refunds never exceed it, compensation refunds once.
+
+Statements are SQLAlchemy Core, built once here and executed with parameters on the route's transaction
+(shared.db.Tx); results leave as the domain types of models.py.
+"""
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
-from typing import Any, cast
+from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import Row, Table, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import bindparam, func, insert, select, update
 
 from payment_service import processor
-from payment_service.models import ChargeAttempt, Payment, PaymentStatus, Refund
+from payment_service.models import (
+    CapturedPayment,
+    ChargeAttempt,
+    ChargeOutcome,
+    IssuedRefund,
+    OrderRefund,
+    OrderRefundStatus,
+    Payment,
+    PaymentStatus,
+    Refund,
+    RefundEntry,
+)
 from payment_service.schemas import PaymentCreate
 from shared.auth import Identity
-from shared.db import new_id, utc_now
+from shared.db import Row, Tx, new_id, table_of, utc_now
 from shared.errors import Conflict, NotFound, PaymentRequired, ServiceUnavailable
 from shared.fence import compensate, enter_step
+from shared.paging import visible_page
 
-# The hot paths use the tables directly (Core statements): no unit of work, no instances loaded to change a column.
-payments = cast(Table, Payment.__table__)
-refunds = cast(Table, Refund.__table__)
-charge_attempts = cast(Table, ChargeAttempt.__table__)
+payments = table_of(Payment)
+refunds = table_of(Refund)
+charge_attempts = table_of(ChargeAttempt)
 
-# A payment's id, amount_minor and refunded_minor (what the compensation answers with).
-PaymentAmounts = Row[Any, Any, Any]
 # The columns of a charge_attempts row to insert (its id and created_at are the columns' defaults).
 AttemptValues = dict[str, Any]
+_REFUND_COLUMNS = (refunds.c.id.label("refund_id"), refunds.c.amount_minor.label("refund_amount_minor"),
+                   refunds.c.reason.label("refund_reason"), refunds.c.created_at.label("refund_created_at"))
 
 
-async def _refuse_if_charged(session: AsyncSession, order_id: str) -> None:
-    payment = (await session.execute(
-        select(payments.c.id, payments.c.status).where(payments.c.order_id == order_id))).one_or_none()
+def _refund(row: Row) -> RefundEntry:
+    return RefundEntry(id=row["refund_id"], payment_id=row["id"], amount_minor=row["refund_amount_minor"],
+                       reason=row["refund_reason"], created_at=row["refund_created_at"])
+
+
+def _payment(row: Row, refund_rows: Sequence[Row] = ()) -> CapturedPayment:
+    return CapturedPayment(
+        id=row["id"], order_id=row["order_id"], customer_id=row["customer_id"], amount_minor=row["amount_minor"],
+        currency=row["currency"], status=PaymentStatus(row["status"]), refunded_minor=row["refunded_minor"],
+        processor_reference=row["processor_reference"], card_brand=row["card_brand"], created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        refunds=tuple(_refund(refund) for refund in refund_rows if refund["refund_id"] is not None))
+
+
+# Built once and executed with parameters: compiled once, prepared once per connection.
+_ORDER_PAYMENT = select(payments.c.id, payments.c.status).where(payments.c.order_id == bindparam("w_order_id"))
+_ATTEMPTS = select(func.count()).select_from(charge_attempts).where(
+    charge_attempts.c.order_id == bindparam("w_order_id"), charge_attempts.c.payment_token == bindparam("w_token"))
+_INSERT_PAYMENT = insert(payments)
+_INSERT_ATTEMPT = insert(charge_attempts)
+# A payment and its refunds in one statement: one row per refund, or one row without a refund.
+_PAYMENT = (select(payments, *_REFUND_COLUMNS)
+            .select_from(payments.outerjoin(refunds, refunds.c.payment_id == payments.c.id))
+            .where(payments.c.id == bindparam("w_id")).order_by(refunds.c.created_at))
+_LOCK_PAYMENT = select(payments).where(payments.c.id == bindparam("w_id")).with_for_update()
+_SET_REFUNDED = (update(payments).where(payments.c.id == bindparam("w_id"))
+                 .values(refunded_minor=bindparam("w_refunded"), status=bindparam("w_status"))
+                 .returning(payments.c.status, payments.c.refunded_minor))
+_INSERT_REFUND = insert(refunds).returning(*refunds.c)
+_ORDER_PAYMENT_LOCKED = (select(payments.c.id, payments.c.amount_minor, payments.c.refunded_minor)
+                         .where(payments.c.order_id == bindparam("w_order_id")).with_for_update())
+# The row is locked: refunding the rest makes the payment fully refunded.
+_REFUND_REST = (update(payments).where(payments.c.id == bindparam("w_id"))
+                .values(refunded_minor=payments.c.amount_minor, status=PaymentStatus.REFUNDED))
+
+
+async def _refuse_if_charged(tx: Tx, order_id: str) -> None:
+    payment = await tx.fetchrow(_ORDER_PAYMENT, {"w_order_id": order_id})
     if payment is not None:
-        raise Conflict(f"Order {order_id} already has a payment ({payment.status}); an order is charged once.",
-                       order_id=order_id, payment_id=payment.id, payment_status=payment.status)
+        raise Conflict(f"Order {order_id} already has a payment ({payment['status']}); an order is charged once.",
+                       order_id=order_id, payment_id=payment["id"], payment_status=payment["status"])
 
 
-async def _attempts_so_far(session: AsyncSession, data: PaymentCreate) -> int:
+async def _attempts_so_far(tx: Tx, data: PaymentCreate) -> int:
     if not processor.counts_attempts(data.payment_token):
         return 0  # the outcome does not depend on it
-    return int((await session.execute(select(func.count()).select_from(charge_attempts).where(
-        charge_attempts.c.order_id == data.order_id,
-        charge_attempts.c.payment_token == data.payment_token))).scalar_one())
+    return int(await tx.fetchval(_ATTEMPTS, {"w_order_id": data.order_id, "w_token": data.payment_token}))
 
 
-async def _record_attempt(attempt: AttemptValues, session: AsyncSession) -> None:
-    await session.execute(insert(charge_attempts), attempt)
+async def _record_attempt(attempt: AttemptValues, tx: Tx) -> None:
+    await tx.execute(_INSERT_ATTEMPT, attempt)
 
 
-async def make_payment(session: AsyncSession, data: PaymentCreate) -> dict[str, Any]:
-    """Charge the card once per order; the new payment's columns.
+async def make_payment(tx: Tx, data: PaymentCreate) -> CapturedPayment:
+    """Charge the card once per order.
 
     The order's fence is entered before the processor is called (shared/fence.py): a charge after the order's
     compensation is refused, and a concurrent charge of it (or a compensation) waits for this one and is then
@@ -57,9 +104,9 @@ async def make_payment(session: AsyncSession, data: PaymentCreate) -> dict[str, 
     its attempt is kept all the same (DomainError.keeping: committed after the rollback), so a decline
     stays on file and tok_flaky counts its failures.
     """
-    await enter_step(session, data.order_id)
-    await _refuse_if_charged(session, data.order_id)
-    previous = await _attempts_so_far(session, data)
+    await enter_step(tx, data.order_id)
+    await _refuse_if_charged(tx, data.order_id)
+    previous = await _attempts_so_far(tx, data)
     result = processor.charge(data.payment_token, data.amount_minor, data.currency, attempt=previous + 1)
     attempt: AttemptValues = {"order_id": data.order_id, "customer_id": data.customer_id,
                               "amount_minor": data.amount_minor, "currency": data.currency,
@@ -67,10 +114,10 @@ async def make_payment(session: AsyncSession, data: PaymentCreate) -> dict[str, 
     match result:
         case processor.Declined(code=code, message=message):
             raise PaymentRequired(message, code=code, order_id=data.order_id).keeping(
-                functools.partial(_record_attempt, {**attempt, "outcome": "DECLINED", "code": code}))
+                functools.partial(_record_attempt, {**attempt, "outcome": ChargeOutcome.DECLINED, "code": code}))
         case processor.Unavailable(code=code, message=message):
             raise ServiceUnavailable(message, code=code, order_id=data.order_id, retry_after=1).keeping(
-                functools.partial(_record_attempt, {**attempt, "outcome": "UNAVAILABLE", "code": code}))
+                functools.partial(_record_attempt, {**attempt, "outcome": ChargeOutcome.UNAVAILABLE, "code": code}))
         case processor.Captured(reference=reference, brand=brand):
             pass
 
@@ -79,108 +126,78 @@ async def make_payment(session: AsyncSession, data: PaymentCreate) -> dict[str, 
                "amount_minor": data.amount_minor, "currency": data.currency, "status": PaymentStatus.CAPTURED,
                "refunded_minor": 0, "processor_reference": reference, "card_brand": brand,
                "created_at": now, "updated_at": now}
-    # Statements executed with parameters: compiled once, no bind parameters built per call.
-    await session.execute(insert(payments), payment)
-    await session.execute(insert(charge_attempts), {**attempt, "outcome": "CAPTURED"})
-    return {**payment, "refunds": []}
+    await tx.execute(_INSERT_PAYMENT, payment)
+    await tx.execute(_INSERT_ATTEMPT, {**attempt, "outcome": ChargeOutcome.CAPTURED, "code": None})
+    return _payment(payment)
 
 
-async def get_payment(session: AsyncSession, identity: Identity, payment_id: str, for_update: bool = False
-                      ) -> Payment:
-    query = select(Payment).where(Payment.id == payment_id).execution_options(populate_existing=True)
-    if for_update:
-        query = query.with_for_update()
-    payment = (await session.execute(query)).scalar_one_or_none()
+def _visible(payment: Row | None, identity: Identity, payment_id: str) -> Row:
     # Another customer's payment is reported as missing, so ids cannot be probed.
-    if payment is None or not identity.may_access(payment.customer_id):
+    if payment is None or not identity.may_access(payment["customer_id"]):
         raise NotFound(f"Payment {payment_id} does not exist.")
     return payment
 
 
+async def get_payment(tx: Tx, identity: Identity, payment_id: str) -> CapturedPayment:
+    rows = await tx.fetch(_PAYMENT, {"w_id": payment_id})
+    return _payment(_visible(rows[0] if rows else None, identity, payment_id), rows)
+
+
 async def list_payments(
-    session: AsyncSession, identity: Identity, order_id: str | None, customer_id: str | None, status: str | None,
+    tx: Tx, identity: Identity, order_id: str | None, customer_id: str | None, status: PaymentStatus | None,
     limit: int, offset: int,
-) -> tuple[list[Payment], int]:
-    query = select(Payment)
+) -> tuple[list[CapturedPayment], int]:
     if not identity.is_privileged:
         customer_id = identity.subject
-    if customer_id:
-        query = query.where(Payment.customer_id == customer_id)
+    match = [payments.c.customer_id == customer_id] if customer_id else []
     if order_id:
-        query = query.where(Payment.order_id == order_id)
+        match.append(payments.c.order_id == order_id)
     if status:
-        query = query.where(Payment.status == status)
-    total = (await session.execute(select(func.count()).select_from(query.subquery()))).scalar_one()
-    rows = await session.execute(query.order_by(Payment.created_at.desc(), Payment.id).limit(limit).offset(offset))
-    return list(rows.scalars()), int(total)
+        match.append(payments.c.status == status)
+    page, total = await visible_page(tx, payments, match, (payments.c.created_at.desc(), payments.c.id), limit,
+                                     offset)
+    refunds_of: dict[str, list[Row]] = {payment["id"]: [] for payment in page}
+    if page:
+        for refund in await tx.fetch(select(refunds.c.payment_id.label("id"), *_REFUND_COLUMNS)
+                                     .where(refunds.c.payment_id.in_(refunds_of)).order_by(refunds.c.created_at)):
+            refunds_of[refund["id"]].append(refund)
+    return [_payment(payment, refunds_of[payment["id"]]) for payment in page], total
 
 
-def _refund(payment: Payment, amount_minor: int, reason: str | None) -> Refund:
-    refund = Refund(amount_minor=amount_minor, reason=reason)
-    payment.refunds.append(refund)
-    payment.refunded_minor += amount_minor
-    full = payment.refunded_minor == payment.amount_minor
-    payment.status = PaymentStatus.REFUNDED if full else PaymentStatus.PARTIALLY_REFUNDED
-    return refund
-
-
-async def refund_payment(session: AsyncSession, identity: Identity, payment_id: str, amount_minor: int,
-                         reason: str | None) -> Refund:
-    """A partial or full refund; the Refund answers with its payment's state after it (payment_status...)."""
-    payment = await get_payment(session, identity, payment_id, for_update=True)
-    if payment.status == PaymentStatus.REFUNDED:
-        raise Conflict(f"Payment {payment_id} is already fully refunded.", payment_status=payment.status,
+async def refund_payment(tx: Tx, identity: Identity, payment_id: str, amount_minor: int, reason: str | None
+                         ) -> IssuedRefund:
+    payment = _visible(await tx.fetchrow(_LOCK_PAYMENT, {"w_id": payment_id}), identity, payment_id)
+    if payment["status"] == PaymentStatus.REFUNDED:
+        raise Conflict(f"Payment {payment_id} is already fully refunded.", payment_status=payment["status"],
                        refundable_minor=0)
-    refundable = payment.amount_minor - payment.refunded_minor
+    refundable = payment["amount_minor"] - payment["refunded_minor"]
     if amount_minor > refundable:
         raise Conflict(f"Cannot refund {amount_minor}: only {refundable} of payment {payment_id} is refundable.",
-                       payment_status=payment.status, requested=amount_minor, refundable_minor=refundable)
-    refund = _refund(payment, amount_minor, reason)
-    await session.flush()
-    return refund
+                       payment_status=payment["status"], requested=amount_minor, refundable_minor=refundable)
+    refunded = payment["refunded_minor"] + amount_minor
+    status = PaymentStatus.REFUNDED if refunded == payment["amount_minor"] else PaymentStatus.PARTIALLY_REFUNDED
+    await tx.execute(_SET_REFUNDED, {"w_id": payment_id, "w_refunded": refunded, "w_status": status})
+    refund = await tx.fetchrow(_INSERT_REFUND, {"payment_id": payment_id, "amount_minor": amount_minor,
+                                                "reason": reason})
+    assert refund is not None  # an INSERT ... RETURNING returns its row
+    return IssuedRefund(id=refund["id"], payment_id=payment_id, amount_minor=amount_minor, reason=reason,
+                        created_at=refund["created_at"], payment_status=status, payment_refunded_minor=refunded)
 
 
-async def _order_payment_locked(session: AsyncSession, order_id: str) -> PaymentAmounts | None:
-    return (await session.execute(
-        select(payments.c.id, payments.c.amount_minor, payments.c.refunded_minor)
-        .where(payments.c.order_id == order_id).with_for_update())).one_or_none()
-
-
-@dataclass(frozen=True)
-class OrderRefund:
-    """What the compensation did: REFUNDED with the payment's amounts after it, or NONE when never charged."""
-
-    order_id: str
-    status: str
-    payment_id: str | None = None
-    amount_minor: int = 0
-    refunded_minor: int = 0
-
-
-def _refunded(order_id: str, payment: PaymentAmounts | None) -> OrderRefund:
-    if payment is None:
-        return OrderRefund(order_id, "NONE")
-    return OrderRefund(order_id, "REFUNDED", payment.id, payment.amount_minor, payment.refunded_minor)
-
-
-async def refund_order(session: AsyncSession, order_id: str) -> OrderRefund:
+async def refund_order(tx: Tx, order_id: str) -> OrderRefund:
     """The saga's compensation: refund whatever is left of the order's payment, at most once; NONE: never charged.
 
     The order's fence is closed first (shared/fence.py), so a charge that arrives late (the saga timed out
     waiting for it) is refused rather than taking money for a cancelled order; a charge in flight is waited for.
     """
-    await compensate(session, order_id)
-    payment = await _order_payment_locked(session, order_id)
+    await compensate(tx, order_id)
+    payment = await tx.fetchrow(_ORDER_PAYMENT_LOCKED, {"w_order_id": order_id})
     if payment is None:
-        return _refunded(order_id, None)
-    refundable = payment.amount_minor - payment.refunded_minor
-    if refundable <= 0:
-        return _refunded(order_id, payment)
-    # The row is locked: refunding the rest makes the payment fully refunded.
-    payment = (await session.execute(
-        update(payments).where(payments.c.id == payment.id)
-        .values(refunded_minor=payments.c.amount_minor, status=PaymentStatus.REFUNDED)
-        .returning(payments.c.id, payments.c.amount_minor, payments.c.refunded_minor))).one()
-    await session.execute(insert(refunds).values(payment_id=payment.id, amount_minor=refundable,
-                                                 reason="order compensated"))
-    return _refunded(order_id, payment)
+        return OrderRefund(order_id, OrderRefundStatus.NONE)
+    refundable = payment["amount_minor"] - payment["refunded_minor"]
+    if refundable > 0:
+        await tx.execute(_REFUND_REST, {"w_id": payment["id"]})
+        await tx.execute(_INSERT_REFUND, {"payment_id": payment["id"], "amount_minor": refundable,
+                                          "reason": "order compensated"})
+    return OrderRefund(order_id, OrderRefundStatus.REFUNDED, payment["id"], payment["amount_minor"],
+                       payment["amount_minor"])

@@ -1,7 +1,7 @@
 """The saga index in SQL: idempotency keys, status queries, and the per-saga lease that replicas take turns on.
 
 Every operation here is one statement, run in autocommit mode (no BEGIN/COMMIT round trips); `page` reads
-a count and a page, which need not be one snapshot. The lists and counts take the same filters: a customer
+a page and its count in one statement. The lists and counts take the same filters: a customer
 (None: everyone's), a status, and a created-time window `[created_after, created_before)`.
 
 A replica drives a saga only while it holds the saga's lease: `owner` is its id and `lease_until`
@@ -16,23 +16,33 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import ColumnElement, Table, bindparam, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from saga_orchestrator.domain import UNFINISHED, Saga, SagaStatus
-from saga_orchestrator.models import SagaIndex
-from shared.db import Database, rowcount
+from saga_orchestrator.models import IndexedSaga, SagaIndex
+from shared.db import Database, Row, table_of
+from shared.paging import visible_page
 
 _UNFINISHED = [str(s) for s in UNFINISHED]
-# Writes go to the table itself (Core statements: no unit of work, no ORM session synchronisation).
-_TABLE: Table = SagaIndex.__table__  # type: ignore[assignment]
+_TABLE = table_of(SagaIndex)
 _C = _TABLE.c
-# The two writes every saga makes, built once and executed with parameters (compiled once, no bind parameters
-# built per call).
+# Built once and executed with parameters: compiled once, prepared once per connection.
 _INSERT = insert(_TABLE)
 _RECORD = (update(_TABLE).where(_C.saga_id == bindparam("w_saga_id"), _C.owner == bindparam("w_owner"))
            .values(status=bindparam("status"), order_id=bindparam("order_id"), updated_at=bindparam("updated_at"),
                    owner=bindparam("owner"), lease_until=bindparam("lease_until")))
+_GET = select(_TABLE).where(_C.saga_id == bindparam("w_saga_id"))
+_BY_KEY = select(_TABLE).where(_C.customer_id == bindparam("w_customer_id"),
+                               _C.idempotency_key == bindparam("w_key"))
+_RENEW = (update(_TABLE).where(_C.saga_id == bindparam("w_saga_id"), _C.owner == bindparam("w_owner"))
+          .values(lease_until=bindparam("w_lease_until")))
+_RELEASE = (update(_TABLE).where(_C.saga_id == bindparam("w_saga_id"), _C.owner == bindparam("w_owner"))
+            .values(owner=None, lease_until=None))
+
+
+def _saga(row: Row) -> IndexedSaga:
+    return IndexedSaga(**{column.key: row[column.key] for column in _TABLE.c})
 
 
 def _now() -> datetime:
@@ -62,51 +72,48 @@ class SagaIndexStore:
 
     # -- idempotency and queries ----------------------------------------------------------------
 
-    async def get(self, saga_id: UUID) -> SagaIndex | None:
-        async with self.db.autocommit() as session:
-            return await session.get(SagaIndex, str(saga_id))
+    async def get(self, saga_id: UUID) -> IndexedSaga | None:
+        async with self.db.autocommit() as tx:
+            row = await tx.fetchrow(_GET, {"w_saga_id": str(saga_id)})
+        return None if row is None else _saga(row)
 
-    async def find_by_key(self, customer_id: str, idempotency_key: str) -> SagaIndex | None:
-        async with self.db.autocommit() as session:
-            query = select(SagaIndex).where(SagaIndex.customer_id == customer_id,
-                                            SagaIndex.idempotency_key == idempotency_key)
-            return (await session.execute(query)).scalar_one_or_none()
+    async def find_by_key(self, customer_id: str, idempotency_key: str) -> IndexedSaga | None:
+        async with self.db.autocommit() as tx:
+            row = await tx.fetchrow(_BY_KEY, {"w_customer_id": customer_id, "w_key": idempotency_key})
+        return None if row is None else _saga(row)
 
-    async def insert(self, saga: Saga, start_request: dict[str, Any]) -> SagaIndex | None:
+    async def insert(self, saga: Saga, start_request: dict[str, Any]) -> IndexedSaga | None:
         """Index a new saga, leased to this replica; None when its key is already taken."""
         now = _now()
-        row = SagaIndex(
+        row = IndexedSaga(
             saga_id=str(saga.id), customer_id=saga.customer_id, idempotency_key=saga.idempotency_key,
             fingerprint=saga.fingerprint, status=str(saga.status), order_id=None, total_minor=saga.total_minor,
             currency=saga.currency, start_request=start_request, owner=self.owner, lease_until=now + self.lease,
             created_at=now, updated_at=now)
-        values = {column.key: getattr(row, column.key) for column in _TABLE.columns}
         try:
-            async with self.db.autocommit() as session:
-                await session.execute(_INSERT, values)
+            async with self.db.autocommit() as tx:
+                await tx.execute(_INSERT, {column.key: getattr(row, column.key) for column in _TABLE.c})
         except IntegrityError:
             return None
         return row
 
     async def page(self, customer_id: str | None, status: str | None, limit: int, offset: int,
                    created_after: datetime | None = None,
-                   created_before: datetime | None = None) -> tuple[list[SagaIndex], int]:
+                   created_before: datetime | None = None) -> tuple[list[IndexedSaga], int]:
         """The newest first; and how many match in all."""
-        query = select(SagaIndex).where(*_filters(customer_id, status, created_after, created_before))
-        async with self.db.autocommit() as session:
-            total = (await session.execute(select(func.count()).select_from(query.subquery()))).scalar_one()
-            rows = await session.execute(
-                query.order_by(SagaIndex.created_at.desc(), SagaIndex.saga_id).limit(limit).offset(offset))
-            return list(rows.scalars()), int(total)
+        async with self.db.autocommit() as tx:
+            rows, total = await visible_page(tx, _TABLE, _filters(customer_id, status, created_after, created_before),
+                                             (_C.created_at.desc(), _C.saga_id), limit, offset)
+        return [_saga(row) for row in rows], total
 
     async def count_by_status(self, customer_id: str | None, created_after: datetime | None = None,
                               created_before: datetime | None = None) -> dict[str, int]:
         """How many sagas are in each status (one GROUP BY); a status without sagas is absent."""
-        query = (select(_C.status, func.count()).where(*_filters(customer_id, None, created_after, created_before))
-                 .group_by(_C.status))
-        async with self.db.autocommit() as session:
-            rows = await session.execute(query)
-            return {status: int(count) for status, count in rows}
+        query = (select(_C.status, func.count().label("sagas"))
+                 .where(*_filters(customer_id, None, created_after, created_before)).group_by(_C.status))
+        async with self.db.autocommit() as tx:
+            rows = await tx.fetch(query)
+        return {row["status"]: int(row["sagas"]) for row in rows}
 
     # -- leases ---------------------------------------------------------------------------------
 
@@ -116,34 +123,29 @@ class SagaIndexStore:
     async def claim(self, saga_id: UUID) -> bool:
         """Take the lease of an unfinished saga that is free, expired, or already ours."""
         now = _now()
-        async with self.db.autocommit() as session:
-            result = await session.execute(
+        async with self.db.autocommit() as tx:
+            return bool(await tx.execute(
                 update(_TABLE)
                 .where(_C.saga_id == str(saga_id), _C.status.in_(_UNFINISHED), self._claimable(now))
-                .values(owner=self.owner, lease_until=now + self.lease))
-            return bool(rowcount(result))
+                .values(owner=self.owner, lease_until=now + self.lease)))
 
     async def claim_for_retry(self, saga_id: UUID) -> bool:
         """An operator's retry: take a COMPENSATION_FAILED saga (only one retry wins)."""
         now = _now()
-        async with self.db.autocommit() as session:
-            result = await session.execute(
+        async with self.db.autocommit() as tx:
+            return bool(await tx.execute(
                 update(_TABLE)
                 .where(_C.saga_id == str(saga_id),
                        _C.status == str(SagaStatus.COMPENSATION_FAILED), self._claimable(now))
                 .values(status=str(SagaStatus.COMPENSATING), owner=self.owner, lease_until=now + self.lease,
-                        updated_at=now))
-            return bool(rowcount(result))
+                        updated_at=now)))
 
     async def renew(self, saga_id: UUID) -> bool:
         """Extend our lease; False when it is no longer ours (stop driving the saga)."""
         now = _now()
-        async with self.db.autocommit() as session:
-            result = await session.execute(
-                update(_TABLE)
-                .where(_C.saga_id == str(saga_id), _C.owner == self.owner)
-                .values(lease_until=now + self.lease))
-            return bool(rowcount(result))
+        async with self.db.autocommit() as tx:
+            return bool(await tx.execute(_RENEW, {"w_saga_id": str(saga_id), "w_owner": self.owner,
+                                                  "w_lease_until": now + self.lease}))
 
     async def record(self, saga: Saga, release: bool = False) -> bool:
         """Bring the row up to the saga's state and renew (or release) our lease; False if we lost it."""
@@ -151,24 +153,21 @@ class SagaIndexStore:
         values = {"w_saga_id": str(saga.id), "w_owner": self.owner, "status": str(saga.status),
                   "order_id": saga.order_id, "updated_at": now, "owner": None if release else self.owner,
                   "lease_until": None if release else now + self.lease}
-        async with self.db.autocommit() as session:
-            result = await session.execute(_RECORD, values)
-            return bool(rowcount(result))
+        async with self.db.autocommit() as tx:
+            return bool(await tx.execute(_RECORD, values))
 
     async def release(self, saga_id: UUID) -> None:
-        async with self.db.autocommit() as session:
-            await session.execute(
-                update(_TABLE).where(_C.saga_id == str(saga_id), _C.owner == self.owner)
-                .values(owner=None, lease_until=None))
+        async with self.db.autocommit() as tx:
+            await tx.execute(_RELEASE, {"w_saga_id": str(saga_id), "w_owner": self.owner})
 
     async def resumable(self, limit: int, exclude: set[UUID]) -> list[UUID]:
         """Unfinished sagas that nobody drives: no owner, an expired lease, or ours from before a restart."""
         now = _now()
-        async with self.db.autocommit() as session:
-            rows = await session.execute(
-                select(SagaIndex.saga_id)
-                .where(SagaIndex.status.in_(_UNFINISHED), self._claimable(now))
-                .order_by(SagaIndex.created_at)
+        async with self.db.autocommit() as tx:
+            rows = await tx.fetch(
+                select(_C.saga_id)
+                .where(_C.status.in_(_UNFINISHED), self._claimable(now))
+                .order_by(_C.created_at)
                 .limit(limit + len(exclude)))
-            ids = [UUID(r) for r in rows.scalars()]
+        ids = [UUID(row["saga_id"]) for row in rows]
         return [i for i in ids if i not in exclude][:limit]

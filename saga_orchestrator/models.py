@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -45,3 +46,22 @@ class SagaIndex(Base):
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now, index=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now, onupdate=utc_now)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexedSaga:
+    """A saga's row of the index, as the index store returns it."""
+
+    saga_id: str
+    customer_id: str
+    idempotency_key: str
+    fingerprint: str
+    status: str
+    order_id: str | None
+    total_minor: int
+    currency: str
+    start_request: dict[str, Any]
+    owner: str | None
+    lease_until: datetime | None
+    created_at: datetime
+    updated_at: datetime

@@ -18,7 +18,7 @@ from saga_orchestrator.domain import TERMINAL, Saga, SagaStatus
 from saga_orchestrator.event_store import ConcurrentSagaUpdate, FeedItem, SagaStore
 from saga_orchestrator.index import SagaIndexStore
 from saga_orchestrator.metrics import SAGAS_STARTED
-from saga_orchestrator.models import SagaIndex
+from saga_orchestrator.models import IndexedSaga
 from saga_orchestrator.runner import SagaRunner
 from saga_orchestrator.schemas import (
     CompensationView,
@@ -111,14 +111,14 @@ async def price_order(orch: Orchestrator, order: CustomerOrderCreate, trace: dic
                        total_weight_grams=total_weight)
 
 
-def _same_request(row: SagaIndex, fp: str, key: str) -> SagaIndex:
+def _same_request(row: IndexedSaga, fp: str, key: str) -> IndexedSaga:
     if row.fingerprint != fp:
         raise InvalidRequest(f"The Idempotency-Key {key!r} was already used with a different request.")
     return row
 
 
 async def place_customer_order(orch: Orchestrator, identity: Identity, idempotency_key: str,
-                               order: CustomerOrderCreate, trace: dict[str, str]) -> tuple[SagaIndex, bool]:
+                               order: CustomerOrderCreate, trace: dict[str, str]) -> tuple[IndexedSaga, bool]:
     """Start the saga for this request, or return the one this key already started; (row, created)."""
     fp = fingerprint(order)
     # A new key is the usual case: price first and let the index row's unique key catch a repeated one
@@ -168,7 +168,7 @@ async def place_customer_order(orch: Orchestrator, identity: Identity, idempoten
     return row, True
 
 
-def summary(row: SagaIndex) -> SagaSummary:
+def summary(row: IndexedSaga) -> SagaSummary:
     return SagaSummary(
         saga_id=row.saga_id, status=row.status, customer_id=row.customer_id, order_id=row.order_id,
         total_minor=row.total_minor, currency=row.currency, created_at=row.created_at, updated_at=row.updated_at,
@@ -270,14 +270,14 @@ async def get_saga(orch: Orchestrator, identity: Identity, saga_id: UUID, just_f
     return saga_view(saga, events)
 
 
-async def get_row(orch: Orchestrator, identity: Identity, saga_id: UUID) -> SagaIndex:
+async def get_row(orch: Orchestrator, identity: Identity, saga_id: UUID) -> IndexedSaga:
     row = await orch.index.get(saga_id)
     if row is None or not identity.may_access(row.customer_id):
         raise NotFound(f"Saga {saga_id} does not exist.")
     return row
 
 
-async def retry_saga(orch: Orchestrator, identity: Identity, saga_id: UUID) -> SagaIndex:
+async def retry_saga(orch: Orchestrator, identity: Identity, saga_id: UUID) -> IndexedSaga:
     """An operator's retry of a saga whose compensation gave up."""
     saga = await orch.store.get(saga_id)
     if saga is None:

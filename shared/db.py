@@ -1,26 +1,32 @@
-"""Async SQLAlchemy engine and sessions from DATABASE_URL, the same for PostgreSQL and SQLite."""
+"""The data path of every service, from DATABASE_URL: SQLAlchemy Core statements written once and executed on
+asyncpg directly (PostgreSQL) or through SQLAlchemy Core (SQLite); ORM sessions for the code that keeps them."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import DateTime, MetaData, Table, event, exc, text
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import CursorResult, Dialect, Result, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+import asyncpg
+from sqlalchemy import DateTime, Delete, Insert, MetaData, Table, Update, event, exc, select
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
+from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.sql import ClauseElement, Executable
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.types import TypeDecorator
 from sqlalchemy.util import await_only
 
 from shared.metrics import DB_STATEMENTS
-
-# A pooled connection idle for longer than this is pinged before use (see create_engine).
-PING_AFTER_IDLE_SECS = 1.0
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -29,6 +35,14 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+# A pooled ORM connection idle for longer than this is pinged before use (see create_engine).
+PING_AFTER_IDLE_SECS = 1.0
+# How long a request waits for a free connection of the pool before it is answered 503.
+POOL_TIMEOUT_SECS = 30.0
+
+# A result row: read by column name (`row["status"]`), or unpacked into a domain type (`Order(**row)`).
+Row = Mapping[str, Any]
+Params = Mapping[str, Any]
 
 
 def utc_now() -> datetime:
@@ -60,17 +74,10 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def conflict_insert(session: AsyncSession, table: Table) -> postgresql.Insert | sqlite.Insert:
-    """The INSERT that knows ON CONFLICT (DO NOTHING / DO UPDATE): PostgreSQL's or SQLite's, by the session's
-    database — the claim rows and counters of the services use it on both."""
-    if session.get_bind().dialect.name == "sqlite":
-        return sqlite.insert(table)
+def conflict_insert(table: Table) -> postgresql.Insert:
+    """The INSERT that knows ON CONFLICT (DO NOTHING / DO UPDATE): PostgreSQL's construct, which SQLite's compiler
+    renders too, so one statement serves both databases."""
     return postgresql.insert(table)
-
-
-def rowcount(result: Result[Any]) -> int:
-    """The rows an INSERT/UPDATE/DELETE touched (a DML statement's result is a CursorResult; the type says Result)."""
-    return cast(CursorResult[Any], result).rowcount
 
 
 def new_metadata() -> MetaData:
@@ -78,8 +85,209 @@ def new_metadata() -> MetaData:
     return MetaData(naming_convention=NAMING_CONVENTION)
 
 
+def table_of(model: Any) -> Table:
+    """A declarative model's Table: the one way the service layers reach their tables."""
+    return cast(Table, model.__table__)
+
+
 def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
+
+
+class Tx:
+    """One transaction of the data path (or, from `Database.autocommit`, one self-committing statement).
+
+    Statements are SQLAlchemy Core, built once where they are defined (values as bind parameters) and executed
+    with a mapping of parameters; rows come back as read-only mappings. The same statement runs on PostgreSQL
+    (asyncpg directly: compiled once per shape, prepared once per connection, no SQLAlchemy connection, result
+    or row objects around it) and on SQLite (SQLAlchemy Core). Column defaults and `onupdate` values apply on
+    both, as in Core. Integrity, data and connection errors are raised as SQLAlchemy's exceptions on both.
+    """
+
+    dialect: str
+
+    async def fetch(self, statement: Executable, params: Params | None = None) -> list[Row]:
+        """Every row the statement returns."""
+        raise NotImplementedError
+
+    async def fetchrow(self, statement: Executable, params: Params | None = None) -> Row | None:
+        """The first row, or None."""
+        rows = await self.fetch(statement, params)
+        return rows[0] if rows else None
+
+    async def fetchval(self, statement: Executable, params: Params | None = None) -> Any:
+        """The first column of the first row, or None."""
+        row = await self.fetchrow(statement, params)
+        return None if row is None else next(iter(row.values()))
+
+    async def execute(self, statement: Executable, params: Params | None = None) -> int:
+        """Run a statement for its effect; the number of rows it touched."""
+        raise NotImplementedError
+
+    async def executemany(self, statement: Executable, rows: Sequence[Params]) -> None:
+        """The statement once per parameter set, in one round trip; nothing when there are none."""
+        raise NotImplementedError
+
+
+# --- PostgreSQL: asyncpg directly -----------------------------------------------------------------------------
+
+_PG_DIALECT = PGDialect_asyncpg()  # compiles to asyncpg's $1 placeholders, with the casts asyncpg wants
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """A statement compiled for asyncpg: its SQL, its parameters in $n order, and what fills them."""
+
+    compiled: SQLCompiler
+    sql: str
+    names: tuple[str, ...]
+    processors: tuple[Callable[[Any], Any] | None, ...]
+    # Columns whose Python-side default (INSERT) or onupdate (UPDATE) fills a parameter the caller left out.
+    defaults: tuple[tuple[str, Any], ...]
+    expanding: bool  # an IN list, rendered per execution
+
+
+# Keyed by the statement's structure (SQLAlchemy's cache key, without its values) and the parameters' names.
+_plans: dict[tuple[Any, tuple[str, ...]], _Plan] = {}
+# The cache key of a statement object, kept while the object lives (module-level statements: for good).
+_cache_keys: weakref.WeakKeyDictionary[Executable, Any] = weakref.WeakKeyDictionary()
+
+
+def _plan(statement: Executable, keys: tuple[str, ...], cache_key: Any) -> _Plan:
+    plan = _plans.get((cache_key.key, keys)) if cache_key is not None else None
+    if plan is not None:
+        return plan
+    compiled = cast(SQLCompiler, cast(ClauseElement, statement).compile(
+        dialect=_PG_DIALECT, column_keys=list(keys) or None, cache_key=cache_key))
+    names = tuple(compiled.positiontup or ())
+    processors = cast(dict[str, Callable[[Any], Any]], compiled._bind_processors)
+    prefetch = [(column.key, column.default) for column in compiled.insert_prefetch]
+    prefetch += [(column.key, column.onupdate) for column in compiled.update_prefetch]
+    plan = _Plan(compiled, compiled.string, names, tuple(processors.get(name) for name in names),
+                 tuple((key, default) for key, default in prefetch if key not in keys),
+                 "__[POSTCOMPILE_" in compiled.string)
+    if cache_key is not None:
+        _plans[(cache_key.key, keys)] = plan
+    return plan
+
+
+def _default_value(default: Any) -> Any:
+    return default.arg(None) if default.is_callable else default.arg
+
+
+def _compiled_args(statement: Executable, params: Params | None) -> tuple[str, list[Any]]:
+    """The SQL and the positional arguments of one execution."""
+    values = dict(params) if params else {}
+    cache_key = _cache_keys.get(statement)
+    if cache_key is None:
+        cache_key = statement._generate_cache_key()  # type: ignore[attr-defined]
+        if cache_key is not None:
+            _cache_keys[statement] = cache_key
+    keys = tuple(sorted(values)) if isinstance(statement, Insert | Update) else ()
+    plan = _plan(statement, keys, cache_key)
+    for key, default in plan.defaults:
+        values[key] = _default_value(default)
+    bound = plan.compiled.construct_params(
+        values, extracted_parameters=cache_key.bindparams if cache_key is not None else None)
+    if plan.expanding:
+        state = plan.compiled.construct_expanded_state(bound)
+        return state.statement, [state.processors[name](bound_value) if name in state.processors else bound_value
+                                 for name, bound_value in zip(state.positiontup or (), state.positional_parameters,
+                                                              strict=True)]
+    return plan.sql, [bound[name] if processor is None else processor(bound[name])
+                      for name, processor in zip(plan.names, plan.processors, strict=True)]
+
+
+@contextmanager
+def _driver_errors(sql: str = "", args: Any = None) -> Iterator[None]:
+    """asyncpg's errors as SQLAlchemy's (what the services catch and the error handlers answer)."""
+    try:
+        yield
+    except asyncpg.IntegrityConstraintViolationError as error:
+        raise exc.IntegrityError(sql, args, error) from error
+    except asyncpg.DataError as error:
+        raise exc.DataError(sql, args, error) from error
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
+        raise exc.OperationalError(sql, args, error) from error
+
+
+def _touched(status: str) -> int:
+    """The row count of a command tag ("UPDATE 3", "INSERT 0 1")."""
+    last = status.rpartition(" ")[2]
+    return int(last) if last.isdigit() else 0
+
+
+class _PostgresTx(Tx):
+    dialect = "postgresql"
+
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self._connection = connection
+
+    async def fetch(self, statement: Executable, params: Params | None = None) -> list[Row]:
+        sql, args = _compiled_args(statement, params)
+        DB_STATEMENTS.inc()
+        with _driver_errors(sql, args):
+            return cast(list[Row], await self._connection.fetch(sql, *args))
+
+    async def fetchrow(self, statement: Executable, params: Params | None = None) -> Row | None:
+        sql, args = _compiled_args(statement, params)
+        DB_STATEMENTS.inc()
+        with _driver_errors(sql, args):
+            return cast(Row | None, await self._connection.fetchrow(sql, *args))
+
+    async def fetchval(self, statement: Executable, params: Params | None = None) -> Any:
+        sql, args = _compiled_args(statement, params)
+        DB_STATEMENTS.inc()
+        with _driver_errors(sql, args):
+            return await self._connection.fetchval(sql, *args)
+
+    async def execute(self, statement: Executable, params: Params | None = None) -> int:
+        sql, args = _compiled_args(statement, params)
+        DB_STATEMENTS.inc()
+        with _driver_errors(sql, args):
+            return _touched(await self._connection.execute(sql, *args))
+
+    async def executemany(self, statement: Executable, rows: Sequence[Params]) -> None:
+        if not rows:
+            return
+        compiled = [_compiled_args(statement, row) for row in rows]
+        DB_STATEMENTS.inc()
+        with _driver_errors(compiled[0][0], None):
+            await self._connection.executemany(compiled[0][0], [args for _, args in compiled])
+
+
+async def _init_connection(connection: asyncpg.Connection) -> None:
+    # SQLAlchemy's JSON type serializes the parameter; asyncpg only hands the text on, and decodes results.
+    for name in ("json", "jsonb"):
+        await connection.set_type_codec(name, schema="pg_catalog", encoder=str, decoder=json.loads)
+
+
+async def _keep_session_state(_connection: asyncpg.Connection) -> None:
+    """A connection handed back is not reset (asyncpg's default costs a round trip on every release): the data
+    path opens no cursors, listens to nothing, takes no session-level locks or settings, and every transaction
+    it opens is committed or rolled back before the release."""
+
+
+# --- SQLite: SQLAlchemy Core ----------------------------------------------------------------------------------
+
+
+class _SqliteTx(Tx):
+    dialect = "sqlite"
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._connection = connection
+
+    async def fetch(self, statement: Executable, params: Params | None = None) -> list[Row]:
+        result = await self._connection.execute(statement, dict(params) if params else None)
+        return cast(list[Row], result.mappings().all())
+
+    async def execute(self, statement: Executable, params: Params | None = None) -> int:
+        result = await self._connection.execute(statement, dict(params) if params else None)
+        return max(result.rowcount, 0) if isinstance(statement, Insert | Update | Delete) else 0
+
+    async def executemany(self, statement: Executable, rows: Sequence[Params]) -> None:
+        if rows:
+            await self._connection.execute(statement, [dict(row) for row in rows])
 
 
 def _count_statements(engine: AsyncEngine) -> AsyncEngine:
@@ -91,6 +299,7 @@ def _count_statements(engine: AsyncEngine) -> AsyncEngine:
 
 
 def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
+    """The SQLAlchemy engine: the data path on SQLite, the ORM sessions on both."""
     return _count_statements(_create_engine(url, pool_size))
 
 
@@ -118,9 +327,8 @@ def _create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
 
         return engine
     # Every connection is kept: overflow connections (opened for one request, closed after it) cost a
-    # backend start, asyncpg's type introspection and re-prepared statements each time; under saga load
-    # they were the largest single item of a service's database time. A request waits for a connection
-    # instead (up to pool_timeout, then 503).
+    # backend start, asyncpg's type introspection and re-prepared statements each time. A request waits for a
+    # connection instead (up to pool_timeout, then 503).
     if make_url(url).get_driver_name() != "asyncpg":
         return create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_pre_ping=True)
     engine = create_async_engine(url, pool_size=pool_size, max_overflow=0)
@@ -132,11 +340,10 @@ def _create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
     @event.listens_for(engine.sync_engine, "checkout")
     def _ping(dbapi_connection, record, _proxy):  # type: ignore[no-untyped-def]
         # A pre-ping of one round trip, and only for a connection that sat idle in the pool: a connection
-        # handed back moments ago is known to work, and under load that is every checkout (the ping was one
-        # statement in four of a saga step). SQLAlchemy's own pool_pre_ping wraps its ping in BEGIN and
-        # ROLLBACK, three round trips on every checkout. A connection that dies while in use fails its
-        # statement with a disconnect: SQLAlchemy then discards the whole pool and the request answers 503,
-        # which callers retry. A dead idle connection is replaced here, as pre-ping does.
+        # handed back moments ago is known to work, and under load that is every checkout. SQLAlchemy's own
+        # pool_pre_ping wraps its ping in BEGIN and ROLLBACK, three round trips on every checkout. A connection
+        # that dies while in use fails its statement with a disconnect: SQLAlchemy then discards the whole pool
+        # and the request answers 503, which callers retry. A dead idle connection is replaced here.
         if time.monotonic() - record.info.get("idle_since", 0.0) < PING_AFTER_IDLE_SECS:
             return
         try:
@@ -147,39 +354,103 @@ def _create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
     return engine
 
 
+_PING = select(1)
+
+
 class Database:
-    """One engine per process; `transaction()` is the unit of work: commit on success, rollback on error."""
+    """One per process. `transaction()` is the unit of work of the data path (commit on success, rollback on
+    error); `session()` the same for an ORM session."""
 
     def __init__(self, url: str, pool_size: int = 10) -> None:
         self.url = url
+        self.pool_size = pool_size
+        self.sqlite = is_sqlite(url)
+        # On PostgreSQL the engine serves only ORM sessions: its pool opens a connection when one is first used.
         self.engine = create_engine(url, pool_size)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
-        # The same pool in autocommit mode, for work of one statement (not on SQLite, whose BEGIN IMMEDIATE
+        # The same engine in autocommit mode, for ORM work of one statement (not on SQLite, whose BEGIN IMMEDIATE
         # listener would open a transaction that autocommit mode never ends).
-        self._autocommit_sessions = None if is_sqlite(url) else async_sessionmaker(
+        self._autocommit_sessions = None if self.sqlite else async_sessionmaker(
             self.engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
+        self._pool: asyncpg.Pool | None = None
+        self._pool_lock = asyncio.Lock()
+
+    async def _asyncpg_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            async with self._pool_lock:
+                if self._pool is None:
+                    dsn = make_url(self.url).set(drivername="postgresql").render_as_string(hide_password=False)
+                    with _driver_errors():
+                        # Connections are opened as needed and then kept: each one is a backend start, type
+                        # introspection and statements prepared anew.
+                        self._pool = await asyncpg.create_pool(
+                            dsn, min_size=0, max_size=self.pool_size, max_inactive_connection_lifetime=0,
+                            init=_init_connection, reset=_keep_session_state)
+        return self._pool
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncSession]:
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        pool = await self._asyncpg_pool()
+        try:
+            with _driver_errors():
+                connection = await pool.acquire(timeout=POOL_TIMEOUT_SECS)
+        except TimeoutError as error:
+            raise exc.TimeoutError(f"no database connection free within {POOL_TIMEOUT_SECS} s") from error
+        try:
+            yield connection
+        finally:
+            await pool.release(connection)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Tx]:
+        if self.sqlite:
+            async with self.engine.connect() as connection, connection.begin():
+                yield _SqliteTx(connection)
+            return
+        async with self._connection() as connection:
+            transaction = connection.transaction()
+            with _driver_errors("BEGIN"):
+                await transaction.start()
+            try:
+                yield _PostgresTx(connection)
+            except BaseException:
+                if not connection.is_closed():
+                    with _driver_errors("ROLLBACK"):
+                        await transaction.rollback()
+                raise
+            with _driver_errors("COMMIT"):
+                await transaction.commit()
+
+    @asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[Tx]:
+        """For ONE statement, which commits by itself: on PostgreSQL no BEGIN and COMMIT round trips. Several
+        statements here are not atomic: use `transaction()` for those. On SQLite it is a transaction."""
+        if self.sqlite:
+            async with self.transaction() as tx:
+                yield tx
+            return
+        async with self._connection() as connection:
+            yield _PostgresTx(connection)
+
+    @asynccontextmanager
+    async def session(self, autocommit: bool = False) -> AsyncIterator[AsyncSession]:
+        """An ORM session in one transaction, for the code that keeps the ORM (accounts, signing keys).
+
+        `autocommit=True`: for ONE statement, which commits by itself (on PostgreSQL no BEGIN and COMMIT).
+        """
+        if autocommit and self._autocommit_sessions is not None:
+            async with self._autocommit_sessions() as session:
+                yield session
+                await session.commit()  # flushes what was added; the statement committed itself
+            return
         async with self.sessions() as session, session.begin():
             yield session
 
-    @asynccontextmanager
-    async def autocommit(self) -> AsyncIterator[AsyncSession]:
-        """A session for ONE statement, which commits by itself: on PostgreSQL no BEGIN and COMMIT round
-        trips (two of the four a one-statement transaction costs). Several statements here are not atomic:
-        use `transaction()` for those. Elsewhere (SQLite) it is a transaction."""
-        if self._autocommit_sessions is None:
-            async with self.transaction() as session:
-                yield session
-            return
-        async with self._autocommit_sessions() as session:
-            yield session
-            await session.commit()  # flushes what was added; the statement committed itself
-
     async def ping(self) -> None:
-        async with self.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
+        async with self.autocommit() as tx:
+            await tx.fetchval(_PING)
 
     async def dispose(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
         await self.engine.dispose()

@@ -7,9 +7,8 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.db import Database
+from shared.db import Database, Tx
 from shared.schemas import PageParams
 from shared.settings import ServiceSettings
 
@@ -31,14 +30,15 @@ def service_settings(request: Request) -> ServiceSettings:
 SettingsDep = Annotated[ServiceSettings, Depends(service_settings)]
 
 
-async def session(db: DatabaseDep) -> AsyncIterator[AsyncSession]:
-    """A session in one transaction, committed when the route returns and rolled back when it raises."""
+async def session(db: DatabaseDep) -> AsyncIterator[Tx]:
+    """One transaction of the data path (shared.db.Tx), committed when the route returns and rolled back when
+    it raises."""
     async with db.transaction() as opened:
         yield opened
 
 
 # scope="function": the transaction ends when the route returns, before its response is sent.
-SessionDep = Annotated[AsyncSession, Depends(session, scope="function")]
+SessionDep = Annotated[Tx, Depends(session, scope="function")]
 
 
 def paging(limit: Annotated[int, Query(ge=1, le=500)] = 50,

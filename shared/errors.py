@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncSession
+    from shared.db import Tx
 
 PROBLEM_JSON = "application/problem+json"
 log = structlog.get_logger(__name__)
@@ -32,9 +32,9 @@ class DomainError(Exception):
         super().__init__(detail)
         self.detail = detail
         self.extra = extra
-        self.kept: Callable[[AsyncSession], Awaitable[None]] | None = None
+        self.kept: Callable[[Tx], Awaitable[None]] | None = None
 
-    def keeping(self, work: Callable[[AsyncSession], Awaitable[None]]) -> Self:
+    def keeping(self, work: Callable[[Tx], Awaitable[None]]) -> Self:
         """This refusal, with work to commit although it rolls back the request's transaction (a declined
         charge attempt is kept on file); the route's unit of work (shared/idempotency.py) runs it afterwards."""
         self.kept = work

@@ -16,11 +16,9 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Column, MetaData, String, Table, bindparam
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.expression import Executable
 
-from shared.db import UTCDateTime, new_metadata, utc_now
+from shared.db import Tx, UTCDateTime, conflict_insert, new_metadata, utc_now
 from shared.errors import Conflict
 from shared.idempotency import idempotency_table
 
@@ -53,41 +51,36 @@ def participant_metadata() -> MetaData:
     return metadata
 
 
-def _upserts(state_on_conflict: Any) -> dict[str, Executable]:
-    """INSERT ... ON CONFLICT DO UPDATE ... RETURNING state, per dialect: one statement that takes the row's lock
-    whether it inserts or finds the row (DO NOTHING would not lock a row it finds)."""
-    statements: dict[str, Executable] = {}
-    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite)):
-        insert = dialect.insert(fence).values(order_id=bindparam("order_id"), state=bindparam("state"),
-                                              updated_at=bindparam("updated_at"))
-        statements[name] = insert.on_conflict_do_update(
-            index_elements=[fence.c.order_id], set_={"state": state_on_conflict}).returning(fence.c.state)
-    return statements
+def _upsert_statement(state_on_conflict: Any) -> Executable:
+    """INSERT ... ON CONFLICT DO UPDATE ... RETURNING state: one statement (on either database) that takes the
+    row's lock whether it inserts or finds the row (DO NOTHING would not lock a row it finds)."""
+    insert = conflict_insert(fence).values(order_id=bindparam("f_order_id"), state=bindparam("f_state"),
+                                           updated_at=bindparam("f_updated_at"))
+    return insert.on_conflict_do_update(
+        index_elements=[fence.c.order_id], set_={"state": state_on_conflict}).returning(fence.c.state)
 
 
 # A step keeps the row's state (SET state = state: the lock without a change); a compensation sets COMPENSATED.
-_STEP = _upserts(fence.c.state)
-_COMPENSATE = _upserts(FenceState.COMPENSATED.value)
+_STEP = _upsert_statement(fence.c.state)
+_COMPENSATE = _upsert_statement(FenceState.COMPENSATED.value)
 
 
-async def _upsert(session: AsyncSession, statements: dict[str, Executable], order_id: str, state: FenceState
-                  ) -> str:
-    statement = statements[session.get_bind().dialect.name]
-    values = {"order_id": order_id, "state": state.value, "updated_at": utc_now()}
-    return str((await session.execute(statement, values)).scalar_one())
+async def _upsert(tx: Tx, statement: Executable, order_id: str, state: FenceState) -> str:
+    return str(await tx.fetchval(statement, {"f_order_id": order_id, "f_state": state.value,
+                                             "f_updated_at": utc_now()}))
 
 
-async def enter_step(session: AsyncSession, order_id: str) -> None:
+async def enter_step(tx: Tx, order_id: str) -> None:
     """Before a saga step's work for `order_id`: refuse it when the order was compensated here already."""
-    if await _upsert(session, _STEP, order_id, FenceState.STEPPED) == FenceState.COMPENSATED:
+    if await _upsert(tx, _STEP, order_id, FenceState.STEPPED) == FenceState.COMPENSATED:
         raise Conflict(f"Order {order_id} was compensated before this step arrived; the step is refused.",
                        code="compensated", order_id=order_id)
 
 
-async def compensate(session: AsyncSession, order_id: str) -> None:
+async def compensate(tx: Tx, order_id: str) -> None:
     """Before a compensation's work for `order_id`: no step for the order lands here after it.
 
     A step of the order still in its transaction holds the row: this waits for it, and the compensation's
     next statements see what it committed.
     """
-    await _upsert(session, _COMPENSATE, order_id, FenceState.COMPENSATED)
+    await _upsert(tx, _COMPENSATE, order_id, FenceState.COMPENSATED)

@@ -25,12 +25,10 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import JSONResponse
 
 from shared.auth import Caller
-from shared.db import Database, rowcount
+from shared.db import Database, Tx, conflict_insert
 from shared.dependencies import DatabaseDep, SettingsDep
 from shared.errors import PROBLEM_JSON, Conflict, DomainError, InvalidRequest, domain_problem
 
@@ -54,8 +52,8 @@ def idempotency_table(metadata: MetaData) -> Table:
 
 records = idempotency_table(MetaData())
 P = ParamSpec("P")
-# A service-layer call: the session first, then the route's arguments.
-Work = Callable[Concatenate[AsyncSession, P], Awaitable[Any]]
+# A service-layer call: the transaction first, then the route's arguments.
+Work = Callable[Concatenate[Tx, P], Awaitable[Any]]
 
 
 class _AlreadyRecorded(Exception):
@@ -87,44 +85,39 @@ def _response(status_code: int, body: Any, replayed: bool = False) -> JSONRespon
     return JSONResponse(body, status_code=status_code, media_type=media_type, headers=headers)
 
 
-# One statement object per dialect, its values passed as parameters: SQLAlchemy compiles it once and reuses it
-# (a fresh insert().values(...) builds and keys a bind parameter per column on every call, ~0.1 ms a step).
-_RECORD = {
-    "postgresql": postgresql.insert(records).on_conflict_do_nothing(index_elements=["scope", "key"]),
-    "sqlite": sqlite.insert(records).on_conflict_do_nothing(index_elements=["scope", "key"]),
-}
+# Built once, executed with parameters: compiled once (per database), prepared once per connection.
+_RECORD = conflict_insert(records).on_conflict_do_nothing(index_elements=["scope", "key"])
+_FIND = select(records).where(records.c.scope == bindparam("w_scope"), records.c.key == bindparam("w_key"))
+_DROP = delete(records).where(records.c.scope == bindparam("w_scope"), records.c.key == bindparam("w_key"))
 
 _ANSWER = (update(records).where(records.c.scope == bindparam("w_scope"), records.c.key == bindparam("w_key"))
            .values(status_code=bindparam("status_code"), body=bindparam("body")))
 
 
-async def _record(session: AsyncSession, scope: str, key: str, fingerprint: str, status_code: int,
-                  body: Any) -> bool:
+async def _record(tx: Tx, scope: str, key: str, fingerprint: str, status_code: int, body: Any) -> bool:
     """Store the key's answer; False when a record with the key exists already.
 
     INSERT ... ON CONFLICT DO NOTHING needs no savepoint; a concurrent duplicate's insert waits here for the
     first request's transaction to end, then finds its record (and its own work is rolled back).
     """
-    statement = _RECORD[session.get_bind().dialect.name]  # the two databases shared.db supports
     values = {"scope": scope, "key": key, "fingerprint": fingerprint, "status_code": status_code, "body": body,
               "created_at": datetime.now(UTC)}
-    result = await session.execute(statement, values)
-    return bool(rowcount(result))
+    return bool(await tx.execute(_RECORD, values))
 
 
 async def _replay(db: Database, scope: str, key: str, fingerprint: str, ttl_secs: int) -> JSONResponse | None:
-    async with db.transaction() as session:
-        row = (await session.execute(
-            select(records).where(records.c.scope == scope, records.c.key == key))).one_or_none()
+    where = {"w_scope": scope, "w_key": key}
+    async with db.transaction() as tx:
+        row = await tx.fetchrow(_FIND, where)
         if row is None:
             return None
-        created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
+        created = row["created_at"] if row["created_at"].tzinfo else row["created_at"].replace(tzinfo=UTC)
         if created < datetime.now(UTC) - timedelta(seconds=ttl_secs):
-            await session.execute(delete(records).where(records.c.scope == scope, records.c.key == key))
+            await tx.execute(_DROP, where)
             return None
-    if row.fingerprint != fingerprint:
+    if row["fingerprint"] != fingerprint:
         raise InvalidRequest(f"The {HEADER} {key!r} was already used with a different request.")
-    return _response(row.status_code, row.body, replayed=True)
+    return _response(row["status_code"], row["body"], replayed=True)
 
 
 def _route_answer(request: Request) -> tuple[int, TypeAdapter[Any] | None]:
@@ -158,26 +151,26 @@ class Idempotency:
         self.ttl_secs = settings.idempotency_ttl_secs
 
     async def run(self, work: Work[P], *args: P.args, **kwargs: P.kwargs) -> JSONResponse:
-        """`work(session, *args, **kwargs)`, once per key.
+        """`work(tx, *args, **kwargs)`, once per key.
 
         The work runs first and its answer is stored after it (one statement): a retry of a key already
         answered redoes the work inside a transaction that is then rolled back, which is harmless for work
         that only touches this database.
         """
-        return await self._run(False, lambda session: work(session, *args, **kwargs))
+        return await self._run(False, lambda tx: work(tx, *args, **kwargs))
 
     async def claim_then_run(self, work: Work[P], *args: P.args, **kwargs: P.kwargs) -> JSONResponse:
         """`run` for work with an effect outside this database (a card processor): the key is claimed before
         the work (one statement more), so a retry never repeats it."""
-        return await self._run(True, lambda session: work(session, *args, **kwargs))
+        return await self._run(True, lambda tx: work(tx, *args, **kwargs))
 
-    async def _run(self, claim_first: bool, work: Callable[[AsyncSession], Awaitable[Any]]) -> JSONResponse:
+    async def _run(self, claim_first: bool, work: Callable[[Tx], Awaitable[Any]]) -> JSONResponse:
         status_code, adapter = _route_answer(self.request)
         key = self.request.headers.get(HEADER)
         if key is None:
             try:
-                async with self.db.transaction() as session:
-                    payload = _encoded(await work(session), adapter)
+                async with self.db.transaction() as tx:
+                    payload = _encoded(await work(tx), adapter)
             except DomainError as exc:
                 await self._keep(exc)
                 raise
@@ -193,14 +186,14 @@ class Idempotency:
         # once.
         for _ in range(2):
             try:
-                async with self.db.transaction() as session:
-                    if claim_first and not await _record(session, scope, key, fingerprint, 0, None):
+                async with self.db.transaction() as tx:
+                    if claim_first and not await _record(tx, scope, key, fingerprint, 0, None):
                         raise _AlreadyRecorded
-                    payload = _encoded(await work(session), adapter)
+                    payload = _encoded(await work(tx), adapter)
                     if claim_first:
-                        await session.execute(_ANSWER, {"w_scope": scope, "w_key": key,
+                        await tx.execute(_ANSWER, {"w_scope": scope, "w_key": key,
                                                         "status_code": status_code, "body": payload})
-                    elif not await _record(session, scope, key, fingerprint, status_code, payload):
+                    elif not await _record(tx, scope, key, fingerprint, status_code, payload):
                         raise _AlreadyRecorded  # rolls the work back
                 return _response(status_code, payload)
             except _AlreadyRecorded:
@@ -210,10 +203,10 @@ class Idempotency:
                     await self._keep(exc)
                     raise
                 problem = domain_problem(exc)
-                async with self.db.transaction() as session:
-                    recorded = await _record(session, scope, key, fingerprint, exc.status, _body_of(problem))
+                async with self.db.transaction() as tx:
+                    recorded = await _record(tx, scope, key, fingerprint, exc.status, _body_of(problem))
                     if recorded and exc.kept is not None:
-                        await exc.kept(session)
+                        await exc.kept(tx)
                 if recorded:
                     return problem
             replay = await _replay(self.db, scope, key, fingerprint, self.ttl_secs)
@@ -223,8 +216,8 @@ class Idempotency:
 
     async def _keep(self, refusal: DomainError) -> None:
         if refusal.kept is not None:
-            async with self.db.transaction() as session:
-                await refusal.kept(session)
+            async with self.db.transaction() as tx:
+                await refusal.kept(tx)
 
 
 # The write routes' parameter type: `idempotent: Idempotent`, then `return await idempotent.run(service.x, ...)`.

@@ -12,6 +12,7 @@ from shared.dependencies import Paging, SessionDep
 from shared.idempotency import Idempotent
 from shared.schemas import Page
 from shipment_service import schemas, service
+from shipment_service.models import ShipmentStatus
 
 router = APIRouter(prefix="/api/shipments", tags=["shipments"])
 IdPath = Annotated[str, Path(max_length=64)]
@@ -29,7 +30,7 @@ async def list_shipments(
     identity: Caller,
     order_id: Annotated[str | None, Query(max_length=64)] = None,
     customer_id: Annotated[str | None, Query(max_length=64)] = None,
-    status: schemas.StatusName | None = None,
+    status: ShipmentStatus | None = None,
 ) -> Page[schemas.ShipmentOut]:
     shipments, total = await service.list_shipments(session, identity, order_id, customer_id, status, page.limit,
                                                     page.offset)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, ForeignKey, Index, Integer, String, text
@@ -16,21 +18,29 @@ class Base(DeclarativeBase):
     metadata = participant_metadata()  # with the idempotency records and the compensation fence
 
 
-class ShipmentStatus:
+class ShipmentStatus(StrEnum):
     CREATED = "CREATED"
     DISPATCHED = "DISPATCHED"
     IN_TRANSIT = "IN_TRANSIT"
     DELIVERED = "DELIVERED"
     CANCELLED = "CANCELLED"
-    ALL = (CREATED, DISPATCHED, IN_TRANSIT, DELIVERED, CANCELLED)
-    # The only moves a shipment makes: one step forward, or cancelled before it leaves.
-    NEXT: dict[str, frozenset[str]] = {
-        CREATED: frozenset({DISPATCHED, CANCELLED}),
-        DISPATCHED: frozenset({IN_TRANSIT}),
-        IN_TRANSIT: frozenset({DELIVERED}),
-        DELIVERED: frozenset(),
-        CANCELLED: frozenset(),
-    }
+
+
+class OrderCancelStatus(StrEnum):
+    """What the saga's compensation answers: CANCELLED, or NONE when the order had no live shipment."""
+
+    CANCELLED = "CANCELLED"
+    NONE = "NONE"
+
+
+# The only moves a shipment makes: one step forward, or cancelled before it leaves.
+NEXT_STATUSES: dict[ShipmentStatus, frozenset[ShipmentStatus]] = {
+    ShipmentStatus.CREATED: frozenset({ShipmentStatus.DISPATCHED, ShipmentStatus.CANCELLED}),
+    ShipmentStatus.DISPATCHED: frozenset({ShipmentStatus.IN_TRANSIT}),
+    ShipmentStatus.IN_TRANSIT: frozenset({ShipmentStatus.DELIVERED}),
+    ShipmentStatus.DELIVERED: frozenset(),
+    ShipmentStatus.CANCELLED: frozenset(),
+}
 
 
 class Shipment(Base):
@@ -71,3 +81,38 @@ class ShipmentStatusChange(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
     note: Mapped[str | None] = mapped_column(String(500), nullable=True)
     shipment: Mapped[Shipment] = relationship(back_populates="history")
+
+
+# --- what the service layer returns -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StatusEntry:
+    status: ShipmentStatus
+    at: datetime
+    note: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Parcel:
+    """A shipment with the history of its statuses, oldest first."""
+
+    id: str
+    order_id: str
+    customer_id: str
+    carrier_code: str
+    address: dict[str, Any]
+    tracking_number: str
+    status: ShipmentStatus
+    created_at: datetime
+    updated_at: datetime
+    history: tuple[StatusEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class OrderShipmentCancel:
+    """What the compensation did: CANCELLED with the shipment it cancelled, or NONE when the order had none."""
+
+    order_id: str
+    status: OrderCancelStatus
+    shipment: Parcel | None = None

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
 from shared.schemas import Address, NonEmptyText, StrictModel
+from shipment_service.models import OrderCancelStatus, ShipmentStatus
 
 CarrierCode = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9][A-Z0-9_-]{0,31}$")]
 OrderId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")]
 CustomerId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
 Note = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
-StatusName = Literal["CREATED", "DISPATCHED", "IN_TRANSIT", "DELIVERED", "CANCELLED"]
-
-
 class ShipmentCreate(StrictModel):
     order_id: OrderId
     customer_id: CustomerId
@@ -28,14 +26,14 @@ class ShipmentCancel(StrictModel):
 
 
 class StatusChange(StrictModel):
-    status: StatusName
+    status: ShipmentStatus
     note: Note | None = None
 
 
 class StatusChangeOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
-    status: str
+    status: ShipmentStatus
     at: datetime
     note: str | None
 
@@ -49,7 +47,7 @@ class ShipmentOut(BaseModel):
     carrier_code: str
     address: Address
     tracking_number: str
-    status: str
+    status: ShipmentStatus
     created_at: datetime
     updated_at: datetime
     history: list[StatusChangeOut]
@@ -59,5 +57,5 @@ class OrderShipmentCancelOut(BaseModel):
     """CANCELLED when this call cancelled the order's live shipment, NONE when it had none."""
 
     order_id: str
-    status: Literal["CANCELLED", "NONE"]
+    status: OrderCancelStatus
     shipment: ShipmentOut | None = None

@@ -1,22 +1,33 @@
-"""shipment_service domain rules: one live shipment per order, forward-only statuses, cancel before dispatch."""
+"""shipment_service domain rules: one live shipment per order, forward-only statuses, cancel before dispatch.
+
+Statements are SQLAlchemy Core, built once here and executed with parameters on the route's transaction
+(shared.db.Tx); results leave as the domain types of models.py.
+"""
 
 from __future__ import annotations
 
 import base64
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Row, Table, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import ColumnElement, bindparam, insert, select, update
 
 from shared.auth import Identity
-from shared.db import conflict_insert
+from shared.db import Row, Tx, conflict_insert, table_of
 from shared.errors import Conflict, NotFound, ServiceUnavailable
 from shared.fence import compensate, enter_step
-from shipment_service.models import Shipment, ShipmentStatus, ShipmentStatusChange
+from shared.paging import visible_page
+from shipment_service.models import (
+    NEXT_STATUSES,
+    OrderCancelStatus,
+    OrderShipmentCancel,
+    Parcel,
+    Shipment,
+    ShipmentStatus,
+    ShipmentStatusChange,
+    StatusEntry,
+)
 from shipment_service.schemas import ShipmentCreate
 
 TRACKING_PREFIX = "CS"
@@ -28,22 +39,22 @@ def new_tracking_number() -> str:
     return TRACKING_PREFIX + base64.b32encode(secrets.token_bytes(8)).decode()[:12]
 
 
-# The saga's step and its compensation run on every order: Core statements on the tables, no ORM unit of work.
-shipments = cast(Table, Shipment.__table__)
-history = cast(Table, ShipmentStatusChange.__table__)
-_CHANGE_COLUMNS = (history.c.status, history.c.at, history.c.note)
-# A result row of any columns, read by name.
-AnyRow = Row[*tuple[Any, ...]]
+shipments = table_of(Shipment)
+history = table_of(ShipmentStatusChange)
+_CHANGE_COLUMNS = (history.c.status.label("change_status"), history.c.at, history.c.note)
 
 
-def _insert_unless_taken(session: AsyncSession, table: Table) -> postgresql.Insert | sqlite.Insert:
-    """INSERT ... ON CONFLICT DO NOTHING: a taken unique key inserts no row and leaves the transaction usable."""
-    return conflict_insert(session, table).on_conflict_do_nothing()
+def _entry(row: Row) -> StatusEntry:
+    return StatusEntry(status=ShipmentStatus(row["change_status"]), at=row["at"], note=row["note"])
 
 
-def _shipment_view(shipment: AnyRow, changes: Sequence[AnyRow]) -> dict[str, Any]:
-    """The shipment row with its status history, as the response schema reads it."""
-    return {**shipment._mapping, "history": [change._mapping for change in changes]}
+def _parcel(shipment: Row, changes: Sequence[Row]) -> Parcel:
+    return Parcel(
+        id=shipment["id"], order_id=shipment["order_id"], customer_id=shipment["customer_id"],
+        carrier_code=shipment["carrier_code"], address=shipment["address"],
+        tracking_number=shipment["tracking_number"], status=ShipmentStatus(shipment["status"]),
+        created_at=shipment["created_at"], updated_at=shipment["updated_at"],
+        history=tuple(_entry(change) for change in changes if change["change_status"] is not None))
 
 
 def _already_shipped(order_id: str, shipment_id: str) -> Conflict:
@@ -51,94 +62,106 @@ def _already_shipped(order_id: str, shipment_id: str) -> Conflict:
                     shipment_id=shipment_id)
 
 
-def _record(shipment: Shipment, status: str, note: str | None) -> None:
-    shipment.status = status
-    shipment.history.append(ShipmentStatusChange(position=len(shipment.history) + 1, status=status, note=note))
+def _with_history(where: ColumnElement[bool]) -> Any:
+    """A shipment and its history in one statement: one row per status change."""
+    return (select(shipments, *_CHANGE_COLUMNS)
+            .select_from(shipments.outerjoin(history, history.c.shipment_id == shipments.c.id))
+            .where(where).order_by(history.c.position))
 
 
-# Built once and executed with parameters: compiled once, no bind parameters built per call.
-_INSERT_CHANGE = insert(history).returning(*_CHANGE_COLUMNS)
+# Built once and executed with parameters: compiled once, prepared once per connection.
+# INSERT ... ON CONFLICT DO NOTHING: a taken unique key inserts no row and leaves the transaction usable.
+_CREATE = conflict_insert(shipments).on_conflict_do_nothing().returning(*shipments.c)
+_LIVE = select(shipments.c.id).where(shipments.c.order_id == bindparam("w_order_id"),
+                                     shipments.c.status != ShipmentStatus.CANCELLED)
+_ADD_CHANGE = insert(history).returning(*_CHANGE_COLUMNS)
+_BY_ID = _with_history(shipments.c.id == bindparam("w_id"))
+_BY_TRACKING_NUMBER = _with_history(shipments.c.tracking_number == bindparam("w_tracking_number"))
+_LOCK = select(shipments).where(shipments.c.id == bindparam("w_id")).with_for_update()
+_SET_STATUS = (update(shipments).where(shipments.c.id == bindparam("w_id"))
+               .values(status=bindparam("w_status")).returning(*shipments.c))
+_HISTORY = select(*_CHANGE_COLUMNS).where(history.c.shipment_id == bindparam("w_id")).order_by(history.c.position)
+# The saga's compensation: one conditional UPDATE; a concurrent dispatch holds the row, and this waits and
+# re-checks the status.
+_CANCEL_ORDERS = (update(shipments)
+                  .where(shipments.c.order_id == bindparam("w_order_id"), shipments.c.status == ShipmentStatus.CREATED)
+                  .values(status=ShipmentStatus.CANCELLED).returning(*shipments.c))
+_GONE = select(shipments.c.id, shipments.c.status).where(
+    shipments.c.order_id == bindparam("w_order_id"),
+    shipments.c.status.not_in((ShipmentStatus.CREATED, ShipmentStatus.CANCELLED)))
 
-async def _add_change(session: AsyncSession, shipment_id: str, position: int, status: str,
-                      note: str | None) -> AnyRow:
-    return (await session.execute(_INSERT_CHANGE, {
-        "shipment_id": shipment_id, "position": position, "status": status, "note": note})).one()
+
+async def _add_change(tx: Tx, shipment_id: str, position: int, status: ShipmentStatus, note: str | None) -> Row:
+    change = await tx.fetchrow(_ADD_CHANGE, {"shipment_id": shipment_id, "position": position, "status": status,
+                                             "note": note})
+    assert change is not None  # an INSERT ... RETURNING returns its row
+    return change
 
 
-async def create_shipment(session: AsyncSession, data: ShipmentCreate) -> dict[str, Any]:
+async def create_shipment(tx: Tx, data: ShipmentCreate) -> Parcel:
     """One live shipment per order, never one for an order whose shipment was compensated (shared/fence.py)."""
-    await enter_step(session, data.order_id)
+    await enter_step(tx, data.order_id)
     for _ in range(_TRACKING_ATTEMPTS):
-        shipment = (await session.execute(_insert_unless_taken(session, shipments).returning(*shipments.c), {
+        shipment = await tx.fetchrow(_CREATE, {
             "order_id": data.order_id,
             "customer_id": data.customer_id,
             "carrier_code": data.carrier_code,
             "address": data.address.model_dump(),
             "tracking_number": new_tracking_number(),
             "status": ShipmentStatus.CREATED,
-        })).one_or_none()
+        })
         if shipment is not None:
-            created = await _add_change(session, shipment.id, 1, ShipmentStatus.CREATED, None)
-            return _shipment_view(shipment, [created])
+            created = await _add_change(tx, shipment["id"], 1, ShipmentStatus.CREATED, None)
+            return _parcel(shipment, [created])
         # The order has a live shipment (a concurrent create waits for it to commit first), or
         # (astronomically rarely) the tracking number is taken: then try another.
-        live = (await session.execute(select(shipments.c.id).where(
-            shipments.c.order_id == data.order_id, shipments.c.status != ShipmentStatus.CANCELLED))).scalar()
+        live = await tx.fetchval(_LIVE, {"w_order_id": data.order_id})
         if live is not None:
             raise _already_shipped(data.order_id, live)
     raise ServiceUnavailable("Could not allocate a unique tracking number; retry the request.")
 
 
-def _visible(shipment: Shipment | None, identity: Identity, what: str) -> Shipment:
+def _visible(shipment: Row | None, identity: Identity, what: str) -> Row:
     # Another customer's shipment is reported as missing, so ids and tracking numbers cannot be probed.
-    if shipment is None or not identity.may_access(shipment.customer_id):
+    if shipment is None or not identity.may_access(shipment["customer_id"]):
         raise NotFound(f"Shipment {what} does not exist.")
     return shipment
 
 
-async def get_shipment(
-    session: AsyncSession, identity: Identity, shipment_id: str, for_update: bool = False
-) -> Shipment:
-    query = select(Shipment).where(Shipment.id == shipment_id)
-    if for_update:
-        query = query.with_for_update()
-    return _visible((await session.execute(query)).scalar_one_or_none(), identity, shipment_id)
+async def get_shipment(tx: Tx, identity: Identity, shipment_id: str) -> Parcel:
+    rows = await tx.fetch(_BY_ID, {"w_id": shipment_id})
+    return _parcel(_visible(rows[0] if rows else None, identity, shipment_id), rows)
 
 
-async def get_by_tracking_number(session: AsyncSession, identity: Identity, tracking_number: str) -> Shipment:
-    query = select(Shipment).where(Shipment.tracking_number == tracking_number)
-    return _visible((await session.execute(query)).scalar_one_or_none(), identity, tracking_number)
+async def get_by_tracking_number(tx: Tx, identity: Identity, tracking_number: str) -> Parcel:
+    rows = await tx.fetch(_BY_TRACKING_NUMBER, {"w_tracking_number": tracking_number})
+    return _parcel(_visible(rows[0] if rows else None, identity, tracking_number), rows)
 
 
 async def list_shipments(
-    session: AsyncSession,
+    tx: Tx,
     identity: Identity,
     order_id: str | None,
     customer_id: str | None,
-    status: str | None,
+    status: ShipmentStatus | None,
     limit: int,
     offset: int,
-) -> tuple[list[Shipment], int]:
-    query = select(Shipment)
+) -> tuple[list[Parcel], int]:
     if not identity.is_privileged:
         customer_id = identity.subject
-    if customer_id:
-        query = query.where(Shipment.customer_id == customer_id)
+    match = [shipments.c.customer_id == customer_id] if customer_id else []
     if order_id:
-        query = query.where(Shipment.order_id == order_id)
+        match.append(shipments.c.order_id == order_id)
     if status:
-        query = query.where(Shipment.status == status)
-    total = (await session.execute(select(func.count()).select_from(query.subquery()))).scalar_one()
-    rows = await session.execute(query.order_by(Shipment.created_at.desc(), Shipment.id).limit(limit).offset(offset))
-    return list(rows.scalars()), int(total)
-
-
-def _move(shipment: Shipment, status: str, note: str | None) -> Shipment:
-    if status not in ShipmentStatus.NEXT[shipment.status]:
-        raise Conflict(f"Shipment {shipment.id} cannot go from {shipment.status} to {status}.",
-                       shipment_status=shipment.status)
-    _record(shipment, status, note)
-    return shipment
+        match.append(shipments.c.status == status)
+    page, total = await visible_page(tx, shipments, match, (shipments.c.created_at.desc(), shipments.c.id), limit,
+                                     offset)
+    history_of: dict[str, list[Row]] = {shipment["id"]: [] for shipment in page}
+    if page:
+        for change in await tx.fetch(select(history.c.shipment_id, *_CHANGE_COLUMNS)
+                                     .where(history.c.shipment_id.in_(history_of)).order_by(history.c.position)):
+            history_of[change["shipment_id"]].append(change)
+    return [_parcel(shipment, history_of[shipment["id"]]) for shipment in page], total
 
 
 def _not_cancellable(shipment_id: str, status: str) -> Conflict:
@@ -146,61 +169,50 @@ def _not_cancellable(shipment_id: str, status: str) -> Conflict:
                     shipment_status=status)
 
 
-def _cancel(shipment: Shipment, reason: str) -> Shipment:
-    if shipment.status == ShipmentStatus.CANCELLED:
-        return shipment
-    if shipment.status != ShipmentStatus.CREATED:
-        raise _not_cancellable(shipment.id, shipment.status)
-    return _move(shipment, ShipmentStatus.CANCELLED, reason)
+async def _move(tx: Tx, shipment: Row, status: ShipmentStatus, note: str | None) -> Parcel:
+    """Record the shipment's next status (its row locked by the caller)."""
+    if status not in NEXT_STATUSES[ShipmentStatus(shipment["status"])]:
+        raise Conflict(f"Shipment {shipment['id']} cannot go from {shipment['status']} to {status}.",
+                       shipment_status=shipment["status"])
+    moved = await tx.fetchrow(_SET_STATUS, {"w_id": shipment["id"], "w_status": status})
+    assert moved is not None  # the row is locked
+    changes = await tx.fetch(_HISTORY, {"w_id": shipment["id"]})
+    change = await _add_change(tx, shipment["id"], len(changes) + 1, status, note)
+    return _parcel(moved, [*changes, change])
 
 
-async def cancel_shipment(session: AsyncSession, identity: Identity, shipment_id: str, reason: str) -> Shipment:
-    shipment = _cancel(await get_shipment(session, identity, shipment_id, for_update=True), reason)
-    await session.flush()
-    return shipment
+async def _locked(tx: Tx, identity: Identity, shipment_id: str) -> Row:
+    return _visible(await tx.fetchrow(_LOCK, {"w_id": shipment_id}), identity, shipment_id)
 
 
-@dataclass(frozen=True)
-class OrderShipmentCancel:
-    """What the compensation did: CANCELLED with the shipment it cancelled, or NONE when the order had none."""
+async def cancel_shipment(tx: Tx, identity: Identity, shipment_id: str, reason: str) -> Parcel:
+    shipment = await _locked(tx, identity, shipment_id)
+    if shipment["status"] == ShipmentStatus.CANCELLED:
+        return _parcel(shipment, await tx.fetch(_HISTORY, {"w_id": shipment_id}))
+    if shipment["status"] != ShipmentStatus.CREATED:
+        raise _not_cancellable(shipment_id, shipment["status"])
+    return await _move(tx, shipment, ShipmentStatus.CANCELLED, reason)
 
-    order_id: str
-    status: str
-    shipment: dict[str, Any] | None = None
 
-
-async def cancel_order_shipment(session: AsyncSession, order_id: str, reason: str) -> OrderShipmentCancel:
+async def cancel_order_shipment(tx: Tx, order_id: str, reason: str) -> OrderShipmentCancel:
     """The saga's compensation: cancel the order's live shipment; NONE when it has none.
 
-    One conditional UPDATE: a concurrent dispatch holds the row, and this waits and re-checks the status. The
-    order's fence is closed first (shared/fence.py): a shipment created later for the order is refused, one in
-    flight is waited for and cancelled.
+    The order's fence is closed first (shared/fence.py): a shipment created later for the order is refused, one
+    in flight is waited for and cancelled.
     """
-    await compensate(session, order_id)
-    shipment = (await session.execute(
-        update(shipments)
-        .where(shipments.c.order_id == order_id, shipments.c.status == ShipmentStatus.CREATED)
-        .values(status=ShipmentStatus.CANCELLED)
-        .returning(*shipments.c)
-    )).one_or_none()
+    await compensate(tx, order_id)
+    shipment = await tx.fetchrow(_CANCEL_ORDERS, {"w_order_id": order_id})
     if shipment is None:
-        gone = (await session.execute(select(shipments.c.id, shipments.c.status).where(
-            shipments.c.order_id == order_id,
-            shipments.c.status.not_in((ShipmentStatus.CREATED, ShipmentStatus.CANCELLED)),
-        ))).one_or_none()
+        gone = await tx.fetchrow(_GONE, {"w_order_id": order_id})
         if gone is not None:
-            raise _not_cancellable(gone.id, gone.status)
-        return OrderShipmentCancel(order_id, "NONE")
+            raise _not_cancellable(gone["id"], gone["status"])
+        return OrderShipmentCancel(order_id, OrderCancelStatus.NONE)
     # The row lock taken by the UPDATE keeps the history still while it is read and extended.
-    changes = (await session.execute(
-        select(*_CHANGE_COLUMNS).where(history.c.shipment_id == shipment.id).order_by(history.c.position))).all()
-    cancelled = await _add_change(session, shipment.id, len(changes) + 1, ShipmentStatus.CANCELLED, reason)
-    return OrderShipmentCancel(order_id, "CANCELLED", _shipment_view(shipment, [*changes, cancelled]))
+    changes = await tx.fetch(_HISTORY, {"w_id": shipment["id"]})
+    cancelled = await _add_change(tx, shipment["id"], len(changes) + 1, ShipmentStatus.CANCELLED, reason)
+    return OrderShipmentCancel(order_id, OrderCancelStatus.CANCELLED, _parcel(shipment, [*changes, cancelled]))
 
 
-async def change_status(
-    session: AsyncSession, identity: Identity, shipment_id: str, status: str, note: str | None
-) -> Shipment:
-    shipment = _move(await get_shipment(session, identity, shipment_id, for_update=True), status, note)
-    await session.flush()
-    return shipment
+async def change_status(tx: Tx, identity: Identity, shipment_id: str, status: ShipmentStatus, note: str | None
+                        ) -> Parcel:
+    return await _move(tx, await _locked(tx, identity, shipment_id), status, note)

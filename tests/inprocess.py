@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -54,6 +56,18 @@ def fresh_database_url(name: str) -> str:
     return f"{PG_URL_BASE}/{name}{DB_SUFFIX}"
 
 
+# The two databases of the data path (shared.db): every service's tests run on both, PostgreSQL (asyncpg
+# directly) as in production and SQLite (SQLAlchemy Core) as the local runner runs.
+BACKENDS = ["postgresql", "sqlite"]
+
+
+def backend_database_url(backend: str, name: str) -> str:
+    """A fresh, empty database of the backend."""
+    if backend == "sqlite":
+        return f"sqlite+aiosqlite:///{Path(tempfile.mkdtemp(prefix=f'{name}-')) / f'{name}.db'}"
+    return fresh_database_url(name)
+
+
 @asynccontextmanager
 async def running_app(
     create_app: Callable[[Any], FastAPI], settings: ServiceSettings
@@ -72,12 +86,14 @@ Served = tuple[FastAPI, httpx.AsyncClient]
 
 def service_fixtures(create_app: Callable[[Any], FastAPI], settings_class: type[ServiceSettings], database: str,
                      **settings: Any) -> tuple[Any, Any]:
-    """A test module's `served` (the service's app and a client, once per module, on a fresh database) and
-    `client` fixtures: `served, client = service_fixtures(create_app, Settings, "cs_unit_payment")`."""
+    """A test module's `served` (the service's app and a client, once per module and database backend, on a
+    fresh database) and `client` fixtures: `served, client = service_fixtures(create_app, Settings,
+    "cs_unit_payment")`. Every test of the module runs on PostgreSQL and on SQLite (BACKENDS)."""
 
-    @pytest.fixture(scope="module")
-    async def served() -> AsyncIterator[Served]:
-        configured = settings_class(database_url=fresh_database_url(database), eureka_server_url="", **settings)
+    @pytest.fixture(scope="module", params=BACKENDS)
+    async def served(request: pytest.FixtureRequest) -> AsyncIterator[Served]:
+        configured = settings_class(database_url=backend_database_url(request.param, database), eureka_server_url="",
+                                    **settings)
         async with running_app(create_app, configured) as app_and_client:
             yield app_and_client
 

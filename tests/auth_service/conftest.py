@@ -167,6 +167,6 @@ def public_pem_of(private_pem: str) -> bytes:
 
 
 async def current_signing_key(app: FastAPI) -> SigningKey:
-    async with app.state.db.transaction() as session:
+    async with app.state.db.session() as session:
         query = select(SigningKey).where(SigningKey.retired_at.is_(None)).order_by(SigningKey.created_at.desc())
         return (await session.execute(query)).scalars().first()

@@ -19,7 +19,7 @@ from carrier_service.app import create_app
 from carrier_service.schemas import AssignmentRequest
 from carrier_service.seed import DEMO_CARRIERS, seed
 from carrier_service.settings import Settings
-from tests.fleet import DB_SUFFIX, PG_URL_BASE, free_port
+from tests.fleet import free_port
 from tests.inprocess import ADMIN, SERVICE, bearer, service_fixtures
 
 CUSTOMER = bearer("alice")
@@ -355,12 +355,12 @@ async def test_capacity_holds_under_concurrent_assignments(client: httpx.AsyncCl
 async def daily_load(app: FastAPI, carrier_id: str) -> tuple[int, int]:
     """The carrier's counter for today, and its count of today's live assignments: the two must agree."""
     day = service.utc_today()
-    async with app.state.db.transaction() as session:
-        counter = (await session.execute(select(service.loads.c.assigned).where(
-            service.loads.c.carrier_id == carrier_id, service.loads.c.day == day))).scalar_one_or_none()
-        live = (await session.execute(select(func.count()).select_from(service.assignments).where(
+    async with app.state.db.transaction() as tx:
+        counter = await tx.fetchval(select(service.loads.c.assigned).where(
+            service.loads.c.carrier_id == carrier_id, service.loads.c.day == day))
+        live = await tx.fetchval(select(func.count()).select_from(service.assignments).where(
             service.assignments.c.carrier_id == carrier_id, service.assignments.c.service_day == day,
-            service.assignments.c.status == "ASSIGNED"))).scalar_one()
+            service.assignments.c.status == "ASSIGNED"))
     return counter or 0, live
 
 
@@ -390,9 +390,9 @@ async def test_assignment_that_waited_for_the_locks_counts_the_one_committed_mea
     app, client = served
     cheap = await new_carrier(client, countries=["NU"], daily_capacity=1, base_price_minor=100)
     dear = await new_carrier(client, countries=["NU"], daily_capacity=1, base_price_minor=900)
-    async with app.state.db.transaction() as session:
+    async with app.state.db.transaction() as tx:
         held = await service.assign_carrier(
-            session, AssignmentRequest(order_id="nu-first", country="NU", weight_grams=100))
+            tx, AssignmentRequest(order_id="nu-first", country="NU", weight_grams=100))
         assert held.carrier_code == cheap["code"]
         waiting = asyncio.create_task(assign(client, "NU", 100, "nu-second"))
         await asyncio.sleep(0.5)  # the second assignment is blocked on the carrier locks held here
@@ -434,8 +434,9 @@ async def test_concurrent_releases_free_one_place(client: httpx.AsyncClient, ser
 
 # --- seed -------------------------------------------------------------------------------------------------------
 
-async def test_seed_upserts_demo_carriers_idempotently(client: httpx.AsyncClient) -> None:
-    settings = Settings(database_url=f"{PG_URL_BASE}/{DB_NAME}{DB_SUFFIX}", eureka_server_url="")
+async def test_seed_upserts_demo_carriers_idempotently(served: tuple[FastAPI, httpx.AsyncClient]) -> None:
+    app, client = served
+    settings = Settings(database_url=app.state.settings.database_url, eureka_server_url="")
     await seed(settings)
     await seed(settings)
     codes = {c["code"] for c in DEMO_CARRIERS}

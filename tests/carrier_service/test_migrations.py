@@ -54,9 +54,9 @@ async def test_upgrade_counts_the_assignments_made_before_it(migrations_database
 
     settings = Settings(database_url=migrations_database_url, eureka_server_url="")
     async with running_app(create_app, settings) as (app, client):  # upgrades to head on start
-        async with app.state.db.transaction() as session:
-            rows = (await session.execute(select(service.loads))).all()
-        counters = {(row.carrier_id, row.day): row.assigned for row in rows}
+        async with app.state.db.transaction() as tx:
+            rows = await tx.fetch(select(service.loads))
+        counters = {(row["carrier_id"], row["day"]): row["assigned"] for row in rows}
         assert counters == {(cheap["id"], today): 2, (cheap["id"], today - timedelta(days=1)): 1,
                             (dear["id"], today - timedelta(days=1)): 1}
 

@@ -167,9 +167,9 @@ async def test_concurrent_add_lines_keep_every_line_and_distinct_positions(
     assert sorted(len(a.json()["lines"]) for a in answers) == list(range(2, 17, 2))
     final = (await client.get(f"/api/orders/{order['id']}", headers=SERVICE)).json()
     assert len(final["lines"]) == 16 and final["total_minor"] == 16
-    async with app.state.db.transaction() as session:
-        positions = (await session.execute(select(OrderLine.position).where(OrderLine.order_id == order["id"])
-                                           .order_by(OrderLine.position))).scalars().all()
+    async with app.state.db.transaction() as tx:
+        positions = [row["position"] for row in await tx.fetch(
+            select(OrderLine.position).where(OrderLine.order_id == order["id"]).order_by(OrderLine.position))]
     assert positions == list(range(1, 17))
 
 

@@ -42,9 +42,9 @@ async def paid(client: httpx.AsyncClient, amount: int = 5000, customer: str = "c
 
 
 async def attempts_of(app: FastAPI, order_id: str) -> int:
-    async with app.state.db.transaction() as session:
-        return int((await session.execute(select(func.count()).select_from(ChargeAttempt)
-                                          .where(ChargeAttempt.order_id == order_id))).scalar_one())
+    async with app.state.db.transaction() as tx:
+        return int(await tx.fetchval(select(func.count()).select_from(ChargeAttempt)
+                                     .where(ChargeAttempt.order_id == order_id)))
 
 
 async def payments_of_order(client: httpx.AsyncClient, order_id: str) -> int:
