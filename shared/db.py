@@ -292,8 +292,9 @@ class _SqliteTx(Tx):
 
 def _count_statements(engine: AsyncEngine) -> AsyncEngine:
     @event.listens_for(engine.sync_engine, "before_cursor_execute")
-    def _counted(*_: Any) -> None:
-        DB_STATEMENTS.inc()
+    def _counted(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if not statement.startswith("BEGIN"):  # SQLite's BEGIN IMMEDIATE: transactions are not statements here
+            DB_STATEMENTS.inc()
 
     return engine
 
