@@ -18,6 +18,8 @@ from auth_service.schemas import (
     LogoutIn,
     RefreshIn,
     RegisterIn,
+    RevocationsOut,
+    RevokedTokenOut,
     ServiceTokenOut,
     SigningKeyOut,
     TokenPairOut,
@@ -165,6 +167,14 @@ async def jwks_well_known(auth: Auth) -> JSONResponse:
 @public_router.get("/jwks", response_model=JwksOut)
 async def jwks(auth: Auth) -> JSONResponse:
     return await _jwks(auth)
+
+
+@public_router.get("/revocations", response_model=RevocationsOut)
+async def revocations(auth: Auth) -> JSONResponse:
+    """The revoked, unexpired access tokens, fresh from the table: what every service polls (never routed)."""
+    revoked = await auth.revoked_tokens()
+    body = RevocationsOut(revoked=[RevokedTokenOut(jti=jti, exp=int(exp)) for jti, exp in revoked.items()])
+    return JSONResponse(body.model_dump(), headers={"Cache-Control": "no-store"})
 
 
 @public_router.get("/validate", response_model=IdentityOut, operation_id="validate_get")

@@ -10,6 +10,7 @@ from auth_service.api import public_router, router
 from auth_service.keys import KeyRing, ensure_signing_key
 from auth_service.service import AuthService
 from auth_service.settings import Settings
+from shared.auth import Revocations
 from shared.forwarded import TrustedProxies
 from shared.service_app import create_service_app
 
@@ -25,6 +26,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         keyring = KeyRing(db, settings, app.state.verifier)
         await keyring.load()
         auth = AuthService(db, settings, keyring, app.state.verifier)
+        # The revocation list straight from the table (not over HTTP): /validate answers from memory, and a
+        # logout at another replica arrives with the next poll (shared.auth.Revocations).
+        revocations = Revocations(auth.revoked_tokens, settings.revocation_poll_secs,
+                                  settings.revocation_max_staleness_secs)
+        await revocations.refresh()
+        app.state.verifier.revocations = revocations
         await auth.ensure_bootstrap_admin()
         app.state.auth = auth
 

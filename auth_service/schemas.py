@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from shared.schemas import StrictModel
 
@@ -101,3 +101,14 @@ class SigningKeyOut(BaseModel):
 
 class JwksOut(BaseModel):
     keys: list[dict[str, str]]
+
+
+class RevokedTokenOut(BaseModel):
+    jti: str
+    exp: int = Field(description="The token's expiry (epoch seconds): it is refused after that anyway.")
+
+
+class RevocationsOut(BaseModel):
+    """GET /revocations: the access tokens revoked before their expiry (logouts)."""
+
+    revoked: list[RevokedTokenOut]

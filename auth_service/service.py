@@ -36,7 +36,7 @@ from auth_service.models import (
 )
 from auth_service.schemas import MIN_PASSWORD_LENGTH, normalize_email
 from auth_service.settings import Settings
-from shared.auth import Identity, TokenVerifier
+from shared.auth import Identity, RevokedSet, TokenVerifier
 from shared.db import Database
 from shared.errors import Conflict, NotFound, TooManyRequests, Unauthorized
 
@@ -85,9 +85,6 @@ class AuthService:
         self.settings = settings
         self.keyring = keyring
         self.verifier = verifier
-        # jti → expiry of tokens revoked through this instance: answered without a database round trip.
-        # Revocations made by other instances are still found by the indexed lookup.
-        self._revoked_here: dict[str, datetime] = {}
         self._dummy_hash = ""
 
     # --- accounts -------------------------------------------------------------------------------
@@ -266,7 +263,8 @@ class AuthService:
     # --- access tokens --------------------------------------------------------------------------
 
     async def validate(self, token: str) -> VerifiedToken:
-        """Signature, issuer, audience, expiry and type by the shared verifier; then revocation (one lookup)."""
+        """Signature, issuer, audience, expiry, type and revocation by the shared verifier, all in memory: the
+        revocation list is this instance's copy of the table (Revocations), refreshed every poll interval."""
         await self.keyring.reload_for(token)
         try:
             claims = jwt.get_unverified_claims(token)
@@ -277,19 +275,14 @@ class AuthService:
             if defect:
                 raise Unauthorized(f"The token is not valid: {defect}.")
         identity = await self.verifier.verify(token)
-        jti = str(claims.get("jti") or "")
-        if not jti:
-            raise Unauthorized("The token has no id (jti).")
-        if await self._is_revoked(jti):
-            raise Unauthorized("The token has been revoked.")
-        return VerifiedToken(identity, jti, datetime.fromtimestamp(int(claims["exp"]), UTC))
+        return VerifiedToken(identity, identity.jti, datetime.fromtimestamp(int(claims["exp"]), UTC))
 
-    async def _is_revoked(self, jti: str) -> bool:
-        if jti in self._revoked_here:
-            return True
+    async def revoked_tokens(self) -> RevokedSet:
+        """The table of revoked, unexpired access tokens: what every instance and service polls (GET /revocations)."""
         async with self.db.session(autocommit=True) as session:  # one SELECT: no BEGIN/ROLLBACK round trips
-            found = await session.scalar(select(RevokedToken.jti).where(RevokedToken.jti == jti))
-        return found is not None
+            rows = await session.execute(
+                select(RevokedToken.jti, RevokedToken.expires_at).where(RevokedToken.expires_at > now_utc()))
+            return {jti: aware(expires_at).timestamp() for jti, expires_at in rows.all()}
 
     async def logout(self, caller: VerifiedToken, refresh_token: str | None) -> None:
         """Revoke the access token until it expires, and the refresh family it belongs to."""
@@ -316,8 +309,8 @@ class AuthService:
                 if family.user_id == caller.identity.subject and family.revoked_at is None:
                     family.revoked_at, family.revoked_reason = now, "logout"
             await session.execute(delete(RevokedToken).where(RevokedToken.expires_at < now))
-        self._revoked_here[caller.jti] = caller.expires_at
-        self._revoked_here = {jti: exp for jti, exp in self._revoked_here.items() if exp > now}
+        if self.verifier.revocations is not None:  # refused here at once; elsewhere within one poll interval
+            self.verifier.revocations.add(caller.jti, caller.expires_at.timestamp())
 
     # --- services -------------------------------------------------------------------------------
 

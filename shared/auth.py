@@ -1,9 +1,11 @@
-"""Token verification for every service: RS256 JWTs checked against auth_service's JWKS (cached)."""
+"""Token verification for every service: RS256 JWTs checked against auth_service's JWKS (cached) and against
+its revocation list (held in memory, refreshed by a short poll: a logout reaches every service in bounded time)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -30,6 +32,7 @@ class Identity:
     roles: frozenset[str] = field(default_factory=frozenset)
     email: str = ""
     token: str = ""
+    jti: str = ""  # the token's id, what a revocation names
 
     @property
     def is_admin(self) -> bool:
@@ -48,10 +51,90 @@ class Identity:
         return self.is_privileged or self.subject == owner_id
 
 
+# jti → the revoked token's expiry (epoch seconds): after it the token is refused for being expired anyway.
+RevokedSet = dict[str, float]
+
+
+class Revocations:
+    """The access tokens revoked before their expiry, held in memory: every verification asks it, none waits.
+
+    `refresh()` replaces the set with what `fetch` returns (auth_service: its table; every other service:
+    auth_service's GET /revocations at AUTH_URLS); `run()` refreshes every `poll_secs`. A revocation therefore
+    reaches this process within one poll interval. If the set has not been refreshed for `max_staleness_secs`
+    (auth_service unreachable), tokens are refused with 503 rather than checked against a list that may lack
+    a logout: the delay stays bounded. The clock is injectable, so tests move time instead of sleeping.
+    """
+
+    def __init__(self, fetch: Callable[[], Awaitable[RevokedSet]], poll_secs: float, max_staleness_secs: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._fetch = fetch
+        self.poll_secs = poll_secs
+        self.max_staleness_secs = max_staleness_secs
+        self._clock = clock
+        self._revoked: RevokedSet = {}
+        self._added: RevokedSet = {}  # added here while a refresh is under way
+        self._refreshed_at: float | None = None  # None: never (a fresh boot's monotonic clock may be near 0)
+        self._failing = False
+
+    @property
+    def loaded(self) -> bool:
+        return self._refreshed_at is not None
+
+    def add(self, jti: str, expires_at: float) -> None:
+        """A revocation made here (after it was committed to the source): effective at once."""
+        self._revoked[jti] = expires_at
+        self._added[jti] = expires_at
+
+    def is_revoked(self, jti: str) -> bool:
+        """Whether jti is revoked; 503 when the set is too old to answer that (or was never loaded)."""
+        if self._refreshed_at is None or self._clock() - self._refreshed_at > self.max_staleness_secs:
+            raise ServiceUnavailable("The revocation list cannot be refreshed from auth_service.")
+        return jti in self._revoked
+
+    async def refresh(self) -> None:
+        # What was added before this line was committed before the fetch begins, so the fetch has it; what is
+        # added while it runs may be missing from its answer and is kept.
+        self._added = {}
+        revoked = {**await self._fetch(), **self._added}
+        now = time.time()
+        self._revoked = {jti: exp for jti, exp in revoked.items() if exp > now}
+        self._refreshed_at = self._clock()
+
+    async def run(self) -> None:
+        """Refresh every poll interval until cancelled; a failed refresh keeps the set (until it is too old)."""
+        while True:
+            try:
+                await self.refresh()
+                if self._failing:
+                    log.info("revocation list refreshed again")
+                self._failing = False
+            except Exception as exc:  # any failure: keep polling, the staleness bound decides
+                if not self._failing:
+                    log.warning("revocation list refresh failed", error=repr(exc))
+                self._failing = True
+            await asyncio.sleep(self.poll_secs)
+
+
+def remote_revocations(settings: ServiceSettings, registry: RegistryClient) -> Revocations:
+    """The revocation list of auth_service at AUTH_URLS (GET /revocations), as every other service polls it."""
+
+    async def fetch() -> RevokedSet:
+        base = registry.choose(AUTH_APP).base_url
+        async with httpx.AsyncClient(timeout=5) as client:
+            response = await client.get(f"{base}/revocations")
+            response.raise_for_status()
+            return {str(item["jti"]): float(item["exp"]) for item in response.json()["revoked"]}
+
+    return Revocations(fetch, settings.revocation_poll_secs, settings.revocation_max_staleness_secs)
+
+
 class TokenVerifier:
-    def __init__(self, settings: ServiceSettings, registry: RegistryClient | None = None) -> None:
+    def __init__(self, settings: ServiceSettings, registry: RegistryClient | None = None,
+                 revocations: Revocations | None = None) -> None:
         self.settings = settings
         self.registry = registry
+        # Checked on every verification, cached or not. With pinned keys (tests) an unloaded list is not asked.
+        self.revocations = revocations
         self._keys: dict[str, dict[str, Any]] = {}
         self._fetched_at = 0.0
         self._forced_at = 0.0
@@ -132,13 +215,22 @@ class TokenVerifier:
             identity, kid, expires = cached
             # Still unexpired and its key still published (a key withdrawn from the JWKS ends its tokens).
             if time.time() < expires and self._known_kid(kid):
+                self._refuse_if_revoked(identity)
                 return identity
             del self._verified[token]
         identity, kid, expires = await self._verify(token)
+        self._refuse_if_revoked(identity)
         if len(self._verified) >= VERIFIED_CACHE_SIZE:
             del self._verified[next(iter(self._verified))]
         self._verified[token] = (identity, kid, expires)
         return identity
+
+    def _refuse_if_revoked(self, identity: Identity) -> None:
+        revocations = self.revocations
+        if revocations is None or (self._static_keys is not None and not revocations.loaded):
+            return
+        if revocations.is_revoked(identity.jti):
+            raise Unauthorized("The token has been revoked.")
 
     async def _verify(self, token: str) -> tuple[Identity, str, float]:
         try:
@@ -165,8 +257,11 @@ class TokenVerifier:
         roles = claims.get("roles", [])
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise Unauthorized("The token's roles claim is malformed.")
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or not jti:
+            raise Unauthorized("The token has no id (jti), so it could not be revoked.")
         identity = Identity(subject=str(claims["sub"]), roles=frozenset(roles), email=str(claims.get("email", "")),
-                            token=token)
+                            token=token, jti=jti)
         return identity, kid, float(claims["exp"])
 
 

@@ -11,7 +11,7 @@ import structlog
 from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import JSONResponse
 
-from shared.auth import TokenVerifier
+from shared.auth import Revocations, TokenVerifier, remote_revocations
 from shared.db import Database
 from shared.docs import install_docs
 from shared.errors import install_error_handlers
@@ -60,14 +60,17 @@ def create_service_app(
             app.state.db = Database(settings.database_url, settings.db_pool_size)
         registry = RegistryClient(settings, discover=discover)
         app.state.registry = registry
-        app.state.verifier = TokenVerifier(settings, registry)
+        app.state.verifier = TokenVerifier(settings, registry, remote_revocations(settings, registry))
         if on_startup is not None:
-            await on_startup(app)
+            await on_startup(app)  # auth_service puts its own revocation list (its table) in place here
+        revocations: Revocations = app.state.verifier.revocations
+        polling = asyncio.create_task(revocations.run(), name="revocations-poll")
         await registry.start()
         log.info("service started", port=settings.port)
         try:
             yield
         finally:
+            polling.cancel()
             # Leave the registry first, so no new traffic arrives while the rest shuts down.
             await registry.stop()
             if on_shutdown is not None:
@@ -89,6 +92,11 @@ def create_service_app(
         faults = FaultInjector()
         app.middleware("http")(faults.middleware())
         app.include_router(faults.router())
+
+        # Tests and drills: the revocation poll made now (tests trigger it instead of sleeping a poll interval).
+        @app.post("/_revocations/refresh", status_code=204, include_in_schema=False)
+        async def refresh_revocations(request: Request) -> None:
+            await request.app.state.verifier.revocations.refresh()
     app.add_middleware(RequestMiddleware, service=service)
 
     @app.get("/health", tags=["health"], include_in_schema=False)

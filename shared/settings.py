@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.forwarded import Network, parse_networks
@@ -53,6 +53,10 @@ class ServiceSettings(BaseSettings):
     jwt_issuer: str = "customer-service-auth"
     jwt_audience: str = "customer-service"
     jwks_cache_secs: int = 300
+    # Revocations (logouts) reach every service and every auth_service replica within one poll interval; a
+    # list not refreshed for the staleness bound makes tokens refused (503) rather than checked against it.
+    revocation_poll_secs: float = Field(default=2.0, gt=0)
+    revocation_max_staleness_secs: float = Field(default=30.0, gt=0)
 
     # Service-to-service credentials (client credentials grant at auth_service). No default: a published one
     # would let anyone mint a service token. The local runner generates one at first run (var/secrets.json);

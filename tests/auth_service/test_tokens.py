@@ -10,7 +10,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from jose import jwt
+from sqlalchemy import event
 
+from shared.auth import Revocations
+from shared.errors import ServiceUnavailable
 from tests.auth_service.conftest import (
     Account,
     auth_settings,
@@ -150,9 +153,52 @@ async def test_rotation_and_key_listing_need_admin(client: httpx.AsyncClient, ac
 async def test_a_second_instance_sees_rotation_and_revocation_of_the_first(
     client: httpx.AsyncClient, database_url: str, admin_headers: dict[str, str]
 ) -> None:
-    async with running(auth_settings(database_url)) as (_, second):
+    async with running(auth_settings(database_url)) as (second_app, second):
         assert (await client.post("/api/auth/keys/rotate", headers=admin_headers)).status_code == 201
         account = await new_account(client)  # signed by the key the first instance just made
         assert (await second.get("/validate", headers=account.headers)).status_code == 200
         assert (await client.post("/api/auth/logout", headers=account.headers)).status_code == 204
+        assert (await client.get("/validate", headers=account.headers)).status_code == 401  # at once here
+        # The other instance learns it at its next poll of the table (every REVOCATION_POLL_SECS): made now.
+        await second_app.state.verifier.revocations.refresh()
         assert (await second.get("/validate", headers=account.headers)).status_code == 401
+
+
+async def test_validate_makes_no_database_round_trip(app: FastAPI, client: httpx.AsyncClient,
+                                                     account: Account) -> None:
+    """Issue 17: /validate answers from memory (keys and revocations); the database may be gone meanwhile."""
+    assert (await client.get("/validate", headers=account.headers)).status_code == 200
+    statements: list[str] = []
+    engine = app.state.db.engine.sync_engine
+
+    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        for _ in range(5):
+            assert (await client.get("/validate", headers=account.headers)).status_code == 200
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    # Only the periodic work may run meanwhile: the revocation poll and the signing keys' reload.
+    periodic = ("revoked_tokens.expires_at >", "FROM signing_keys")
+    assert [sql for sql in statements if not any(mark in sql for mark in periodic)] == []
+
+
+async def test_a_stale_revocation_list_refuses_rather_than_trusts(account: Account) -> None:
+    """A list nobody could refresh for longer than the bound answers 503, not "not revoked" (clock moved)."""
+    now = [1000.0]
+
+    async def fetch() -> dict[str, float]:
+        return {}
+
+    revocations = Revocations(fetch, poll_secs=2, max_staleness_secs=30, clock=lambda: now[0])
+    with pytest.raises(ServiceUnavailable):
+        revocations.is_revoked("never-loaded")
+    await revocations.refresh()
+    assert not revocations.is_revoked("some-jti")
+    revocations.add("some-jti", time.time() + 60)
+    assert revocations.is_revoked("some-jti")
+    now[0] += 31
+    with pytest.raises(ServiceUnavailable):
+        revocations.is_revoked("some-jti")
