@@ -34,6 +34,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=200, limit_per_host=50, keepalive_timeout=30),
             raise_for_status=False,
+            # The participants set no cookies; a jar would only be searched on every call (and could carry one
+            # saga's cookie into another's calls).
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         registry = app.state.registry
         client = StepClient(session, registry, ServiceTokens(settings, registry),
