@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -22,10 +21,8 @@ from gateway.settings import Settings
 from shared.errors import DomainError, ServiceUnavailable
 from shared.forwarded import TrustedProxies
 from shared.logging import REQUEST_ID_HEADER
-from shared.registry_client import Instance, RegistryClient
+from shared.registry_client import Instance, RegistryClient, RoundRobin
 from shared.tracing import new_traceparent, valid_traceparent
-
-__all__ = ["CallContext", "Gateway", "new_traceparent", "valid_traceparent"]
 
 log = structlog.get_logger(__name__)
 
@@ -248,7 +245,7 @@ class Gateway:
                                  on_change=self._breaker_changed, on_create=metrics.breaker_created,
                                  on_drop=metrics.breaker_dropped)
         self._failure_statuses = frozenset(settings.breaker_failure_statuses)
-        self._cursors: dict[str, itertools.count[int]] = {}
+        self._turns = RoundRobin()
         self._pruned_at: dict[str, float] = {}
 
     async def validate(self, request: Request, ctx: CallContext) -> dict[str, str] | Response:
@@ -444,10 +441,7 @@ class Gateway:
             rested = min(untried, key=lambda i: breakers.get(app, i.instance_id).opened_at)
             breakers.get(app, rested.instance_id).begin_trial()
             return rested
-        cursor = self._cursors.get(app)
-        if cursor is None:
-            cursor = self._cursors[app] = itertools.count()
-        instance = usable[next(cursor) % len(usable)] if len(usable) > 1 else usable[0]
+        instance = self._turns.pick(app, usable)
         breakers.get(app, instance.instance_id).begin()
         return instance
 

@@ -181,9 +181,6 @@ class Breakers:
                 self._on_create(app, instance_id)
         return breaker
 
-    def peek(self, app: str, instance_id: str) -> CircuitBreaker | None:
-        return self._breakers.get((app, instance_id))
-
     def prune(self, app: str, live_instance_ids: Iterable[str]) -> None:
         live = set(live_instance_ids)
         for key in [k for k in self._breakers if k[0] == app and k[1] not in live]:

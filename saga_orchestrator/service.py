@@ -14,7 +14,7 @@ from uuid import UUID
 import structlog
 
 from saga_orchestrator.catalogue import Catalogue
-from saga_orchestrator.domain import TERMINAL, Saga, SagaStatus
+from saga_orchestrator.domain import Saga, SagaStatus
 from saga_orchestrator.event_store import ConcurrentSagaUpdate, FeedItem, SagaStore
 from saga_orchestrator.index import SagaIndexStore
 from saga_orchestrator.metrics import SAGAS_STARTED
@@ -297,10 +297,6 @@ async def retry_saga(orch: Orchestrator, identity: Identity, saga_id: UUID) -> I
     row = await orch.index.get(saga_id)
     assert row is not None
     return row
-
-
-def is_terminal(status: str) -> bool:
-    return status in TERMINAL
 
 
 def feed_item(item: FeedItem) -> dict[str, Any]:

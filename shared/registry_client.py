@@ -7,8 +7,10 @@ import itertools
 import socket
 import ssl
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from io import BytesIO
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -132,6 +134,24 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+T = TypeVar("T")
+
+
+class RoundRobin:
+    """Each app's instances taken in turn, one cursor per app: the discovery client's and the gateway's choice."""
+
+    def __init__(self) -> None:
+        self._cursors: dict[str, itertools.count[int]] = {}
+
+    def pick(self, app: str, instances: Sequence[T]) -> T:
+        if len(instances) == 1:
+            return instances[0]
+        cursor = self._cursors.get(app)
+        if cursor is None:
+            cursor = self._cursors[app] = itertools.count()
+        return instances[next(cursor) % len(instances)]
+
+
 class RegistryClient:
     """One per process: registers this instance (if it has a port) and keeps a local copy of the registry.
 
@@ -145,7 +165,7 @@ class RegistryClient:
         self._register = register
         self._discover = discover
         self._client: EurekaClient | None = None
-        self._cursors: dict[str, itertools.count[int]] = {}
+        self._turns = RoundRobin()
         self._static: dict[str, list[Instance]] = {}
         self.set_static(AUTH_APP, list(settings.auth_urls))
 
@@ -215,5 +235,4 @@ class RegistryClient:
         if not candidates:
             raise ServiceUnavailable(f"No UP instance of {app_name.upper()} is registered.",
                                      service=app_name.upper())
-        cursor = self._cursors.setdefault(app_name.upper(), itertools.count())
-        return candidates[next(cursor) % len(candidates)]
+        return self._turns.pick(app_name.upper(), candidates)

@@ -6,13 +6,8 @@ import re
 
 import pytest
 
-from gateway.proxy import (
-    CallContext,
-    client_response_headers,
-    new_traceparent,
-    upstream_request_headers,
-    valid_traceparent,
-)
+from gateway.proxy import CallContext, client_response_headers, upstream_request_headers
+from shared.tracing import new_traceparent, valid_traceparent
 
 CLIENT_TP = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
