@@ -8,14 +8,20 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from tests.compose import ComposeStack, running_stack
 from tests.fleet import ADMIN_EMAIL, ADMIN_PASSWORD, NO_DATABASE, SERVICES, Fleet, recreate_databases
 from tests.inprocess import fresh_database_url
 
+# A running stack instead of the suite's own fleet (e.g. `docker compose up`: README, "Running in containers").
 EXTERNAL_GATEWAY = os.environ.get("GATEWAY_URL", "")
+# Its admin: the variables docker-compose.yml gives auth_service (with the same development defaults).
+STACK_ADMIN_EMAIL = os.environ.get("BOOTSTRAP_ADMIN_EMAIL", "admin@example.com")
+STACK_ADMIN_PASSWORD = os.environ.get("BOOTSTRAP_ADMIN_PASSWORD", "admin-password-dev")
 
 
 @pytest.fixture(scope="session")
@@ -60,19 +66,45 @@ def gateway_url(request: pytest.FixtureRequest) -> str:
     return fleet.gateway_url
 
 
+@pytest.fixture(scope="session")
+def stack(request: pytest.FixtureRequest) -> Fleet | ComposeStack:
+    """What the tests reach into (logs, faults, killing and restarting a component): the suite's own fleet, or
+    with GATEWAY_URL the compose stack behind it (tests/compose.py), through Docker."""
+    if not EXTERNAL_GATEWAY:
+        fleet: Fleet = request.getfixturevalue("fleet")
+        return fleet
+    compose = running_stack()
+    if compose is None:
+        pytest.skip("GATEWAY_URL is not a docker compose stack of this machine: its components cannot be reached")
+    return compose
+
+
+def instances(stack: Fleet | ComposeStack, package: str) -> list[Any]:
+    """Every running instance of a package (the fleet's processes, or a compose service's replicas)."""
+    return [p for p in stack.processes.values() if p.package == package]
+
+
 @pytest.fixture
-def faults(fleet: Fleet) -> Iterator[Callable[..., None]]:
-    """Inject faults into a service (by fleet process name); every touched service's faults are cleared after."""
+def faults(stack: Fleet | ComposeStack) -> Iterator[Callable[..., None]]:
+    """Inject faults into a service (by process name; every replica of it in a compose stack); every touched
+    service's faults are cleared after."""
     touched: set[str] = set()
+
+    def targets(name: str) -> list[Any]:
+        if isinstance(stack, ComposeStack) and name in SERVICES:
+            return list(stack.replicas(name))
+        return [stack.processes[name]]
 
     def inject(name: str, path_regex: str, method: str = "POST", status: int = 503, count: int = 1,
                delay_ms: int = 0) -> None:
-        fleet.processes[name].inject_fault(path_regex, method, status, count, delay_ms)
+        for target in targets(name):
+            target.inject_fault(path_regex, method, status, count, delay_ms)
         touched.add(name)
 
     yield inject
     for name in touched:
-        fleet.processes[name].clear_faults()
+        for target in targets(name):
+            target.clear_faults()
 
 
 @pytest.fixture
@@ -115,8 +147,9 @@ def customer(api: httpx.Client) -> User:
 
 @pytest.fixture(scope="session")
 def admin(gateway_url: str) -> User:
+    email, password = (STACK_ADMIN_EMAIL, STACK_ADMIN_PASSWORD) if EXTERNAL_GATEWAY else (ADMIN_EMAIL, ADMIN_PASSWORD)
     with httpx.Client(base_url=gateway_url, timeout=30) as client:
-        token = login(client, ADMIN_EMAIL, ADMIN_PASSWORD)
+        token = login(client, email, password)
         me = client.get("/api/auth/me", headers={"Authorization": f"Bearer {token}"})
         assert me.status_code == 200, me.text
-        return User(ADMIN_EMAIL, ADMIN_PASSWORD, token, str(me.json()["id"]))
+        return User(email, password, token, str(me.json()["id"]))

@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import User
+from tests.compose import ComposeStack, Container
+from tests.conftest import User, instances
 from tests.fleet import Fleet, ServiceProcess
 
 pytestmark = pytest.mark.integration
@@ -52,18 +53,28 @@ def _wait_gateway_routes(api: httpx.Client, user: User, timeout: float = 30) -> 
 
 
 @pytest.fixture(scope="module")
-def orchestrator(fleet: Fleet, admin: User, gateway_url: str) -> Iterator[ServiceProcess]:
-    """The fleet's orchestrator, restarted with short deadlines for this module; restored afterwards."""
-    proc = fleet.replace("saga_orchestrator", **SAGA_ENV)
+def orchestrator(stack: Fleet | ComposeStack, admin: User, gateway_url: str) -> Iterator[ServiceProcess | Container]:
+    """The fleet's orchestrator, restarted with short deadlines for this module; restored afterwards. A compose
+    stack runs with them already (tests/containers/compose.test.yml)."""
     with httpx.Client(base_url=gateway_url, timeout=30) as api:
+        if isinstance(stack, ComposeStack):
+            _wait_gateway_routes(api, admin)
+            yield stack.processes["saga_orchestrator"]
+            return
+        proc = stack.replace("saga_orchestrator", **SAGA_ENV)
         _wait_gateway_routes(api, admin)
         yield proc
-        fleet.replace("saga_orchestrator")
+        stack.replace("saga_orchestrator")
         _wait_gateway_routes(api, admin)
 
 
 @pytest.fixture(scope="module")
 def catalogue(gateway_url: str, admin: User) -> Catalogue:
+    return make_catalogue(gateway_url, admin)
+
+
+def make_catalogue(gateway_url: str, admin: User) -> Catalogue:
+    """A product with plenty of stock, one with a single unit, and a carrier for DE/FR/NL, new for the caller."""
     tag = uuid.uuid4().hex[:6].upper()
     with httpx.Client(base_url=gateway_url, timeout=30) as api:
         for sku, on_hand in ((f"SAGA-{tag}", 100_000), (f"SAGA-{tag}-SCARCE", 1)):
@@ -147,8 +158,8 @@ def assert_everything_given_back(api: httpx.Client, admin: User, customer: User,
 
 # -- the happy path ------------------------------------------------------------------------------
 
-def test_happy_path_confirms_the_order(orchestrator: ServiceProcess, fleet: Fleet, api: httpx.Client, admin: User,
-                                       customer: User, catalogue: Catalogue) -> None:
+def test_happy_path_confirms_the_order(orchestrator: ServiceProcess, stack: Fleet | ComposeStack, api: httpx.Client,
+                                       admin: User, customer: User, catalogue: Catalogue) -> None:
     before = available(api, catalogue.sku)
     key = str(uuid.uuid4())
     request_id, trace_id = f"saga-{uuid.uuid4().hex}", uuid.uuid4().hex
@@ -186,7 +197,7 @@ def test_happy_path_confirms_the_order(orchestrator: ServiceProcess, fleet: Flee
     assert [s["saga_id"] for s in mine["items"]] == [saga_id]
     # The step calls carried the original request's id and trace.
     for package in ("order_service", "inventory_service", "payment_service", "carrier_service", "shipment_service"):
-        logs = fleet.processes[package].logs()
+        logs = "\n".join(p.logs() for p in instances(stack, package))
         assert request_id in logs and trace_id in logs, package
 
 
@@ -297,7 +308,7 @@ def test_a_step_that_keeps_timing_out_is_compensated(orchestrator: ServiceProces
 
 def test_a_compensation_that_keeps_failing_waits_for_an_operator(
         orchestrator: ServiceProcess, api: httpx.Client, admin: User, customer: User, catalogue: Catalogue,
-        faults: Any, fleet: Fleet) -> None:
+        faults: Any, stack: Fleet | ComposeStack) -> None:
     faults("payment_service", r"/refund$", status=503, count=-1)
     before = available(api, catalogue.sku)
     saga = place(api, customer, order_body(catalogue, address=NOWHERE)).json()
@@ -309,7 +320,8 @@ def test_a_compensation_that_keeps_failing_waits_for_an_operator(
     retry_url = f"/api/customer-orders/{saga['saga_id']}/retry"
     assert api.post(retry_url, headers=customer.headers).status_code == 403
 
-    fleet.processes["payment_service"].clear_faults()
+    for payment_service in instances(stack, "payment_service"):
+        payment_service.clear_faults()
     retried = api.post(retry_url, headers=admin.headers)
     assert retried.status_code == 202, retried.text
     saga = finished(api, customer, saga["saga_id"])
@@ -321,7 +333,7 @@ def test_a_compensation_that_keeps_failing_waits_for_an_operator(
 # -- crashes and replicas ------------------------------------------------------------------------
 
 def test_killed_mid_saga_it_finishes_after_restart_and_charges_once(
-        orchestrator: ServiceProcess, fleet: Fleet, api: httpx.Client, admin: User, customer: User,
+        orchestrator: ServiceProcess, stack: Fleet | ComposeStack, api: httpx.Client, admin: User, customer: User,
         catalogue: Catalogue, faults: Any) -> None:
     faults("payment_service", r"^/api/payments$", status=0, count=1, delay_ms=1500)
     accepted = place(api, customer, order_body(catalogue), wait=None)
@@ -334,8 +346,8 @@ def test_killed_mid_saga_it_finishes_after_restart_and_charges_once(
             break
         time.sleep(0.05)
     time.sleep(0.3)  # the charge is in flight, held up by the delay
-    fleet.processes["saga_orchestrator"].kill()
-    fleet.restart("saga_orchestrator")
+    stack.processes["saga_orchestrator"].kill()  # the process, or `docker kill` of the container
+    stack.restart("saga_orchestrator")
     _wait_gateway_routes(api, admin)
     saga = finished(api, customer, saga_id)
     assert saga["status"] == "COMPLETED", saga
