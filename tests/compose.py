@@ -9,6 +9,7 @@ fleet's ServiceProcess where the tests need it (name, package, logs, faults, kil
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -121,8 +122,10 @@ class ComposeStack:
         """The instances the registry lists as UP for `app`, asked inside the registry's container (busybox wget
         in the real Eureka image, Debian's in the stand-in)."""
         (eureka,) = self.compose("ps", "-q", "eureka").split()
+        # The registry's credentials: the EUREKA_PASSWORD compose gave it (user `eureka`, docker-compose.yml).
+        credentials = f"eureka:{os.environ.get('EUREKA_PASSWORD', '')}@"
         out = docker("exec", eureka, "wget", "-q", "-O", "-", "--header", "Accept: application/json",
-                     f"http://127.0.0.1:8761/eureka/apps/{app}", check=False)
+                     f"http://{credentials}127.0.0.1:8761/eureka/apps/{app}", check=False)
         if not out.strip():
             return []
         instances = json.loads(out)["application"]["instance"]
