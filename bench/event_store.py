@@ -1,9 +1,10 @@
 """The event store's own ceiling: saga aggregates saved through `SagaStore` (the orchestrator's code, its
 thread pool and settings) with no HTTP around them, on a database of its own.
 
-Each simulated saga makes the transitions of a saga that completes — started, then each step's
-success with the next step's start, then completion — saving after each one, as the runner does
-with checkpoints off. `concurrency` sagas run at once, as many as the orchestrator drives.
+Each simulated saga is driven by the saga's rules (`core.advance`) with every step answered 2xx at once,
+and saved as the runner saves: the start with the first attempt, each step's success with the next
+step's start and attempt, then completion (8 saves). `concurrency` sagas run at once, as many as the
+orchestrator drives.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import time
 import uuid
 from typing import Any
 
+from saga_orchestrator import core
 from saga_orchestrator.domain import Saga
 from saga_orchestrator.event_store import SagaStore
+from saga_orchestrator.runner import policy, utc_now
 from saga_orchestrator.settings import Settings
 from saga_orchestrator.steps import CURRENT
 from tests.fleet import DB_SUFFIX, PG_URL_BASE, recreate_databases
@@ -35,22 +38,23 @@ def _start_request(n: int) -> dict[str, Any]:
     }
 
 
+RULES = policy(Settings(eureka_server_url=""))
+ANSWERS = {"create_order": {"id": "o-1"}, "assign_carrier": {"carrier_code": "DHL"}}
+
+
 async def _one_saga(store: SagaStore, n: int) -> int:
-    """One completed saga's transitions, each saved; returns the number of saves."""
+    """One completed saga's transitions, each saved as the runner saves them; returns the number of saves."""
     saga = Saga(**_start_request(n))
     saga.start_step(CURRENT.first().step)
-    await store.save(saga)
-    saves = 1
-    for step in CURRENT.steps:
-        saga.step_succeeded(step.step, {"order_id": "o-1"} if step.step == "create_order" else {}, 1, None)
-        following = CURRENT.after(step.step)
-        if following is not None:
-            saga.start_step(following.step)
-        else:
-            saga.complete()
+    action = core.advance(saga, CURRENT, RULES, utc_now())
+    saves = 0
+    while True:
         await store.save(saga)
         saves += 1
-    return saves
+        if not isinstance(action, core.Call):
+            return saves
+        answer = core.Answer(core.AnswerKind.OK, 200, ANSWERS.get(action.step, {}))
+        action = core.advance(saga, CURRENT, RULES, utc_now(), answer)
 
 
 async def measure(concurrency: int, seconds: float, store: SagaStore) -> dict[str, float]:

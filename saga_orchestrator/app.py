@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import socket
 from pathlib import Path
 
@@ -20,10 +21,11 @@ from shared.service_app import create_service_app
 
 
 def lease_owner(settings: Settings) -> str:
-    """This instance's name on saga leases: stable across restarts, so a restarted instance takes its own
-    sagas back at once instead of waiting for their leases to run out; unique among live replicas (a
-    container's hostname when INSTANCE_HOST is left empty)."""
-    return f"{settings.instance_host or socket.gethostname()}:{settings.port}"
+    """This process's name on saga leases: its address (a container's hostname when INSTANCE_HOST is left
+    empty) and a token of this incarnation. A restarted instance is a new owner: the sagas its previous
+    incarnation held are orphans whose leases run out, and every replica competes for them alike, so one
+    that keeps crashing does not keep taking its sagas back."""
+    return f"{settings.instance_host or socket.gethostname()}:{settings.port}/{secrets.token_hex(4)}"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

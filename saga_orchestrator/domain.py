@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 from uuid import UUID, uuid5
@@ -37,12 +41,22 @@ class CompensationStatus(StrEnum):
     FAILED = "FAILED"
 
 
+class Phase(StrEnum):
+    """What an attempt at a step is for."""
+
+    ACTION = "action"  # the step itself
+    REPLAY = "replay"  # the step again under its own key, to settle an outcome that is not known
+    COMPENSATION = "compensation"  # its undoing
+
+
 @dataclass
 class StepRecord:
     """What is known of one step of this saga (rebuilt from events, never stored as such).
 
-    Timings are not kept here: recovery does not need them, and the saga's view reads them from
-    the timestamps of the events in its history.
+    Every attempt is recorded (`AttemptStarted`) before it is sent, so `attempts` and
+    `compensation_attempts` count every request that may have reached the participant. The phase
+    under way and when its first attempt started (the origin of its deadline) come from those events'
+    timestamps, so they hold for whichever replica drives the saga.
     """
 
     name: str
@@ -56,6 +70,15 @@ class StepRecord:
     compensation: CompensationStatus | None = None
     compensation_attempts: int = 0
     compensation_error: str | None = None
+    # The phase the latest attempts belong to, and when its first attempt started.
+    phase: Phase | None = None
+    phase_started_at: datetime | None = None
+    phase_attempts: int = 0
+    # An attempt was sent and its answer is not recorded (the driver may have died waiting for it).
+    in_flight: bool = False
+    last_failed_at: datetime | None = None
+    # A replay (before compensating) has settled what the step did.
+    replayed: bool = False
 
     @property
     def needs_compensation(self) -> bool:
@@ -74,8 +97,26 @@ def saga_id_for(customer_id: str, idempotency_key: str) -> UUID:
     return uuid5(SAGA_ID_NAMESPACE, f"{customer_id}\n{idempotency_key}")
 
 
+_EVENTS_AT: ContextVar[datetime | None] = ContextVar("saga_events_at", default=None)
+
+
+@contextmanager
+def events_at(now: datetime) -> Iterator[None]:
+    """Stamp the saga events made inside with `now` (the driver's clock, as the rules were given it)."""
+    token = _EVENTS_AT.set(now)
+    try:
+        yield
+    finally:
+        _EVENTS_AT.reset(token)
+
+
 class Saga(Aggregate):
     """One placeCustomerOrder: its request, priced lines, steps, and compensations."""
+
+    class Event(Aggregate.Event):
+        @staticmethod
+        def create_timestamp() -> datetime:
+            return _EVENTS_AT.get() or datetime.now(UTC)
 
     @staticmethod
     def create_id(customer_id: str, idempotency_key: str) -> UUID:
@@ -115,6 +156,7 @@ class Saga(Aggregate):
         self.current_step: str | None = None
         self.failure_reason: str | None = None
         self.compensation_plan: list[str] = []
+        self.driver: str | None = None  # the last replica that resumed it (None: the one that placed it)
 
     # -- what the driver asks -------------------------------------------------------------------
 
@@ -161,6 +203,48 @@ class Saga(Aggregate):
                 return name
         return None
 
+    # -- attempts -------------------------------------------------------------------------------
+
+    def attempt_started(self, step: str, phase: Phase, at: datetime) -> None:
+        """Recorded (and saved) before the request is sent: an attempt that reached the participant is never lost."""
+        if step not in self.steps:
+            raise SagaStateError(f"saga {self.id} never started step {step!r}")
+        self._attempt_started(step=step, phase=phase, timestamp=at)
+
+    @event("AttemptStarted")
+    def _attempt_started(self, step: str, phase: str, timestamp: datetime) -> None:
+        record = self.steps[step]
+        if record.phase != phase:
+            record.phase, record.phase_started_at, record.phase_attempts = Phase(phase), timestamp, 0
+        record.phase_attempts += 1
+        record.in_flight = True
+        if phase == Phase.COMPENSATION or self.status == SagaStatus.COMPENSATING:
+            record.compensation_attempts += 1
+        else:
+            record.attempts += 1
+
+    def attempt_failed(self, step: str, error: str, at: datetime) -> None:
+        """A transient failure (or an answer lost with a driver): the step may be tried again."""
+        self._attempt_failed(step=step, error=error, timestamp=at)
+
+    @event("AttemptFailed")
+    def _attempt_failed(self, step: str, error: str, timestamp: datetime) -> None:
+        record = self.steps[step]
+        record.in_flight = False
+        record.last_failed_at = timestamp
+        if self.status == SagaStatus.COMPENSATING:
+            record.compensation_error = error
+        else:
+            record.last_error = error
+
+    def resumed(self, by: str, at: datetime) -> None:
+        """Another driver (a replica, or this one's next incarnation) takes the saga up after a crash."""
+        self._resumed(by=by, timestamp=at)
+
+    @event("SagaResumed")
+    def _resumed(self, by: str, timestamp: datetime) -> None:
+        self.driver = by
+
     # -- forward path ---------------------------------------------------------------------------
 
     def _require(self, *statuses: SagaStatus) -> None:
@@ -182,7 +266,8 @@ class Saga(Aggregate):
         self.steps[step] = StepRecord(name=step)
         self.current_step = step
 
-    def step_succeeded(self, step: str, result: dict[str, Any], attempts: int, last_error: str | None) -> None:
+    def step_succeeded(self, step: str, result: dict[str, Any], attempts: int = 0,
+                       last_error: str | None = None) -> None:
         self._require(SagaStatus.STARTED, SagaStatus.RUNNING)
         self._require_current(step)
         self._step_succeeded(step=step, result=result, attempts=attempts, last_error=last_error)
@@ -192,12 +277,13 @@ class Saga(Aggregate):
         record = self.steps[step]
         record.status = StepStatus.SUCCEEDED
         record.result = result
-        record.attempts += attempts
+        record.in_flight = False
+        record.attempts += attempts  # 0 since attempts are events of their own; kept for older histories
         record.last_error = last_error
         self.current_step = None
         self.status = SagaStatus.RUNNING
 
-    def step_failed(self, step: str, error: str, final: bool, attempts: int) -> None:
+    def step_failed(self, step: str, error: str, final: bool, attempts: int = 0) -> None:
         """`final`: the service refused (nothing happened); otherwise the outcome is unknown."""
         self._require(SagaStatus.STARTED, SagaStatus.RUNNING)
         self._require_current(step)
@@ -209,6 +295,7 @@ class Saga(Aggregate):
         record.status = StepStatus.FAILED
         record.last_error = error
         record.outcome_known = final
+        record.in_flight = False
         record.attempts += attempts
         self.current_step = None
 
@@ -242,7 +329,7 @@ class Saga(Aggregate):
         for name in plan:
             self.steps[name].compensation = CompensationStatus.PENDING
 
-    def compensation_succeeded(self, step: str, attempts: int, learned: dict[str, Any] | None = None) -> None:
+    def compensation_succeeded(self, step: str, attempts: int = 0, learned: dict[str, Any] | None = None) -> None:
         """`learned`: results of a step whose outcome was unknown, found out to address its compensation."""
         self._require(SagaStatus.COMPENSATING)
         if self.next_compensation() != step:
@@ -254,9 +341,10 @@ class Saga(Aggregate):
         record = self.steps[step]
         record.result.update(learned)
         record.compensation = CompensationStatus.SUCCEEDED
+        record.in_flight = False
         record.compensation_attempts += attempts
 
-    def compensation_failed(self, step: str, error: str, attempts: int) -> None:
+    def compensation_failed(self, step: str, error: str, attempts: int = 0) -> None:
         self._require(SagaStatus.COMPENSATING)
         if self.next_compensation() != step:
             raise SagaStateError(f"saga {self.id}: {step!r} is not the next compensation")
@@ -267,6 +355,7 @@ class Saga(Aggregate):
         record = self.steps[step]
         record.compensation = CompensationStatus.FAILED
         record.compensation_error = error
+        record.in_flight = False
         record.compensation_attempts += attempts
 
     def finish_compensation(self) -> None:
@@ -297,8 +386,28 @@ class Saga(Aggregate):
     def _compensation_retried(self, requested_by: str) -> None:
         self.status = SagaStatus.COMPENSATING
         for name in self.compensation_plan:
-            if self.steps[name].compensation == CompensationStatus.FAILED:
-                self.steps[name].compensation = CompensationStatus.PENDING
+            record = self.steps[name]
+            if record.compensation == CompensationStatus.FAILED:
+                # Tried again from the start: a fresh deadline, and the replay (if any) once more.
+                record.compensation = CompensationStatus.PENDING
+                record.phase = record.phase_started_at = None
+                record.phase_attempts, record.replayed = 0, False
+
+    def replay_finished(self, step: str, learned: dict[str, Any], error: str | None) -> None:
+        """The replay before compensating settled what the step did (`learned`: its results), or gave up (`error`)."""
+        self._require(SagaStatus.COMPENSATING)
+        if self.next_compensation() != step:
+            raise SagaStateError(f"saga {self.id}: {step!r} is not the next compensation")
+        self._replay_finished(step=step, learned=learned, error=error)
+
+    @event("ReplayFinished")
+    def _replay_finished(self, step: str, learned: dict[str, Any], error: str | None) -> None:
+        record = self.steps[step]
+        record.result.update(learned)
+        record.replayed = True
+        record.in_flight = False
+        if error is not None:
+            record.compensation_error = error
 
 
 def saga_uuid(value: str) -> UUID | None:

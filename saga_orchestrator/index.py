@@ -4,9 +4,10 @@ Every operation here is one statement, run in autocommit mode (no BEGIN/COMMIT r
 a page and its count in one statement. The lists and counts take the same filters: a customer
 (None: everyone's), a status, and a created-time window `[created_after, created_before)`.
 
-A replica drives a saga only while it holds the saga's lease: `owner` is its id and `lease_until`
-lies in the future. Claims and renewals are conditional UPDATEs, so two replicas can never both
-believe they hold it; a crashed owner's lease simply runs out and another replica claims it. The
+A replica drives a saga only while it holds the saga's lease: `owner` is its id (one per process
+incarnation) and `lease_until` lies in the future. Claims and renewals are conditional UPDATEs, so
+two replicas can never both believe they hold it; a crashed owner's lease simply runs out and any
+replica (the crashed one's next incarnation too, as a stranger) claims it. The
 aggregate's optimistic concurrency (a version conflict on save) is the safety net behind this.
 """
 
@@ -161,7 +162,7 @@ class SagaIndexStore:
             await tx.execute(_RELEASE, {"w_saga_id": str(saga_id), "w_owner": self.owner})
 
     async def resumable(self, limit: int, exclude: set[UUID]) -> list[UUID]:
-        """Unfinished sagas that nobody drives: no owner, an expired lease, or ours from before a restart."""
+        """Unfinished sagas that nobody drives: no owner or an expired lease (or ours, when a driver of ours quit)."""
         now = _now()
         async with self.db.autocommit() as tx:
             rows = await tx.fetch(

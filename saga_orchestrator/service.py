@@ -34,7 +34,7 @@ from saga_orchestrator.settings import Settings
 from saga_orchestrator.step_client import StepClient
 from saga_orchestrator.steps import CURRENT, definition
 from shared.auth import Identity
-from shared.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
+from shared.errors import Conflict, InvalidRequest, NotFound, RequestInProgress, ServiceUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -146,25 +146,26 @@ async def place_customer_order(orch: Orchestrator, identity: Identity, idempoten
     }
     saga = Saga(**start_request)
     saga.start_step(CURRENT.first().step)
+    first = orch.runner.first_call(saga)  # its attempt is recorded, so saved with the start
     # The row first: it claims the key (a concurrent duplicate loses on the unique constraint) and
     # holds the request, so a crash before the first save still leaves recovery enough to start it.
     row = await orch.index.insert(saga, start_request)
     if row is None:
         raced = await orch.index.find_by_key(identity.subject, idempotency_key)
         if raced is None:
-            raise Conflict("The request with this Idempotency-Key is being processed; try again.")
+            raise RequestInProgress("The request with this Idempotency-Key is being processed; try again.")
         return _same_request(raced, fp, idempotency_key), False
     started: Saga | None = saga
     try:
         await orch.store.save(saga)
     except ConcurrentSagaUpdate:
-        started = None  # recovery started it from the index row already
+        started = first = None  # recovery started it from the index row already
     except Exception as exc:
         log.exception("could not save a new saga; recovery will start it", saga_id=str(saga.id))
         raise ServiceUnavailable("The saga was accepted but not yet started; retry with the same key.") from exc
     SAGAS_STARTED.inc()
     log.info("saga started", saga_id=str(saga.id), customer_id=identity.subject, total_minor=priced.total_minor)
-    orch.runner.launch(saga.id, started=started)
+    orch.runner.launch(saga.id, started=started, first=first)
     return row, True
 
 

@@ -14,11 +14,14 @@ class Settings(ServiceSettings):
     service_client_id: str = "saga-orchestrator"
 
     # A step's transient failures (timeout, connection error, 5xx, no UP instance) are retried
-    # with exponential backoff and jitter until this deadline; then the step counts as failed.
+    # with exponential backoff and jitter until this deadline, counted from the step's first attempt
+    # as recorded in the saga's history (a resumed saga does not start it again); then the step
+    # counts as failed, its outcome unknown.
     step_deadline_secs: float = Field(default=10.0, gt=0)
     # One HTTP attempt may take at most this long (capped by what is left of the deadline).
     step_attempt_timeout_secs: float = Field(default=5.0, gt=0)
-    # Compensations are retried longer: giving up leaves the saga for an operator.
+    # Compensations (and replays that settle an unknown outcome) are retried longer, counted the same
+    # way: giving up leaves the saga for an operator.
     compensation_deadline_secs: float = Field(default=60.0, gt=0)
     retry_initial_secs: float = Field(default=0.1, gt=0)
     retry_max_secs: float = Field(default=2.0, gt=0)
@@ -31,11 +34,6 @@ class Settings(ServiceSettings):
 
     # Threads that run the (synchronous) eventsourcing library.
     event_store_threads: int = Field(default=4, gt=0)
-    # A running saga's transitions are saved at most this far apart (its end and every compensation
-    # transition at once). Each save waits for its own commit, so saving every transition made the
-    # event store the first wall; recovery redoes unsaved steps under their idempotency keys.
-    # 0 saves every transition.
-    event_store_checkpoint_secs: float = Field(default=2.0, ge=0)
 
     # placeCustomerOrder prices from products inventory listed at most this long ago (saga_orchestrator/catalogue.py;
     # 0 asks inventory every time). An unknown SKU is asked for every time, so it is always refused.

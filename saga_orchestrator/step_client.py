@@ -1,9 +1,11 @@
-"""Calls to the saga's participants: one keep-alive aiohttp session, registry round robin, service token, retries.
+"""Calls to the saga's participants: one keep-alive aiohttp session, registry round robin, service token.
 
-An answer is one of three things. 2xx: done. A business refusal (4xx such as 402, 409, 422): final,
-retrying cannot change it. Anything transient (connection error, timeout, 5xx, 408/429, no UP
-instance, no token): retried with exponential backoff and jitter until the call's deadline, after
-which the outcome is unknown — the service may or may not have applied it.
+An answer is one of three things (`core.AnswerKind`). 2xx: done. A business refusal (4xx such as 402,
+409, 422): final, retrying cannot change it. Anything transient (connection error, timeout, 5xx,
+408/429, no UP instance, no token, the participant's "request in progress" problem): may be retried.
+The saga's steps are sent one attempt at a time (`attempt`): the saga's rules (`core`) decide about
+retries and deadlines, and every attempt is in the saga's history. `call` retries on its own, for the
+orchestrator's other requests (the catalogue).
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ import aiohttp
 import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_before_delay, wait_random_exponential
 
+from saga_orchestrator.core import Answer, AnswerKind
 from saga_orchestrator.metrics import STEP_ATTEMPTS
 from saga_orchestrator.steps import ORDER
 from shared.auth import ServiceTokens
-from shared.errors import DomainError
+from shared.errors import DomainError, RequestInProgress
 from shared.idempotency import HEADER as IDEMPOTENCY_HEADER
 from shared.logging import REQUEST_ID_HEADER
 from shared.registry_client import RegistryClient
@@ -59,9 +62,8 @@ def _describe(status: int, body: Any) -> str:
 def _is_transient(status: int, body: Any) -> bool:
     if status >= 500 or status in TRANSIENT_STATUSES:
         return True
-    # The participant's idempotency layer: "the request with this key is still being processed".
-    detail = str(body.get("detail", "")) if isinstance(body, dict) else ""
-    return status == 409 and "still being processed" in detail
+    # The participant's idempotency layer: the request with this key is still being processed.
+    return isinstance(body, dict) and body.get("type") == RequestInProgress.type_url()
 
 
 def child_traceparent(traceparent: str) -> str:
@@ -86,6 +88,36 @@ class StepClient:
         """Whether discovery has seen the participants yet (recovery waits for it after a start)."""
         return bool(self.registry.instances(ORDER))
 
+    async def attempt(
+        self,
+        app: str,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        *,
+        idempotency_key: str | None,
+        trace: dict[str, str],
+        timeout_secs: float,
+        label: str,
+        not_found_is_done: bool = False,
+        params: dict[str, str] | None = None,
+    ) -> Answer:
+        """One attempt, classified; never raises for HTTP trouble."""
+        try:
+            status, payload = await self._attempt(app, method, path, body, idempotency_key, trace, timeout_secs,
+                                                  params)
+        except _Transient as exc:
+            STEP_ATTEMPTS.labels(label, "transient").inc()
+            return Answer(AnswerKind.TRANSIENT, None, None, exc.error)
+        if 200 <= status < 300 or (status == 404 and not_found_is_done):
+            STEP_ATTEMPTS.labels(label, "ok").inc()
+            return Answer(AnswerKind.OK, status, payload, None)
+        if _is_transient(status, payload):
+            STEP_ATTEMPTS.labels(label, "transient").inc()
+            return Answer(AnswerKind.TRANSIENT, status, payload, _describe(status, payload))
+        STEP_ATTEMPTS.labels(label, "refused").inc()
+        return Answer(AnswerKind.REFUSED, status, payload, _describe(status, payload))
+
     async def call(
         self,
         app: str,
@@ -97,65 +129,49 @@ class StepClient:
         trace: dict[str, str],
         deadline_secs: float,
         label: str,
-        not_found_is_done: bool = False,
         params: dict[str, str] | None = None,
     ) -> CallResult:
-        """Call until an answer that is not transient, or until the deadline; never raises for HTTP trouble."""
+        """Attempt until an answer that is not transient, or until the deadline (backoff with full jitter)."""
         started = time.monotonic()
-        attempts = 1
-        try:
-            # The usual case is right the first time: that attempt is made outside the retry machinery, which
-            # costs ~50 µs a call to build and step through (eight calls per saga).
-            return await self._once(app, method, path, body, idempotency_key, trace, deadline_secs, params, label,
-                                    not_found_is_done, attempts, None)
-        except _Transient as exc:
-            failed: _Transient | None = exc
-            last_error = exc.error
+
+        async def once(remaining: float) -> Answer:
+            return await self.attempt(app, method, path, body, idempotency_key=idempotency_key, trace=trace,
+                                      timeout_secs=max(0.05, min(self.attempt_timeout, remaining)), label=label,
+                                      params=params)
+
+        def final(answer: Answer, attempts: int, last_error: str | None) -> CallResult:
+            return CallResult(answer.kind == AnswerKind.OK, answer.kind == AnswerKind.REFUSED, answer.status,
+                              answer.body, answer.error or last_error, attempts)
+
+        # The usual case is right the first time: that attempt is made outside the retry machinery, which
+        # costs ~50 µs a call to build and step through.
+        first = await once(deadline_secs)
+        if first.kind != AnswerKind.TRANSIENT:
+            return final(first, 1, None)
+        attempts, last_error = 1, first.error
         retrying = AsyncRetrying(
-            # The deadline counts from the first attempt, made above.
+            # The deadline counts from the first attempt, made above; the backoff follows it.
             stop=stop_before_delay(max(0.0, deadline_secs - (time.monotonic() - started))),
-            # Exponential backoff with full jitter, so retries of many sagas do not arrive in waves.
             wait=wait_random_exponential(multiplier=self.retry_initial, max=self.retry_max),
             retry=retry_if_exception_type(_Transient),
             reraise=True,
         )
+        pending: _Transient | None = _Transient(last_error or "failed")
         try:
             async for attempt in retrying:
                 with attempt:
-                    if failed is not None:  # tenacity's first attempt is the one made above: the backoff follows it
-                        error, failed = failed, None
+                    if pending is not None:  # tenacity's first attempt stands for the one made above
+                        error, pending = pending, None
                         raise error
                     attempts += 1
-                    remaining = deadline_secs - (time.monotonic() - started)
-                    try:
-                        return await self._once(app, method, path, body, idempotency_key, trace, remaining, params,
-                                                label, not_found_is_done, attempts, last_error)
-                    except _Transient as exc:
-                        last_error = exc.error
-                        raise
+                    answer = await once(deadline_secs - (time.monotonic() - started))
+                    if answer.kind == AnswerKind.TRANSIENT:
+                        last_error = answer.error
+                        raise _Transient(answer.error or "failed")
+                    return final(answer, attempts, last_error)
         except _Transient as exc:
             return CallResult(False, False, None, None, f"gave up after {attempts} attempts: {exc.error}", attempts)
         raise AssertionError("unreachable: tenacity either returns or reraises")
-
-    async def _once(self, app: str, method: str, path: str, body: dict[str, Any] | None, idempotency_key: str | None,
-                    trace: dict[str, str], remaining: float, params: dict[str, str] | None, label: str,
-                    not_found_is_done: bool, attempts: int, last_error: str | None) -> CallResult:
-        """One attempt: a final answer (done or refused), or _Transient."""
-        attempt_secs = max(0.05, min(self.attempt_timeout, remaining))
-        try:
-            status, payload = await self._attempt(app, method, path, body, idempotency_key, trace, attempt_secs,
-                                                  params)
-        except _Transient:
-            STEP_ATTEMPTS.labels(label, "transient").inc()
-            raise
-        if 200 <= status < 300 or (status == 404 and not_found_is_done):
-            STEP_ATTEMPTS.labels(label, "ok").inc()
-            return CallResult(True, False, status, payload, last_error, attempts)
-        if _is_transient(status, payload):
-            STEP_ATTEMPTS.labels(label, "transient").inc()
-            raise _Transient(_describe(status, payload))
-        STEP_ATTEMPTS.labels(label, "refused").inc()
-        return CallResult(False, True, status, payload, _describe(status, payload), attempts)
 
     async def _attempt(
         self,

@@ -26,6 +26,24 @@ Context = Mapping[str, Any]
 BodyBuilder = Callable[[Context], dict[str, Any]]
 
 
+class StepKind(StrEnum):
+    """What a step is to the saga's rules (`core`); the kinds of Garcia-Molina's sagas, named as Richardson does."""
+
+    # Undone by its compensation when a later step fails; a transient failure past its deadline leaves its
+    # outcome unknown, so it is compensated too.
+    COMPENSATABLE = "compensatable"
+    # Compensatable, but when its outcome is unknown it is first replayed under its own key: the participant
+    # answers with the original's result (waiting for it if it still runs) or makes the call now, so a late
+    # copy of the original can only replay, never apply after the compensation. Needed where the
+    # compensation does not fence off a late action itself, or needs the action's result to say what to undo.
+    REPLAY_BEFORE_COMPENSATE = "replay-before-compensate"
+    # The go/no-go: no compensation. Its success completes the forward path; an unknown outcome is settled by
+    # a replay before anything is undone (a late success after the undoing would stand alone).
+    PIVOT = "pivot"
+    # After the pivot: retried until it succeeds (no deadline, a refusal too), since nothing can be undone.
+    RETRIABLE = "retriable"
+
+
 class SagaStep(StrEnum):
     CREATE_ORDER = "create_order"
     ADD_ORDER_LINES = "add_order_lines"
@@ -59,6 +77,10 @@ class ServiceCall:
             values[name] = quote(str(value), safe="")
         return self.path.format_map(values)
 
+    def can_render(self, context: Context) -> bool:
+        """Whether every result the path names is known (the step to undo can be addressed)."""
+        return all(context.get(name) is not None for name in _path_fields(self.path))
+
     def render_body(self, context: Context) -> dict[str, Any] | None:
         return self.body(context) if self.body is not None else None
 
@@ -66,16 +88,16 @@ class ServiceCall:
 @dataclass(frozen=True)
 class StepDefinition:
     step: SagaStep
+    kind: StepKind
     action: ServiceCall
     compensation: ServiceCall | None
     # context key ← field of the action's response body; later steps and compensations read them.
     results: Mapping[str, str] = field(default_factory=dict)
-    # When the action's outcome is unknown (it timed out), replay it under its own key before compensating:
-    # the participant answers with the original's result (waiting for it if it still runs) or makes the call
-    # now, so a late copy of the original can only replay, never apply after the compensation. Needed where
-    # the compensation does not fence off a late action itself (inventory and payment record an empty
-    # compensation and refuse the late action; carrier and shipment would assign or ship a cancelled order).
-    replay_before_compensating: bool = False
+
+    def __post_init__(self) -> None:
+        undone = self.kind in (StepKind.COMPENSATABLE, StepKind.REPLAY_BEFORE_COMPENSATE)
+        if undone != (self.compensation is not None):
+            raise ValueError(f"step {self.step}: a {self.kind} step {'needs' if undone else 'has no'} compensation")
 
     def extract_results(self, response: Any) -> dict[str, Any]:
         body = response if isinstance(response, dict) else {}
@@ -86,6 +108,14 @@ class StepDefinition:
 class SagaDefinition:
     version: int
     steps: tuple[StepDefinition, ...]
+
+    def __post_init__(self) -> None:
+        kinds = [s.kind for s in self.steps]
+        pivot = kinds.index(StepKind.PIVOT) if StepKind.PIVOT in kinds else len(kinds)
+        if kinds.count(StepKind.PIVOT) > 1 or any(k == StepKind.RETRIABLE for k in kinds[:pivot]) \
+                or any(k != StepKind.RETRIABLE for k in kinds[pivot + 1:]):
+            raise ValueError(f"saga definition v{self.version}: compensatable steps, at most one pivot, then "
+                             f"retriable steps, in that order (not {[str(k) for k in kinds]})")
 
     def first(self) -> StepDefinition:
         return self.steps[0]
@@ -100,10 +130,6 @@ class SagaDefinition:
         names = [d.step for d in self.steps]
         index = names.index(SagaStep(step))
         return self.steps[index + 1] if index + 1 < len(self.steps) else None
-
-    def compensation_plan(self, steps_latest_first: list[str]) -> list[str]:
-        """The steps to undo, in order, leaving out those that have nothing to undo (the finish)."""
-        return [s for s in steps_latest_first if self.get(s).compensation is not None]
 
 
 def _cancel_reason(c: Context) -> str:
@@ -121,27 +147,27 @@ def _allocation_lines(c: Context) -> list[dict[str, Any]]:
 
 V1 = SagaDefinition(version=1, steps=(
     StepDefinition(
-        SagaStep.CREATE_ORDER,
+        SagaStep.CREATE_ORDER, StepKind.REPLAY_BEFORE_COMPENSATE,
         ServiceCall(ORDER, "POST", "/api/orders", lambda c: {
             "customer_id": c["customer_id"], "currency": c["currency"], "shipping_address": c["shipping_address"]}),
         ServiceCall(ORDER, "POST", "/api/orders/{order_id}/cancel", lambda c: {"reason": _cancel_reason(c)}),
         results={"order_id": "id"},
     ),
     StepDefinition(
-        SagaStep.ADD_ORDER_LINES,
+        SagaStep.ADD_ORDER_LINES, StepKind.COMPENSATABLE,
         ServiceCall(ORDER, "POST", "/api/orders/{order_id}/lines", lambda c: {"lines": _order_lines(c)}),
         ServiceCall(ORDER, "DELETE", "/api/orders/{order_id}/lines"),
         results={"order_total_minor": "total_minor"},
     ),
     StepDefinition(
-        SagaStep.ALLOCATE_INVENTORY,
+        SagaStep.ALLOCATE_INVENTORY, StepKind.COMPENSATABLE,
         ServiceCall(INVENTORY, "POST", "/api/inventory/allocations", lambda c: {
             "order_id": c["order_id"], "lines": _allocation_lines(c)}),
         ServiceCall(INVENTORY, "POST", "/api/inventory/allocations/{order_id}/release"),
         results={"allocated_weight_grams": "total_weight_grams"},
     ),
     StepDefinition(
-        SagaStep.MAKE_PAYMENT,
+        SagaStep.MAKE_PAYMENT, StepKind.COMPENSATABLE,
         ServiceCall(PAYMENT, "POST", "/api/payments", lambda c: {
             "order_id": c["order_id"], "customer_id": c["customer_id"],
             "amount_minor": c.get("order_total_minor", c["total_minor"]), "currency": c["currency"],
@@ -150,25 +176,23 @@ V1 = SagaDefinition(version=1, steps=(
         results={"payment_id": "id", "charged_minor": "amount_minor"},
     ),
     StepDefinition(
-        SagaStep.ASSIGN_CARRIER,
+        SagaStep.ASSIGN_CARRIER, StepKind.REPLAY_BEFORE_COMPENSATE,
         ServiceCall(CARRIER, "POST", "/api/carriers/assignments", lambda c: {
             "order_id": c["order_id"], "country": c["country"],
             "weight_grams": c.get("allocated_weight_grams") or c["total_weight_grams"]}),
         ServiceCall(CARRIER, "POST", "/api/carriers/assignments/{order_id}/release"),
         results={"assignment_id": "id", "carrier_code": "carrier_code", "shipping_price_minor": "price_minor"},
-        replay_before_compensating=True,
     ),
     StepDefinition(
-        SagaStep.CREATE_SHIPMENT,
+        SagaStep.CREATE_SHIPMENT, StepKind.REPLAY_BEFORE_COMPENSATE,
         ServiceCall(SHIPMENT, "POST", "/api/shipments", lambda c: {
             "order_id": c["order_id"], "customer_id": c["customer_id"], "carrier_code": c["carrier_code"],
             "address": c["shipping_address"]}),
         ServiceCall(SHIPMENT, "POST", "/api/shipments/orders/{order_id}/cancel"),
         results={"shipment_id": "id", "tracking_number": "tracking_number"},
-        replay_before_compensating=True,
     ),
     StepDefinition(
-        SagaStep.CONFIRM_ORDER,
+        SagaStep.CONFIRM_ORDER, StepKind.PIVOT,
         ServiceCall(ORDER, "POST", "/api/orders/{order_id}/confirm"),
         None,
         results={"order_status": "status"},

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from shared.db import Tx
 
 PROBLEM_JSON = "application/problem+json"
+PROBLEM_TYPE_BASE = "https://customer-service.example/problems/"
 log = structlog.get_logger(__name__)
 
 
@@ -40,6 +41,11 @@ class DomainError(Exception):
         self.kept = work
         return self
 
+    @classmethod
+    def type_url(cls) -> str:
+        """The problem's `type` (RFC 9457): what a client tells one problem from another by."""
+        return f"{PROBLEM_TYPE_BASE}{cls.type_slug}"
+
 
 class NotFound(DomainError):
     status, title, type_slug = 404, "Not found", "not-found"
@@ -47,6 +53,12 @@ class NotFound(DomainError):
 
 class Conflict(DomainError):
     status, title, type_slug = 409, "Conflict", "conflict"
+
+
+class RequestInProgress(Conflict):
+    """The request with this Idempotency-Key is still being processed: try again shortly (it is not a refusal)."""
+
+    title, type_slug = "Request in progress", "request-in-progress"
 
 
 class InvalidRequest(DomainError):
@@ -82,7 +94,7 @@ def problem(
     **extra: Any,
 ) -> JSONResponse:
     body: dict[str, Any] = {
-        "type": f"https://customer-service.example/problems/{type_slug or status}",
+        "type": f"{PROBLEM_TYPE_BASE}{type_slug or status}",
         "title": title,
         "status": status,
     }

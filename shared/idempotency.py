@@ -30,7 +30,7 @@ from starlette.responses import JSONResponse
 from shared.auth import Caller
 from shared.db import Database, Tx, conflict_insert
 from shared.dependencies import DatabaseDep, SettingsDep
-from shared.errors import PROBLEM_JSON, Conflict, DomainError, InvalidRequest, domain_problem
+from shared.errors import PROBLEM_JSON, DomainError, InvalidRequest, RequestInProgress, domain_problem
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -212,7 +212,7 @@ class Idempotency:
             replay = await _replay(self.db, scope, key, fingerprint, self.ttl_secs)
             if replay is not None:
                 return replay
-        raise Conflict("The request with this key is still being processed.")
+        raise RequestInProgress("The request with this key is still being processed.")
 
     async def _keep(self, refusal: DomainError) -> None:
         if refusal.kept is not None:

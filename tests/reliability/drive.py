@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from customer_cli.invariants import InvariantReport, check_invariants, list_sagas, wait_until_settled
+from shared.errors import RequestInProgress
 
 ADDRESS = {"name": "Ada", "line1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "DE"}
 NOWHERE = {**ADDRESS, "country": "ZZ"}  # no carrier serves it: refused after the payment, which is refunded
@@ -107,7 +108,7 @@ def _place_one(client: httpx.Client, token: str, placement: Placement, retry_sec
             if response.status_code in (200, 202):
                 placement.status, placement.saga_id = response.status_code, response.json()["saga_id"]
                 return
-            still_running = response.status_code == 409 and "still being processed" in response.text
+            still_running = response.status_code == 409 and response.json().get("type") == RequestInProgress.type_url()
             if response.status_code >= 500 and response.status_code not in RETRYABLE:
                 placement.server_errors.append(f"{response.status_code} {response.text[:300]}")
             elif response.status_code not in RETRYABLE and not still_running:

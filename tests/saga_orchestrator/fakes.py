@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from saga_orchestrator.core import Answer, AnswerKind
 from saga_orchestrator.step_client import CallResult
 
 CATALOGUE = {
@@ -17,16 +18,16 @@ CATALOGUE = {
 }
 
 
-def ok(body: Any, status: int = 200, attempts: int = 1) -> CallResult:
-    return CallResult(True, False, status, body, None, attempts)
+def ok(body: Any, status: int = 200) -> Answer:
+    return Answer(AnswerKind.OK, status, body, None)
 
 
-def refused(status: int = 409, detail: str = "refused") -> CallResult:
-    return CallResult(False, True, status, {"detail": detail}, f"{status} {detail}", 1)
+def refused(status: int = 409, detail: str = "refused") -> Answer:
+    return Answer(AnswerKind.REFUSED, status, {"detail": detail}, f"{status} {detail}")
 
 
-def transient(error: str = "503 unavailable", attempts: int = 3) -> CallResult:
-    return CallResult(False, False, None, None, f"gave up after {attempts} attempts: {error}", attempts)
+def transient(error: str = "503 unavailable") -> Answer:
+    return Answer(AnswerKind.TRANSIENT, 503, None, error)
 
 
 @dataclass
@@ -38,17 +39,17 @@ class Call:
     key: str | None
 
 
-Script = Callable[["FakeParticipants", Call], CallResult | None]
+Script = Callable[["FakeParticipants", Call], Answer | None]
 
 
 @dataclass
 class FakeParticipants:
     """Answers like the fleet would; `failures[label]` overrides answers (a list is consumed in order)."""
 
-    failures: dict[str, list[CallResult] | CallResult] = field(default_factory=dict)
+    failures: dict[str, list[Answer] | Answer] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
     delay: float = 0.0
-    applied: dict[str, CallResult] = field(default_factory=dict)  # idempotency key → first answer
+    applied: dict[str, Answer] = field(default_factory=dict)  # idempotency key → first answer
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def ready(self) -> bool:
@@ -59,10 +60,23 @@ class FakeParticipants:
 
     async def call(self, app: str, method: str, path: str, body: dict[str, Any] | None, *,
                    idempotency_key: str | None, trace: dict[str, str], deadline_secs: float, label: str,
-                   not_found_is_done: bool = False, params: dict[str, str] | None = None) -> CallResult:
+                   params: dict[str, str] | None = None) -> CallResult:
+        """The catalogue (the orchestrator's one request outside the saga's steps)."""
+        assert label == "catalogue", label
+        self.calls.append(Call(label, method, path, body, idempotency_key))
+        override = self.failures.get(label)
+        if isinstance(override, Answer):
+            return CallResult(override.kind == AnswerKind.OK, override.kind == AnswerKind.REFUSED, override.status,
+                              override.body, override.error, 1)
+        wanted = (params or {}).get("skus", "").split(",")
+        return CallResult(True, False, 200, {"items": [CATALOGUE[s] for s in wanted if s in CATALOGUE]}, None, 1)
+
+    async def attempt(self, app: str, method: str, path: str, body: dict[str, Any] | None, *,
+                      idempotency_key: str | None, trace: dict[str, str], timeout_secs: float, label: str,
+                      not_found_is_done: bool = False) -> Answer:
         call = Call(label, method, path, body, idempotency_key)
         self.calls.append(call)
-        if self.delay and label != "catalogue":
+        if self.delay:
             await asyncio.sleep(self.delay)
         override = self.failures.get(label)
         if isinstance(override, list):
@@ -70,9 +84,6 @@ class FakeParticipants:
                 return override.pop(0)
         elif override is not None:
             return override
-        if label == "catalogue":
-            wanted = (params or {}).get("skus", "").split(",")
-            return ok({"items": [CATALOGUE[s] for s in wanted if s in CATALOGUE]})
         if idempotency_key is not None and idempotency_key in self.applied:
             return self.applied[idempotency_key]  # a replay, like the services' idempotency layer
         result = ok(self._answer(label, body))

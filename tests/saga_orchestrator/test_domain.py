@@ -1,11 +1,17 @@
-"""The saga aggregate and the step table: transitions, grouping of events, compensation plans (no I/O)."""
+"""The saga aggregate and the step table: transitions, grouping of events, compensation plans (no I/O).
+
+The saga is moved forward by its rules (`core.advance`), never by a copy of them here.
+"""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from saga_orchestrator import core
+from saga_orchestrator.core import Answer, AnswerKind, Call
 from saga_orchestrator.domain import (
     CompensationStatus,
     Saga,
@@ -14,7 +20,7 @@ from saga_orchestrator.domain import (
     StepStatus,
     saga_id_for,
 )
-from saga_orchestrator.steps import CURRENT, DEFINITIONS, SagaStep, definition
+from saga_orchestrator.steps import CURRENT, DEFINITIONS, SagaStep, StepKind, definition
 
 ADDRESS = {"name": "Ada", "line1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "DE"}
 
@@ -40,13 +46,18 @@ def event_names(saga: Saga) -> list[str]:
     return [type(e).__name__ for e in saga.collect_events()]
 
 
-def succeed(saga: Saga, step: str, result: dict[str, Any] | None = None) -> None:
-    saga.step_succeeded(step, result or {}, attempts=1, last_error=None)
-    following = CURRENT.after(step)
-    if following is None:
-        saga.complete()
-    else:
-        saga.start_step(following.step)
+POLICY = core.Policy(step_deadline_secs=10, compensation_deadline_secs=60, attempt_timeout_secs=5,
+                     retry_initial_secs=0.1, retry_max_secs=2)
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def succeed(saga: Saga, step: str, body: dict[str, Any] | None = None) -> None:
+    """The step's attempt (as the rules make it), answered 2xx with `body` (the participant's response)."""
+    if not any(r.in_flight for r in saga.steps.values()):
+        call = core.advance(saga, CURRENT, POLICY, NOW)
+        assert isinstance(call, Call) and call.step == step, call
+    assert saga.steps[step].in_flight
+    core.advance(saga, CURRENT, POLICY, NOW, Answer(AnswerKind.OK, 200, body or {}))
 
 
 def test_saga_id_is_derived_from_customer_and_key() -> None:
@@ -60,13 +71,15 @@ def test_saga_id_is_derived_from_customer_and_key() -> None:
 
 def test_happy_path_is_one_group_of_events_per_transition() -> None:
     saga = new_saga()
+    assert isinstance(core.advance(saga, CURRENT, POLICY, NOW), Call)
     groups = [event_names(saga)]
-    results = {"create_order": {"order_id": "o-1"}, "create_shipment": {"tracking_number": "T1"}}
+    results = {"create_order": {"id": "o-1"}, "create_shipment": {"tracking_number": "T1"}}
     for step in CURRENT.steps:
         succeed(saga, step.step, results.get(step.step))
         groups.append(event_names(saga))
     assert len(groups) == 8  # the saves of a saga that completes
-    assert groups[1] == ["StepSucceeded", "StepStarted"]
+    assert groups[0] == ["SagaStarted", "StepStarted", "AttemptStarted"]  # an attempt is saved before it is sent
+    assert groups[1] == ["StepSucceeded", "StepStarted", "AttemptStarted"]
     assert groups[-1] == ["StepSucceeded", "SagaCompleted"]
     assert saga.status == SagaStatus.COMPLETED and saga.is_terminal
     assert saga.order_id == "o-1" and saga.results()["tracking_number"] == "T1"
@@ -76,10 +89,10 @@ def test_happy_path_is_one_group_of_events_per_transition() -> None:
 def test_refusal_compensates_succeeded_steps_latest_first() -> None:
     saga = new_saga()
     for step in ("create_order", "add_order_lines", "allocate_inventory"):
-        succeed(saga, step, {"order_id": "o-1"} if step == "create_order" else {})
+        succeed(saga, step, {"id": "o-1"} if step == "create_order" else {})
     saga.collect_events()
     saga.step_failed("make_payment", "402 card declined", final=True, attempts=1)
-    plan = CURRENT.compensation_plan(saga.steps_to_compensate())
+    plan = core.compensation_plan(saga, CURRENT)
     assert plan == ["allocate_inventory", "add_order_lines", "create_order"]
     saga.start_compensation("make_payment failed: 402 card declined", plan)
     assert event_names(saga) == ["StepFailed", "CompensationStarted"]
@@ -95,7 +108,7 @@ def test_refusal_compensates_succeeded_steps_latest_first() -> None:
 
 def test_unknown_outcome_compensates_the_failed_step_too() -> None:
     saga = new_saga()
-    succeed(saga, "create_order", {"order_id": "o-1"})
+    succeed(saga, "create_order", {"id": "o-1"})
     saga.step_failed("add_order_lines", "gave up: timeout", final=False, attempts=4)
     assert saga.steps_to_compensate() == ["add_order_lines", "create_order"]
 
@@ -103,16 +116,16 @@ def test_unknown_outcome_compensates_the_failed_step_too() -> None:
 def test_finish_step_has_no_compensation() -> None:
     saga = new_saga()
     for step in CURRENT.steps[:-1]:
-        succeed(saga, step.step, {"order_id": "o-1"} if step.step == "create_order" else {})
+        succeed(saga, step.step, {"id": "o-1"} if step.step == "create_order" else {})
     saga.step_failed("confirm_order", "timeout", final=False, attempts=3)
-    plan = CURRENT.compensation_plan(saga.steps_to_compensate())
+    plan = core.compensation_plan(saga, CURRENT)
     assert plan[0] == "create_shipment" and "confirm_order" not in plan and len(plan) == 6
 
 
 def test_nothing_to_compensate_when_the_first_step_is_refused() -> None:
     saga = new_saga()
     saga.step_failed("create_order", "409 refused", final=True, attempts=1)
-    saga.start_compensation("create_order failed", CURRENT.compensation_plan(saga.steps_to_compensate()))
+    saga.start_compensation("create_order failed", core.compensation_plan(saga, CURRENT))
     saga.finish_compensation()
     assert saga.status == SagaStatus.COMPENSATED
     assert event_names(saga)[-3:] == ["StepFailed", "CompensationStarted", "SagaCompensated"]
@@ -120,7 +133,7 @@ def test_nothing_to_compensate_when_the_first_step_is_refused() -> None:
 
 def test_failed_compensation_then_operator_retry() -> None:
     saga = new_saga()
-    succeed(saga, "create_order", {"order_id": "o-1"})
+    succeed(saga, "create_order", {"id": "o-1"})
     succeed(saga, "add_order_lines")
     saga.step_failed("allocate_inventory", "409 out of stock", final=True, attempts=1)
     saga.start_compensation("out of stock", ["add_order_lines", "create_order"])
@@ -145,7 +158,7 @@ def test_commands_out_of_turn_are_refused() -> None:
         saga.complete()
     with pytest.raises(SagaStateError):
         saga.retry_compensation("admin")
-    succeed(saga, "create_order", {"order_id": "o-1"})
+    succeed(saga, "create_order", {"id": "o-1"})
     with pytest.raises(SagaStateError):
         saga.start_step("create_order")
     with pytest.raises(SagaStateError):  # a step is under way
@@ -156,6 +169,9 @@ def test_the_step_table() -> None:
     assert [s.step for s in CURRENT.steps] == list(SagaStep)
     assert len(CURRENT.steps) == 7 and CURRENT.steps[-1].compensation is None
     assert all(s.compensation is not None for s in CURRENT.steps[:6])
+    assert {s.step: s.kind for s in CURRENT.steps if s.kind != StepKind.COMPENSATABLE} == {
+        "create_order": StepKind.REPLAY_BEFORE_COMPENSATE, "assign_carrier": StepKind.REPLAY_BEFORE_COMPENSATE,
+        "create_shipment": StepKind.REPLAY_BEFORE_COMPENSATE, "confirm_order": StepKind.PIVOT}
     assert definition(CURRENT.version) is CURRENT and set(DEFINITIONS) == {1}
     with pytest.raises(LookupError):
         definition(99)
@@ -164,9 +180,9 @@ def test_the_step_table() -> None:
 
 def test_step_calls_are_built_from_the_saga_context() -> None:
     saga = new_saga()
-    succeed(saga, "create_order", {"order_id": "o-1"})
-    succeed(saga, "add_order_lines", {"order_total_minor": 17998})
-    succeed(saga, "allocate_inventory", {"allocated_weight_grams": 1900})
+    succeed(saga, "create_order", {"id": "o-1"})
+    succeed(saga, "add_order_lines", {"total_minor": 17998})
+    succeed(saga, "allocate_inventory", {"total_weight_grams": 1900})
     context = saga.context()
     Built = dict[str, tuple[str, str, dict[str, Any] | None]]
     built: Built = {str(s.step): (s.action.method, s.action.render_path(context), s.action.render_body(context))

@@ -27,17 +27,19 @@ async def finished(replica, saga_id: str, seconds: float = 10) -> Saga:  # type:
     return saga
 
 
-async def test_happy_path_completes_in_two_saves(replicas: ReplicaFactory) -> None:
-    # A checkpoint interval longer than the test: only the start and the end are saved.
-    replica = await replicas(event_store_checkpoint_secs=3600)
+async def test_happy_path_saves_every_step_before_its_call(replicas: ReplicaFactory) -> None:
+    replica = await replicas()
     saga_id = await replica.place()
     saga = await finished(replica, saga_id)
     assert saga.status == SagaStatus.COMPLETED
     step_calls = [c for c in replica.participants.calls if c.label != "catalogue"]
     assert [c.label for c in step_calls] == STEPS
     assert [c.key for c in step_calls] == [f"{saga_id}:{s}" for s in STEPS]
-    assert len(replica.saves) == 2
-    assert len(saga.steps) == len(STEPS)  # every transition's events were saved with the last one
+    # The start with the first attempt; each outcome with the next attempt; the last outcome with the end.
+    assert len(replica.saves) == 1 + len(STEPS)
+    events = [type(e).__name__ for e in (await replica.orch.store.history(UUID(saga_id)))[1]]
+    assert events.count("AttemptStarted") == len(STEPS) and "AttemptFailed" not in events
+    assert all(r.attempts == 1 for r in saga.steps.values())
     assert saga.total_minor == 2 * 8999 + 3499 and saga.lines[0]["weight_grams"] == 920
     payment = next(c for c in step_calls if c.label == "make_payment")
     assert payment.body == {"order_id": saga.order_id, "customer_id": "cust-1", "amount_minor": 21497,
@@ -47,24 +49,9 @@ async def test_happy_path_completes_in_two_saves(replicas: ReplicaFactory) -> No
     assert row.owner is None and row.lease_until is None
 
 
-async def test_checkpoints_off_save_every_transition(replicas: ReplicaFactory) -> None:
-    replica = await replicas(event_store_checkpoint_secs=0)
-    saga = await finished(replica, await replica.place(key="every-transition"))
-    assert saga.status == SagaStatus.COMPLETED
-    assert len(replica.saves) == 8
-
-
-async def test_a_slow_saga_is_saved_at_checkpoints_while_it_runs(replicas: ReplicaFactory) -> None:
-    replica = await replicas(event_store_checkpoint_secs=0.05)
-    replica.participants.delay = 0.1  # every step outlasts the checkpoint interval
-    saga = await finished(replica, await replica.place(key="slow"))
-    assert saga.status == SagaStatus.COMPLETED
-    assert len(replica.saves) == 8
-
-
 @pytest.mark.parametrize("failing", STEPS)
 async def test_a_refusal_compensates_earlier_steps_in_reverse(replicas: ReplicaFactory, failing: str) -> None:
-    replica = await replicas(event_store_checkpoint_secs=3600)
+    replica = await replicas()
     replica.participants.failures[failing] = refused(402 if failing == "make_payment" else 409)
     saga_id = await replica.place(key=f"refuse-{failing}")
     saga = await finished(replica, saga_id)
@@ -77,8 +64,9 @@ async def test_a_refusal_compensates_earlier_steps_in_reverse(replicas: ReplicaF
     if done:
         cancel = compensations[-1]
         assert cancel.path == f"/api/orders/{saga.order_id}/cancel" and "failed" in cancel.body["reason"]
-    # The start; the failure with the turn to compensation; then each compensation (the last one ends it).
-    assert len(replica.saves) == 1 + 1 + len(done)
+    # The start; each step's outcome (with the next attempt); the failure (with the first compensation's attempt);
+    # each compensation's outcome (the last one with the end).
+    assert len(replica.saves) == 2 + 2 * len(done)
 
 
 async def test_a_step_with_unknown_outcome_is_compensated_too(replicas: ReplicaFactory) -> None:
@@ -99,8 +87,9 @@ async def test_an_order_of_unknown_outcome_is_found_by_replay_then_cancelled(rep
     saga = await finished(replica, saga_id)
     assert saga.status == SagaStatus.COMPENSATED
     labels = [c.label for c in replica.participants.calls if c.label != "catalogue"]
-    assert labels == ["create_order", "create_order:replay", "create_order:compensate"]
-    replay = replica.participants.calls[2]
+    tries = saga.steps["create_order"].attempts
+    assert tries >= 2 and labels == ["create_order"] * tries + ["create_order:replay", "create_order:compensate"]
+    replay = next(c for c in replica.participants.calls if c.label == "create_order:replay")
     assert replay.key == f"{saga_id}:create_order"
     assert saga.order_id is not None and replica.participants.calls[-1].path.endswith(f"{saga.order_id}/cancel")
 
@@ -129,7 +118,8 @@ async def test_compensation_that_keeps_failing_waits_for_an_operator(replicas: R
     await service.retry_saga(replica.orch, ADMIN, UUID(saga_id))
     saga = await finished(replica, saga_id)
     assert saga.status == SagaStatus.COMPENSATED
-    assert [type(e).__name__ for e in (await replica.orch.store.history(UUID(saga_id)))[1]][-4:] == [
+    events = [type(e).__name__ for e in (await replica.orch.store.history(UUID(saga_id)))[1]]
+    assert [e for e in events if not e.startswith("Attempt") and e != "SagaResumed"][-4:] == [
         "CompensationRetried", "CompensationSucceeded", "CompensationSucceeded", "SagaCompensated"]
 
 
@@ -247,8 +237,9 @@ async def test_a_restarted_replica_resumes_its_own_sagas_at_once(replicas: Repli
 
 
 async def test_two_replicas_never_drive_the_same_saga(replicas: ReplicaFactory) -> None:
-    a = await replicas("replica-a", lease_secs=2)
-    b = await replicas("replica-b", lease_secs=2)
+    # Deadlines count from each step's first attempt, made by a: longer than the test, so none runs out.
+    a = await replicas("replica-a", lease_secs=2, step_deadline_secs=60)
+    b = await replicas("replica-b", lease_secs=2, step_deadline_secs=60)
     shared_keys = a.participants.applied
     b.participants.applied = shared_keys
     a.participants.delay = b.participants.delay = 0.005
@@ -259,7 +250,7 @@ async def test_two_replicas_never_drive_the_same_saga(replicas: ReplicaFactory) 
     await a.runner.stop()
     for saga_id in ids:
         await a.orch.index.release(UUID(saga_id))
-    c = await replicas("replica-c", lease_secs=2)
+    c = await replicas("replica-c", lease_secs=2, step_deadline_secs=60)
     c.participants.applied = shared_keys
     c.participants.delay = 0.005
     await asyncio.gather(b.runner.recover_once(), c.runner.recover_once())
