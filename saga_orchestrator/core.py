@@ -12,7 +12,10 @@ No database, no HTTP, no clock: the driver (`runner`) passes the time in and mak
   request that may have reached a participant, and an attempt whose answer was never recorded (its driver
   died) counts as a transient failure: a resumed saga repeats at most that one call, under the same key;
 - deadlines count from the first attempt of the phase (the step, its replay, its compensation), read from
-  the saga's own events: they hold across crashes, whichever replica drives the saga;
+  the saga's own events: they hold across crashes, whichever replica drives the saga. The one exception:
+  the call whose answer was lost with its driver is made once more when the saga is resumed, even past the
+  deadline, since under its key it only fetches what the participant did (a step whose driver died is not
+  a step that failed). So a phase makes no attempt after its deadline but at most one per resume;
 - retries back off exponentially with full jitter, the jitter derived from the saga's id and the attempt's
   number (deterministic, yet spread over sagas), and never wait past the deadline.
 """
@@ -202,21 +205,20 @@ def _next_forward(saga: Saga, definition: SagaDefinition, policy: Policy, now: d
         raise ValueError(f"saga {saga.id} is {saga.status} with no step under way")
     step = definition.get(name)
     record = saga.steps[name]
-    if record.in_flight:
-        saga.attempt_failed(name, LOST_ANSWER, now)
+    lost = _lost_answer(saga, name, now)
     phase = record.phase or Phase.ACTION
     deadline = None if step.kind == StepKind.RETRIABLE else policy.step_deadline_secs
-    if phase == Phase.ACTION and _expired(record.phase_started_at, deadline, now):
+    if phase == Phase.ACTION and not lost and _expired(record.phase_started_at, deadline, now):
         if step.kind != StepKind.PIVOT:
             _failed(saga, definition, name, _gave_up(record.attempts, record.last_error), final=False)
             return None
         phase = Phase.REPLAY  # settle the pivot's outcome before anything is undone
     if phase == Phase.REPLAY:
         deadline = policy.compensation_deadline_secs
-        if record.phase == Phase.REPLAY and _expired(record.phase_started_at, deadline, now):
+        if record.phase == Phase.REPLAY and not lost and _expired(record.phase_started_at, deadline, now):
             _failed(saga, definition, name, _gave_up(record.attempts, record.last_error), final=False)
             return None
-    return _attempt(saga, definition, step, step.action, phase, f"{saga.id}:{name}", deadline, policy, now)
+    return _attempt(saga, definition, step, step.action, phase, f"{saga.id}:{name}", deadline, policy, now, lost)
 
 
 def _next_compensation(saga: Saga, definition: SagaDefinition, policy: Policy, now: datetime) -> Action | None:
@@ -229,17 +231,16 @@ def _next_compensation(saga: Saga, definition: SagaDefinition, policy: Policy, n
     compensation = step.compensation
     if compensation is None:
         raise ValueError(f"step {name} has no compensation but is in saga {saga.id}'s plan")
-    if record.in_flight:
-        saga.attempt_failed(name, LOST_ANSWER, now)
+    lost = _lost_answer(saga, name, now)
     context = saga.context()
     addressable = compensation.can_render(context)
     unknown = record.status == StepStatus.FAILED and not record.outcome_known
     deadline = policy.compensation_deadline_secs
     if not record.replayed and (not addressable or (step.kind == StepKind.REPLAY_BEFORE_COMPENSATE and unknown)):
         phase_started = record.phase_started_at if record.phase == Phase.REPLAY else None
-        if not _expired(phase_started, deadline, now):
+        if lost or not _expired(phase_started, deadline, now):
             return _attempt(saga, definition, step, step.action, Phase.REPLAY, f"{saga.id}:{name}", deadline,
-                            policy, now)
+                            policy, now, lost)
         error = _gave_up(record.phase_attempts, record.compensation_error)
         if not addressable:  # what to undo cannot even be named: an operator must look
             saga.compensation_failed(name, error)
@@ -249,12 +250,20 @@ def _next_compensation(saga: Saga, definition: SagaDefinition, policy: Policy, n
         saga.replay_finished(name, {}, error)
         return None
     phase_started = record.phase_started_at if record.phase == Phase.COMPENSATION else None
-    if _expired(phase_started, deadline, now):
+    if not lost and _expired(phase_started, deadline, now):
         saga.compensation_failed(name, _gave_up(record.phase_attempts, record.compensation_error))
         saga.finish_compensation()
         return None
     return _attempt(saga, definition, step, compensation, Phase.COMPENSATION, f"{saga.id}:{name}:compensate",
-                    deadline, policy, now)
+                    deadline, policy, now, lost)
+
+
+def _lost_answer(saga: Saga, name: str, now: datetime) -> bool:
+    """An attempt is in flight with no answer to record: its driver died. Counted as a transient failure."""
+    if not saga.steps[name].in_flight:
+        return False
+    saga.attempt_failed(name, LOST_ANSWER, now)
+    return True
 
 
 def _expired(started: datetime | None, deadline_secs: float | None, now: datetime) -> bool:
@@ -266,8 +275,9 @@ def _gave_up(attempts: int, error: str | None) -> str:
 
 
 def _attempt(saga: Saga, definition: SagaDefinition, step: StepDefinition, call: ServiceCall, phase: Phase,
-             key: str, deadline_secs: float | None, policy: Policy, now: datetime) -> Action | None:
-    """The next attempt of this phase: now, or after its backoff; None when a decision was recorded instead."""
+             key: str, deadline_secs: float | None, policy: Policy, now: datetime, lost: bool) -> Action | None:
+    """The next attempt of this phase: now, or after its backoff; None when a decision was recorded instead.
+    `lost`: the previous attempt's answer died with its driver; it is asked again at once."""
     name = str(step.step)
     record = saga.steps[name]
     same_phase = record.phase == phase
@@ -275,7 +285,7 @@ def _attempt(saga: Saga, definition: SagaDefinition, step: StepDefinition, call:
     remaining = deadline_secs  # a phase's first attempt: its deadline starts now
     if started is not None and deadline_secs is not None:
         remaining = (started + timedelta(seconds=deadline_secs) - now).total_seconds()
-    if same_phase and record.phase_attempts and record.last_failed_at is not None:
+    if same_phase and not lost and record.phase_attempts and record.last_failed_at is not None:
         until = record.last_failed_at + retry_delay(policy, saga, name, record.phase_attempts)
         if remaining is not None:
             until = min(until, now + timedelta(seconds=remaining))
@@ -296,7 +306,9 @@ def _attempt(saga: Saga, definition: SagaDefinition, step: StepDefinition, call:
         else:
             _failed(saga, definition, name, error, final=True)
         return None
-    timeout = policy.attempt_timeout_secs if remaining is None else min(policy.attempt_timeout_secs, remaining)
+    timeout = policy.attempt_timeout_secs
+    if remaining is not None and remaining > 0:
+        timeout = min(timeout, remaining)
     saga.attempt_started(name, phase, now)
     return Call(step=name, phase=phase, app=call.app, method=call.method, path=path, body=body,
                 idempotency_key=key, timeout_secs=max(MIN_ATTEMPT_SECS, timeout),

@@ -110,13 +110,18 @@ def events_at(now: datetime) -> Iterator[None]:
         _EVENTS_AT.reset(token)
 
 
+def saga_now() -> datetime:
+    """The time saga events made now are stamped with."""
+    return _EVENTS_AT.get() or datetime.now(UTC)
+
+
 class Saga(Aggregate):
     """One placeCustomerOrder: its request, priced lines, steps, and compensations."""
 
     class Event(Aggregate.Event):
         @staticmethod
         def create_timestamp() -> datetime:
-            return _EVENTS_AT.get() or datetime.now(UTC)
+            return saga_now()
 
     @staticmethod
     def create_id(customer_id: str, idempotency_key: str) -> UUID:
@@ -279,7 +284,7 @@ class Saga(Aggregate):
         record.result = result
         record.in_flight = False
         record.attempts += attempts  # 0 since attempts are events of their own; kept for older histories
-        record.last_error = last_error
+        record.last_error = last_error or record.last_error  # the last transient failure before it succeeded
         self.current_step = None
         self.status = SagaStatus.RUNNING
 
