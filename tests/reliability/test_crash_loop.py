@@ -121,15 +121,17 @@ def test_a_crash_looping_replica_beside_a_healthy_one(chaos_orchestrator: Servic
 
 
 def _assert_payments_give_up_in_time_and_every_attempt_is_counted(fleet: Fleet, views: list[dict[str, Any]]) -> None:
-    failing = [v for v in views if v["order_id"]]
-    assert failing, "no order with a failing card was placed"
+    # Those that got as far as the payment (on a loaded machine an earlier step may time out first).
+    failing = [v for v in views if any(e["type"] == "AttemptStarted" and e["data"]["step"] == "make_payment"
+                                       for e in v["history"])]
+    assert failing, "no order with a failing card reached its payment"
     charged = _charge_attempts(fleet, [v["order_id"] for v in failing])
     for view in failing:
         history = view["history"]
         attempts = [i for i, e in enumerate(history) if e["type"] == "AttemptStarted"
                     and e["data"]["step"] == "make_payment" and e["data"]["phase"] == "action"]
         failed = next(e for e in history if e["type"] == "StepFailed")
-        assert failed["data"]["step"] == "make_payment", failed
+        assert failed["data"]["step"] == "make_payment" and failed["data"]["final"] is False, failed
         first = _at(history[attempts[0]])
         # No attempt started past the deadline, counted from the first one, however often the saga was resumed;
         # but a call whose answer died with its driver is asked once more by the next one.
