@@ -40,7 +40,8 @@ from dbos import error as dbos_error
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from saga_orchestrator.steps import CURRENT, ServiceCall, StepDefinition
+from saga_orchestrator.steps import CURRENT, ServiceCall, StepDefinition, StepKind
+from shared.errors import RequestInProgress
 
 WORKFLOW = "place_customer_order"
 TRANSIENT_STATUSES = frozenset({401, 408, 425, 429})
@@ -108,8 +109,8 @@ participants: Participants | None = None
 
 
 def _transient(status: int, body: Any) -> bool:
-    detail = str(body.get("detail", "")) if isinstance(body, dict) else ""
-    return status >= 500 or status in TRANSIENT_STATUSES or (status == 409 and "still being processed" in detail)
+    in_progress = isinstance(body, dict) and body.get("type") == RequestInProgress.type_url()
+    return status >= 500 or status in TRANSIENT_STATUSES or in_progress
 
 
 def _describe(status: int, body: Any) -> str:
@@ -156,7 +157,7 @@ async def _compensate(context: dict[str, Any], done: list[tuple[StepDefinition, 
             addressable = True
         except KeyError:
             addressable = False
-        if not addressable or (step.replay_before_compensating and not outcome_known):
+        if not addressable or (step.kind == StepKind.REPLAY_BEFORE_COMPENSATE and not outcome_known):
             replay = await _call(step.action, context, f"{saga_id}:{step.step}")
             if replay["refused"]:  # it did not happen: nothing to undo
                 continue

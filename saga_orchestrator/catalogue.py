@@ -27,7 +27,7 @@ class Caller(Protocol):
 
     async def call(self, app: str, method: str, path: str, body: dict[str, Any] | None, *,
                    idempotency_key: str | None, trace: dict[str, str], deadline_secs: float, label: str,
-                   not_found_is_done: bool = False, params: dict[str, str] | None = None) -> CallResult: ...
+                   params: dict[str, str] | None = None) -> CallResult: ...
 
 
 class Catalogue:

@@ -30,6 +30,12 @@ def transient(error: str = "503 unavailable") -> Answer:
     return Answer(AnswerKind.TRANSIENT, 503, None, error)
 
 
+def call_result(answer: Answer, attempts: int = 1) -> CallResult:
+    """What `StepClient.call` (the catalogue's retrying call) returns for a last answer like this one."""
+    return CallResult(answer.kind == AnswerKind.OK, answer.kind == AnswerKind.REFUSED, answer.status, answer.body,
+                      answer.error, attempts)
+
+
 @dataclass
 class Call:
     label: str
@@ -66,8 +72,7 @@ class FakeParticipants:
         self.calls.append(Call(label, method, path, body, idempotency_key))
         override = self.failures.get(label)
         if isinstance(override, Answer):
-            return CallResult(override.kind == AnswerKind.OK, override.kind == AnswerKind.REFUSED, override.status,
-                              override.body, override.error, 1)
+            return call_result(override)
         wanted = (params or {}).get("skus", "").split(",")
         return CallResult(True, False, 200, {"items": [CATALOGUE[s] for s in wanted if s in CATALOGUE]}, None, 1)
 

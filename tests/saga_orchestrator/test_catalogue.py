@@ -14,7 +14,7 @@ from saga_orchestrator.catalogue import Catalogue
 from saga_orchestrator.settings import Settings
 from saga_orchestrator.step_client import CallResult
 from shared.errors import InvalidRequest, ServiceUnavailable
-from tests.saga_orchestrator.fakes import CATALOGUE, ok, refused, transient
+from tests.saga_orchestrator.fakes import CATALOGUE, call_result, ok, refused, transient
 
 TRACE = {"request_id": "req-1"}
 
@@ -29,13 +29,13 @@ class Inventory:
 
     async def call(self, app: str, method: str, path: str, body: dict[str, Any] | None, *,
                    idempotency_key: str | None, trace: dict[str, str], deadline_secs: float, label: str,
-                   not_found_is_done: bool = False, params: dict[str, str] | None = None) -> CallResult:
+                   params: dict[str, str] | None = None) -> CallResult:
         assert (app, method, path, label) == ("INVENTORY-SERVICE", "GET", "/api/inventory/products", "catalogue")
         skus = (params or {})["skus"].split(",")
         self.asked.append(skus)
         if self.answer is not None:
             return self.answer
-        return ok({"items": [dict(self.products[s]) for s in skus if s in self.products]})
+        return call_result(ok({"items": [dict(self.products[s]) for s in skus if s in self.products]}))
 
 
 class Clock:
@@ -109,10 +109,10 @@ async def test_zero_turns_the_cache_off(clock: Clock) -> None:
 async def test_a_miss_while_inventory_is_away_or_refusing_is_an_error(clock: Clock) -> None:
     inventory, catalogue = Inventory(), Catalogue(2.0, clock)
     await catalogue.products(inventory, ["KB-1"], TRACE, 5)
-    inventory.answer = transient()
+    inventory.answer = call_result(transient())
     with pytest.raises(ServiceUnavailable):
         await catalogue.products(inventory, ["KB-1", "MS-1"], TRACE, 5)
-    inventory.answer = refused(422, "bad skus")
+    inventory.answer = call_result(refused(422, "bad skus"))
     with pytest.raises(InvalidRequest):
         await catalogue.products(inventory, ["MS-1"], TRACE, 5)
     # A failed lookup kept nothing: MS-1 is asked for again once inventory answers.
