@@ -64,14 +64,27 @@ async def admin_caller(caller: Caller) -> VerifiedToken:
 Admin = Annotated[VerifiedToken, Depends(admin_caller)]
 
 
-def _client_address(request: Request) -> str:
-    """The address failed logins are counted against: the peer, or the client a trusted proxy names."""
-    # request.client is the socket peer (uvicorn runs with proxy_headers=False, shared/server.py), and every
-    # login comes through the gateway: only TRUSTED_PROXIES naming the gateway keeps clients apart.
+GATEWAY_AUTHORIZATION = "x-gateway-authorization"
+
+
+async def _client_address(request: Request, auth: AuthService) -> str:
+    """The address failed logins are counted against: the peer, or the client the authenticated gateway names.
+
+    X-Forwarded-For is believed only on a request that carries the gateway's own service token in
+    X-Gateway-Authorization (not for coming from some address: any local process shares the gateway's). The
+    gateway appended the client it saw as the last entry; TRUSTED_PROXIES here are the load balancers in front
+    of the gateway, past which the chain is walked further left (shared/forwarded.py).
+    """
+    # request.client is the socket peer (uvicorn runs with proxy_headers=False, shared/server.py).
+    peer = request.client.host if request.client else "unknown"
+    if not await auth.is_gateway(request.headers.get(GATEWAY_AUTHORIZATION, "")):
+        return peer
+    entries = [entry.strip() for entry in ",".join(request.headers.getlist("x-forwarded-for")).split(",")]
+    entries = [entry for entry in entries if entry]
+    if not entries:
+        return peer
     trusted: TrustedProxies = request.app.state.trusted_proxies
-    peer = request.client.host if request.client else None
-    chain = request.headers.getlist("x-forwarded-for") if trusted else ()
-    return trusted.resolve(peer, chain).client or "unknown"
+    return trusted.resolve(entries[-1], entries[:-1]).client or peer
 
 
 def _pair_response(pair: TokenPair) -> JSONResponse:
@@ -86,7 +99,7 @@ async def register(body: RegisterIn, auth: Auth) -> UserOut:
 
 @router.post("/login", response_model=TokenPairOut)
 async def login(body: LoginIn, request: Request, auth: Auth) -> JSONResponse:
-    return _pair_response(await auth.login(body.email, body.password, _client_address(request)))
+    return _pair_response(await auth.login(body.email, body.password, await _client_address(request, auth)))
 
 
 @router.post("/refresh", response_model=TokenPairOut)

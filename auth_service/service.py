@@ -38,7 +38,7 @@ from auth_service.schemas import MIN_PASSWORD_LENGTH, normalize_email
 from auth_service.settings import Settings
 from shared.auth import Identity, RevokedSet, TokenVerifier
 from shared.db import Database
-from shared.errors import Conflict, NotFound, TooManyRequests, Unauthorized
+from shared.errors import Conflict, DomainError, NotFound, TooManyRequests, Unauthorized
 
 log = structlog.get_logger(__name__)
 
@@ -313,6 +313,18 @@ class AuthService:
             self.verifier.revocations.add(caller.jti, caller.expires_at.timestamp())
 
     # --- services -------------------------------------------------------------------------------
+
+    async def is_gateway(self, authorization: str) -> bool:
+        """Whether `Bearer <token>` is the gateway's own service token (verified in memory, never raises)."""
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return False
+        try:
+            identity = await self.verifier.verify(token.strip())
+        except DomainError:
+            return False
+        return identity.is_service and identity.subject == f"service:{self.settings.gateway_client_id}"
+
 
     async def issue_service_token(self, client_id: str, client_secret: str) -> tuple[str, int]:
         known = client_id in self.settings.service_client_ids

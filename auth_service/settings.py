@@ -34,6 +34,10 @@ class Settings(ServiceSettings):
     # Comma-separated in the environment: SERVICE_CLIENT_IDS=saga-orchestrator,gateway
     service_client_ids: Annotated[list[str], NoDecode] = DEFAULT_SERVICE_CLIENT_IDS
 
+    # The client id whose service token, sent by the gateway in X-Gateway-Authorization, makes its
+    # X-Forwarded-For believed (login throttling per client).
+    gateway_client_id: str = "gateway"
+
     bootstrap_admin_email: str = ""
     bootstrap_admin_password: str = ""
 

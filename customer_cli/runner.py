@@ -33,9 +33,6 @@ SEEDS = ["inventory_service.seed", "carrier_service.seed"]
 # The demo admin of local mode; its password is generated at the first run (var/secrets.json).
 DEMO_ADMIN_EMAIL = "admin@example.com"
 REGISTRY_USER = "eureka"
-# Where the gateway connects to auth_service from when every component is a local process.
-LOCAL_GATEWAY = "127.0.0.1,::1"
-
 
 def _as_list(value: object) -> list[dict[str, str]]:
     """Eureka's JSON gives a single instance as an object and several as a list."""
@@ -119,9 +116,6 @@ class LocalFleet:
         }
         if COMPONENTS[name][1]:
             env["DATABASE_URL"] = f"sqlite+aiosqlite:///{self.var / f'{name}.db'}"
-        if name == "auth_service":
-            # Every login comes through the local gateway: its X-Forwarded-For names the client to throttle.
-            env["TRUSTED_PROXIES"] = LOCAL_GATEWAY
         return env
 
     def _spawn(self, module: str, env: dict[str, str], log_name: str) -> subprocess.Popen[bytes]:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
+import httpx
 import structlog
 from multidict import CIMultiDict
 from starlette.requests import ClientDisconnect, Request
@@ -18,6 +19,7 @@ from gateway import metrics
 from gateway.resilience import Breakers, BreakerState, may_resend, retry_on_status
 from gateway.routes import Route, RouteTable
 from gateway.settings import Settings
+from shared.auth import ServiceTokens
 from shared.errors import DomainError, ServiceUnavailable
 from shared.forwarded import TrustedProxies
 from shared.logging import REQUEST_ID_HEADER
@@ -35,6 +37,8 @@ HOP_BY_HOP = frozenset({
 # CallContext.forwarded_for).
 _GATEWAY_SET = frozenset({
     "x-request-id", "traceparent", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
+    # The gateway's own credential towards auth_service (Gateway.forward): never a client's.
+    "x-gateway-authorization",
     # Answered by this hop (uvicorn sends the 100 once the body is read).
     "expect",
 })
@@ -239,6 +243,8 @@ class Gateway:
         self.settings = settings
         self.session = session
         self.registry = registry
+        # The gateway's own service token: auth_service believes the X-Forwarded-For of a login only with it.
+        self.tokens = ServiceTokens(settings, registry)
         self.routes = RouteTable(settings.routes)
         self.trusted_proxies = TrustedProxies(settings.trusted_proxies)
         self.breakers = Breakers(settings.breaker_failure_threshold, settings.breaker_cooldown_secs,
@@ -287,6 +293,8 @@ class Gateway:
     async def forward(self, request: Request, route: Route, ctx: CallContext, identity: Mapping[str, str]) -> Response:
         """Proxy the request to the route's app and stream the answer back."""
         headers = upstream_request_headers(request.headers.raw, ctx, identity)
+        if route.app == self.settings.auth_app:
+            await self._authenticate_to_auth(headers)
         resend = may_resend(request.method, headers)
         body: Body = None
         if _has_body(request):
@@ -312,6 +320,18 @@ class Gateway:
             response = StreamingResponse(_stream(upstream, route.app), status_code=upstream.status)
         response.raw_headers = response_headers
         return response
+
+    async def _authenticate_to_auth(self, headers: CIMultiDict[str]) -> None:
+        """X-Gateway-Authorization: the gateway's service token, so auth_service may believe its X-Forwarded-For.
+        Without one (auth_service unreachable for it) the call goes on and auth counts the gateway as the client."""
+        token = self.tokens.current()
+        if token is None:
+            try:
+                token = await self.tokens.token()
+            except (DomainError, httpx.HTTPError) as exc:
+                log.warning("no service token for the gateway", error=repr(exc))
+                return
+        headers["X-Gateway-Authorization"] = f"Bearer {token}"
 
     async def get_json(self, app: str, path: str, ctx: CallContext, timeout_secs: float) -> object:
         """A JSON document from an instance of `app` (the gateway's own use: the services' OpenAPI documents)."""

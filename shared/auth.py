@@ -334,7 +334,11 @@ class ServiceTokens:
                 )
             if response.status_code != 200:
                 raise ServiceUnavailable(f"auth_service refused the service credentials ({response.status_code}).")
-            body = response.json()
-            self._token = body["access_token"]
-            self._expires_at = time.time() + int(body.get("expires_in", 300))
+            try:
+                body = response.json()
+                token, expires_in = str(body["access_token"]), int(body.get("expires_in", 300))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ServiceUnavailable("auth_service sent no service token.") from exc
+            self._token = token
+            self._expires_at = time.time() + expires_in
             return self._token

@@ -39,6 +39,7 @@ def create_service_app(
     openapi_url: str | None = "/openapi.json",
     own_openapi: bool = True,
     docs_url: str | None = "/docs",
+    verifies_tokens: bool = True,
     redoc_url: str | None = "/redoc",
     title: str | None = None,
 ) -> FastAPI:
@@ -64,13 +65,15 @@ def create_service_app(
         if on_startup is not None:
             await on_startup(app)  # auth_service puts its own revocation list (its table) in place here
         revocations: Revocations = app.state.verifier.revocations
-        polling = asyncio.create_task(revocations.run(), name="revocations-poll")
+        # The gateway verifies no token itself (auth_service's /validate does): it polls nothing.
+        polling = asyncio.create_task(revocations.run(), name="revocations-poll") if verifies_tokens else None
         await registry.start()
         log.info("service started", port=settings.port)
         try:
             yield
         finally:
-            polling.cancel()
+            if polling is not None:
+                polling.cancel()
             # Leave the registry first, so no new traffic arrives while the rest shuts down.
             await registry.stop()
             if on_shutdown is not None:

@@ -169,7 +169,8 @@ class Fleet:
         if package not in NO_DATABASE:
             env["DATABASE_URL"] = self.database_url(package)
         if package == "auth_service":
-            # As deployed: auth_service believes the gateway's X-Forwarded-For when it counts failed logins.
+            # The load balancers in front of a gateway (tests/integration/test_login_throttling.py plays one on
+            # 127.0.0.1). auth_service believes X-Forwarded-For only from the gateway's own service token.
             env["TRUSTED_PROXIES"] = "127.0.0.1"
         env.update(overrides)
         return env

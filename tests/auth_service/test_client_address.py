@@ -1,4 +1,6 @@
-"""Login throttling per client address: behind the gateway, the client it names, not the gateway itself."""
+"""Login throttling per client address: behind the gateway, the client it names, not the gateway itself — and
+only the authenticated gateway names one (issue 15 item 8): its X-Forwarded-For counts with its service token in
+X-Gateway-Authorization, never for the address a request comes from."""
 
 from __future__ import annotations
 
@@ -9,24 +11,34 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from tests.auth_service.conftest import PASSWORD, auth_settings, new_account, running
+from tests.auth_service.conftest import PASSWORD, SERVICE_SECRET, auth_settings, new_account, running
 
-GATEWAY = "10.1.0.1"  # trusted (TRUSTED_PROXIES below)
-STRANGER = "192.0.2.50"  # not trusted: whatever it writes in X-Forwarded-For proves nothing
+GATEWAY = "10.1.0.1"  # where the gateway connects from
+STRANGER = "192.0.2.50"  # not the gateway: whatever it writes in X-Forwarded-For proves nothing
+LOAD_BALANCERS = "2001:db8::/32"  # in front of the gateway (TRUSTED_PROXIES below)
 LIMIT = 4
 
 
 @pytest.fixture(scope="module")
 async def app(database_url: str) -> AsyncIterator[FastAPI]:
-    settings = auth_settings(database_url, trusted_proxies=f"{GATEWAY}, 2001:db8::/32",
+    settings = auth_settings(database_url, trusted_proxies=f"10.1.0.0/24, {LOAD_BALANCERS}",
                              login_max_failures_per_address=LIMIT)
     async with running(settings) as (app, _):
         yield app
 
 
-def peer(app: FastAPI, address: str) -> httpx.AsyncClient:
+async def service_token(app: FastAPI, client_id: str) -> str:
+    async with peer(app, GATEWAY) as client:
+        response = await client.post("/api/auth/token", data={
+            "grant_type": "client_credentials", "client_id": client_id, "client_secret": SERVICE_SECRET})
+        assert response.status_code == 200, response.text
+        return str(response.json()["access_token"])
+
+
+def peer(app: FastAPI, address: str, token: str | None = None) -> httpx.AsyncClient:
     transport = httpx.ASGITransport(app=app, client=(address, 40000))
-    return httpx.AsyncClient(transport=transport, base_url="http://auth.test")
+    headers = {"X-Gateway-Authorization": f"Bearer {token}"} if token else {}
+    return httpx.AsyncClient(transport=transport, base_url="http://auth.test", headers=headers)
 
 
 async def spray(client: httpx.AsyncClient, forwarded_for: str | None = None, times: int = LIMIT) -> None:
@@ -45,7 +57,7 @@ async def login_status(client: httpx.AsyncClient, email: str, forwarded_for: str
 
 
 async def test_one_client_behind_the_gateway_does_not_lock_out_the_others(app: FastAPI) -> None:
-    async with peer(app, GATEWAY) as gateway:
+    async with peer(app, GATEWAY, await service_token(app, "gateway")) as gateway:
         account = await new_account(gateway)
         await spray(gateway, forwarded_for="203.0.113.1")
         assert await login_status(gateway, account.email, "203.0.113.1") == 429
@@ -55,6 +67,23 @@ async def test_one_client_behind_the_gateway_does_not_lock_out_the_others(app: F
         assert await login_status(gateway, account.email, "203.0.113.1, 203.0.113.3") == 200
         # The gateway's own requests (no header) are not the client's either.
         assert await login_status(gateway, account.email) == 200
+
+
+@pytest.mark.parametrize(("credential", "address"), [("none", "10.1.0.11"), ("another service's token", "10.1.0.12"),
+                                                     ("a forged header", "10.1.0.13")])
+async def test_a_process_at_a_trusted_address_does_not_pick_its_throttle_identity(app: FastAPI, credential: str,
+                                                                                 address: str) -> None:
+    """The attack of item 8: a local process at the gateway's own (trusted) address, forging X-Forwarded-For
+    on every login, is still counted as itself."""
+    token = {"none": None, "another service's token": await service_token(app, "order-service"),
+             "a forged header": "not-a-token"}[credential]
+    async with peer(app, address, token) as impostor, peer(app, GATEWAY, await service_token(app, "gateway")) as gw:
+        account = await new_account(gw)
+        for n in range(LIMIT):
+            await spray(impostor, forwarded_for=f"198.51.100.{n}", times=1)
+        assert await login_status(impostor, account.email, "198.51.100.200") == 429
+        # Its failures were the gateway address's, not any client's that the real gateway names.
+        assert await login_status(gw, account.email, "198.51.100.1") == 200
 
 
 async def test_an_untrusted_peers_forwarded_for_is_ignored(app: FastAPI) -> None:

@@ -18,7 +18,6 @@ from customer_cli.load import ERROR, LoadReport, OrderResult, percentile
 from customer_cli.main import parse_since
 from customer_cli.orders import EventNarrator, OrderLine, choose_lines, timeline
 from customer_cli.runner import COMPONENTS, LocalFleet
-from shared.forwarded import TrustedProxies, parse_networks
 
 
 def test_percentiles_interpolate_between_ranks() -> None:
@@ -173,12 +172,8 @@ def test_sagas_since_is_sent_as_created_after() -> None:
     assert everything["total"] == 3 and "created_after" not in fake.requests[1].url.params
 
 
-def test_the_local_runner_has_auth_service_trust_the_local_gateway_and_nobody_else_trust_anyone(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_local_runner_trusts_no_address(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """auth_service believes the gateway's X-Forwarded-For for its service token, not for its address."""
     monkeypatch.delenv("TRUSTED_PROXIES", raising=False)
     fleet = LocalFleet(tmp_path, tmp_path / "var")
-    trusted = TrustedProxies(parse_networks(fleet.env_for("auth_service", 8001)["TRUSTED_PROXIES"]))
-    assert trusted.resolve("127.0.0.1", ["203.0.113.1"]).client == "203.0.113.1"
-    assert trusted.resolve("::1", ["203.0.113.1"]).client == "203.0.113.1"
-    assert all("TRUSTED_PROXIES" not in fleet.env_for(name, port) for name, (port, _) in COMPONENTS.items()
-               if name != "auth_service")
+    assert all("TRUSTED_PROXIES" not in fleet.env_for(name, port) for name, (port, _) in COMPONENTS.items())
