@@ -130,8 +130,10 @@ def remote_revocations(settings: ServiceSettings, registry: RegistryClient) -> R
 
 class TokenVerifier:
     def __init__(self, settings: ServiceSettings, registry: RegistryClient | None = None,
-                 revocations: Revocations | None = None) -> None:
+                 revocations: Revocations | None = None, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
+        # Epoch seconds that a token's exp is judged by (tests move it instead of waiting for a token to expire).
+        self._clock = clock
         self.registry = registry
         # Checked on every verification, cached or not. With pinned keys (tests) an unloaded list is not asked.
         self.revocations = revocations
@@ -214,7 +216,7 @@ class TokenVerifier:
         if cached is not None:
             identity, kid, expires = cached
             # Still unexpired and its key still published (a key withdrawn from the JWKS ends its tokens).
-            if time.time() < expires and self._known_kid(kid):
+            if self._clock() <= expires and self._known_kid(kid):
                 self._refuse_if_revoked(identity)
                 return identity
             del self._verified[token]
@@ -248,10 +250,17 @@ class TokenVerifier:
                 algorithms=ALGORITHMS,
                 audience=self.settings.jwt_audience,
                 issuer=self.settings.jwt_issuer,
-                options={"require_exp": True, "require_sub": True},
+                # exp is required here and judged below by this verifier's clock (as python-jose would: expired
+                # once it is in the past).
+                options={"require_exp": True, "require_sub": True, "verify_exp": False},
             )
         except JWTError as exc:
             raise Unauthorized(f"The token is not valid: {exc}.") from exc
+        expires = claims["exp"]
+        if isinstance(expires, bool) or not isinstance(expires, int | float):
+            raise Unauthorized("The token's exp claim is not a number.")
+        if expires < self._clock():
+            raise Unauthorized("The token is not valid: Signature has expired.")
         if claims.get("typ") != "access":
             raise Unauthorized("Only access tokens are accepted.")
         roles = claims.get("roles", [])
