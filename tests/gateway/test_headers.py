@@ -67,6 +67,15 @@ def test_public_route_forwards_no_identity_at_all() -> None:
     assert not [name for name in headers if name.lower().startswith("x-user-")]
 
 
+def test_a_clients_gateway_credential_is_dropped() -> None:
+    """X-Gateway-Authorization is the gateway's own (Gateway.forward adds it towards auth_service): a client's
+    copy, listed in Connection or not, never reaches an upstream."""
+    for pairs in ((("X-Gateway-Authorization", "Bearer stolen"),),
+                  (("Connection", "keep-alive"), ("x-gateway-authorization", "Bearer stolen"))):
+        headers = upstream_request_headers(raw(*pairs), ctx(), {})
+        assert "x-gateway-authorization" not in {name.lower() for name in headers}
+
+
 def test_forwarding_headers_are_the_gateways_and_a_client_chain_is_dropped() -> None:
     headers = upstream_request_headers(raw(
         ("Host", "shop.example:8443"),
