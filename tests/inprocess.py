@@ -32,11 +32,16 @@ KID = "test-key"
 JWKS = {"keys": [{**jwk.construct(PUBLIC_PEM, "RS256").to_dict(), "kid": KID, "use": "sig"}]}
 
 
+# Module-level headers (ADMIN, SERVICE, …) are minted at import: they must outlive the longest test session
+# on the slowest machine, not the ten minutes of a real access token.
+TEST_TOKEN_SECS = 12 * 3600
+
+
 def mint(subject: str = "customer-1", roles: tuple[str, ...] = ("customer",), **claims: Any) -> str:
     now = int(time.time())
     body = {
         "sub": subject, "roles": list(roles), "email": f"{subject}@example.com", "typ": "access",
-        "iss": "customer-service-auth", "aud": "customer-service", "iat": now, "exp": now + 600,
+        "iss": "customer-service-auth", "aud": "customer-service", "iat": now, "exp": now + TEST_TOKEN_SECS,
         "jti": uuid.uuid4().hex, **claims,
     }
     return str(jwt.encode(body, PRIVATE_PEM, algorithm="RS256", headers={"kid": KID}))
