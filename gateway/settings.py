@@ -58,7 +58,8 @@ class Settings(ServiceSettings):
     # TRUSTED_PROXIES (shared.settings): load balancers in front of the gateway; a request from one of them is
     # limited and forwarded as the client it names in X-Forwarded-For.
 
-    # Largest request body: a larger Content-Length is refused at once (413), a chunked body is cut off there.
+    # Largest request body (the services' default is 1 MiB, shared.settings): a larger Content-Length is refused
+    # at once (413, before /validate), a chunked body is cut off there and the upstream request aborted.
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=0)
 
     # The merged OpenAPI document (GET /openapi.json): how long it is reused, how long one service may take.

@@ -103,7 +103,7 @@ async def health() -> dict[str, str]:
 async def register_instance(app: str, request: Request, registry: RegistryDep) -> Response:
     try:
         body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # nested past the parser's depth too
         return bad_request('the body must be JSON: {"instance": {...}}')
     try:
         info = schemas.parse_registration(body, path_app=app)

@@ -15,6 +15,7 @@ from registry import api
 from registry.schemas import FieldError
 from registry.service import InstanceNotFound, InstanceRegistry
 from registry.settings import RegistrySettings
+from shared.body_limit import BodyLimitMiddleware
 from shared.errors import problem
 
 log = structlog.get_logger("registry")
@@ -59,6 +60,7 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
     app = FastAPI(title="registry", summary="Eureka REST protocol registry (in memory)", lifespan=lifespan)
     app.state.settings = settings
     app.state.registry = registry
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.include_router(api.router)
 
     @app.exception_handler(RequestValidationError)

@@ -5,15 +5,13 @@ from __future__ import annotations
 import re
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.settings import ServerBounds
 
 
-class RegistrySettings(BaseSettings):
+class RegistrySettings(ServerBounds):
     """Where the registry listens and how it keeps leases; every field has an env var of the same name."""
 
-    model_config = SettingsConfigDict(env_file=None, extra="ignore")
-
-    host: str = "127.0.0.1"
     port: int = 8761
 
     # Used for an instance that registers with durationInSecs <= 0, as the real server does.

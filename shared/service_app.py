@@ -12,6 +12,7 @@ from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import JSONResponse
 
 from shared.auth import Revocations, TokenVerifier, remote_revocations
+from shared.body_limit import BodyLimitMiddleware
 from shared.db import Database
 from shared.docs import install_docs
 from shared.errors import install_error_handlers
@@ -100,6 +101,8 @@ def create_service_app(
         @app.post("/_revocations/refresh", status_code=204, include_in_schema=False)
         async def refresh_revocations(request: Request) -> None:
             await request.app.state.verifier.revocations.refresh()
+    # Inside RequestMiddleware, so a 413 is logged and counted like any answer (shared/server.py bounds the head).
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMiddleware, service=service)
 
     @app.get("/health", tags=["health"], include_in_schema=False)

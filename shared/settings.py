@@ -16,15 +16,28 @@ AUTH_APP = "AUTH-SERVICE"
 MIN_SERVICE_SECRET_LENGTH = 32
 
 
-class ServiceSettings(BaseSettings):
-    """Base class of every service's settings; each service sets its own defaults for name and port."""
+class ServerBounds(BaseSettings):
+    """Where a server listens and what it bears from one client (shared/server.py, shared/body_limit.py)."""
 
     model_config = SettingsConfigDict(env_file=None, extra="ignore")
 
-    env: Literal["development", "test", "production"] = "development"
-    app_name: str = "SERVICE"
     host: str = "127.0.0.1"
     port: int = 8000
+    # The request line plus headers: larger → 431 and the connection closed (nginx's default is 32 KiB).
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+    # From the connection (or a request's first byte) to its last header: longer → 408 and closed (slowloris).
+    header_read_timeout_secs: float = Field(default=10.0, gt=0)
+    # An idle keep-alive connection is closed after this long (uvicorn's timeout_keep_alive).
+    keep_alive_timeout_secs: int = Field(default=5, ge=1)
+    # The request body: a larger Content-Length → 413 before a byte is read; a chunked body is cut off there.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=0)
+
+
+class ServiceSettings(ServerBounds):
+    """Base class of every service's settings; each service sets its own defaults for name and port."""
+
+    env: Literal["development", "test", "production"] = "development"
+    app_name: str = "SERVICE"
     # The address other services reach this instance at (registered in Eureka).
     instance_host: str = "127.0.0.1"
 
@@ -65,6 +78,10 @@ class ServiceSettings(BaseSettings):
     service_client_secret: str = ""
 
     idempotency_ttl_secs: int = 24 * 3600
+
+    # /metrics answers only this bearer token (a Prometheus scrape credential) or an admin's access token.
+    # Empty: admins only.
+    metrics_token: str = ""
 
     # Proxies in front of this service (comma-separated addresses and CIDR networks) whose X-Forwarded-For
     # names the client (shared/forwarded.py): the gateway's load balancers at the gateway (rate limits, the
