@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -22,7 +21,7 @@ from gateway.settings import Settings
 from shared.auth import ServiceTokens
 from shared.errors import DomainError, ServiceUnavailable
 from shared.forwarded import TrustedProxies
-from shared.logging import REQUEST_ID_HEADER
+from shared.logging import REQUEST_ID_HEADER, request_id_of
 from shared.registry_client import Instance, RegistryClient, RoundRobin
 from shared.tracing import new_traceparent, valid_traceparent
 
@@ -34,9 +33,10 @@ HOP_BY_HOP = frozenset({
     "te", "trailer", "transfer-encoding", "upgrade",
 })
 # Set by the gateway itself; a client's value is dropped (a trusted proxy's X-Forwarded-For is carried over in
-# CallContext.forwarded_for).
+# CallContext.forwarded_for). Host is the instance's (aiohttp sets it from the URL): a client's would make the
+# service build its redirects to wherever the client names (the client's Host goes as X-Forwarded-Host).
 _GATEWAY_SET = frozenset({
-    "x-request-id", "traceparent", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
+    "host", "x-request-id", "traceparent", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
     # The gateway's own credential towards auth_service (Gateway.forward): never a client's.
     "x-gateway-authorization",
     # Answered by this hop (uvicorn sends the 100 once the body is read).
@@ -50,6 +50,9 @@ _IDENTITY_PREFIX = "x-user-"
 _SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 # A response with a known length up to this size is read whole (cheaper than a streamed response).
 _SMALL_BODY = 64 * 1024
+# The largest response line or header field read from an upstream (aiohttp's default is 8190 bytes): percent
+# encoding at most triples a path, and the gateway takes at most MAX_HEADER_BYTES (32 KiB) of request head.
+_UPSTREAM_MAX_FIELD_BYTES = 128 * 1024
 
 
 class BadGateway(DomainError):
@@ -68,6 +71,14 @@ class BodyIncomplete(DomainError):
     status, title, type_slug = 400, "Bad request", "body-incomplete"
 
 
+# Fields whose meaning is end to end: a Connection header listing one does not make it hop-by-hop (a client
+# could otherwise strip what the gateway or the service relies on, e.g. `Connection: host`).
+_END_TO_END = frozenset({
+    "host", "content-length", "content-type", "content-encoding", "authorization", "idempotency-key", "prefer",
+    "accept", "location", "www-authenticate", "retry-after", "cache-control",
+})
+
+
 def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
     """Header names a sender listed in Connection: hop-by-hop by declaration (RFC 9110 §7.6.1)."""
     return {
@@ -76,7 +87,7 @@ def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
         if name == "connection"
         for token in value.split(",")
         if token.strip()
-    }
+    } - _END_TO_END
 
 
 def _decoded(raw_headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
@@ -98,9 +109,7 @@ class CallContext:
     @classmethod
     def of(cls, request: Request, path_qs: str, trusted: TrustedProxies) -> CallContext:
         # The logging middleware already chose the id (the client's or a new one) and returns it.
-        request_id = (
-            getattr(request.state, "request_id", "") or request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
-        )
+        request_id = getattr(request.state, "request_id", "") or request_id_of(request.headers.get(REQUEST_ID_HEADER))
         # Chosen by the shared middleware too (and logged there): the caller's, the tracing span's, or new.
         traceparent = getattr(request.state, "traceparent", "")
         if not valid_traceparent(traceparent):
@@ -144,15 +153,24 @@ def upstream_request_headers(
     return out
 
 
-def client_response_headers(raw_headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """The upstream's response headers minus hop-by-hop ones, as ASGI raw headers (duplicates kept)."""
+def client_response_headers(raw_headers: Iterable[tuple[bytes, bytes]], origin: str = "") -> list[tuple[bytes, bytes]]:
+    """The upstream's response headers minus hop-by-hop ones, as ASGI raw headers (duplicates kept).
+
+    A Location on the instance's own `origin` (a service's redirect, built from the Host it was sent) becomes
+    a path on the gateway, as nginx's `proxy_redirect default` does: the internal address never leaves.
+    """
     headers = _decoded(raw_headers)
     listed = _connection_tokens(headers)
-    return [
-        (name.encode("latin-1"), value.encode("latin-1"))
-        for name, value in headers
-        if name not in HOP_BY_HOP and name not in listed and name not in _RESPONSE_DROPPED
-    ]
+    out: list[tuple[bytes, bytes]] = []
+    for name, value in headers:
+        if name in HOP_BY_HOP or name in listed or name in _RESPONSE_DROPPED:
+            continue
+        if name == "location" and origin and value.startswith(origin):
+            value = value[len(origin):]
+            if not value.startswith("/"):
+                value = "/" + value
+        out.append((name.encode("latin-1"), value.encode("latin-1")))
+    return out
 
 
 def new_client_session(settings: Settings) -> aiohttp.ClientSession:
@@ -165,6 +183,11 @@ def new_client_session(settings: Settings) -> aiohttp.ClientSession:
     )
     return aiohttp.ClientSession(
         connector=connector,
+        # A service may echo what it was sent (a redirect's Location carries the path): well above what the
+        # gateway accepts from a client (MAX_HEADER_BYTES), so a client's long request never makes an answer
+        # unreadable — which would count against the instance's breaker for the client's doing.
+        max_line_size=_UPSTREAM_MAX_FIELD_BYTES,
+        max_field_size=_UPSTREAM_MAX_FIELD_BYTES,
         auto_decompress=False,
         # A shared jar would hand one user's cookies to the next request: never store any.
         cookie_jar=aiohttp.DummyCookieJar(),
@@ -306,7 +329,7 @@ class Gateway:
                 body = RequestBody(request, self.settings.max_body_bytes)
         upstream = await self._send(route.app, request.method, ctx.path_qs, headers, body, route.timeout_secs,
                                     resend=resend)
-        response_headers = client_response_headers(upstream.raw_headers)
+        response_headers = client_response_headers(upstream.raw_headers, str(upstream.url.origin()))
         length = upstream.content_length
         if length is not None and length <= _SMALL_BODY:
             try:

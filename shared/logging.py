@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 import uuid
@@ -16,6 +17,16 @@ from shared.metrics import observe_request
 from shared.tracing import request_traceparent
 
 REQUEST_ID_HEADER = "X-Request-ID"
+# A caller's request id is kept only if it looks like one (a UUID, a ULID, an AWS trace id…): it is logged and
+# echoed in a response header, so an unbounded one could make the answer itself unsendable.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:=+/-]{0,127}")
+
+
+def request_id_of(value: str | None) -> str:
+    """The caller's request id if it is valid, else a new one: never the raw value of a bad one."""
+    if value and _REQUEST_ID.fullmatch(value):
+        return value
+    return uuid.uuid4().hex
 
 
 def configure_logging(service: str, level: str = "INFO", json: bool = True) -> None:
@@ -76,7 +87,7 @@ class RequestMiddleware:
             await response(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        request_id = headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        request_id = request_id_of(headers.get(REQUEST_ID_HEADER))
         # The caller's trace (or a new one): the gateway forwards exactly this, so every hop logs one trace id.
         traceparent = request_traceparent(headers.get("traceparent", ""))
         state = scope.setdefault("state", {})
