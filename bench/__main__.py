@@ -48,7 +48,7 @@ from bench.stack import (
     start_fleet,
 )
 from customer_cli.invariants import check_invariants
-from tests.fleet import DB_SUFFIX, PG_ADMIN_DSN, PG_URL_BASE, SERVICES, free_port, recreate_databases
+from tests.fleet import DB_SUFFIX, METRICS_HEADERS, PG_ADMIN_DSN, PG_URL_BASE, SERVICES, free_port, recreate_databases
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LEVELS = [int(x) for x in os.environ.get("BENCH_LEVELS", "1,16,64").split(",")]
@@ -79,7 +79,7 @@ def orchestrator_counters(stack: Stack) -> dict[str, float | None]:
     if not url:
         return {}
     try:
-        text = httpx.get(f"{url}/metrics", timeout=10).text
+        text = httpx.get(f"{url}/metrics", headers=METRICS_HEADERS, timeout=10).text
     except httpx.HTTPError:
         return {}
     return {name: _metric(text, name) for name in
@@ -92,7 +92,8 @@ def statement_counts(stack: Stack) -> dict[str, float]:
     counts: dict[str, float] = {}
     for package, url in stack.services.items():
         try:
-            value = _metric(httpx.get(f"{url}/metrics", timeout=10).text, "db_statements_total")
+            text = httpx.get(f"{url}/metrics", headers=METRICS_HEADERS, timeout=10).text
+            value = _metric(text, "db_statements_total")
         except httpx.HTTPError:
             continue
         if value is not None:

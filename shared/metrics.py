@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hmac
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
+
+from shared.auth import bearer_token
+from shared.errors import Forbidden
 
 REQUESTS = Counter("http_requests_total", "HTTP requests handled", ["service", "method", "route", "status"])
 LATENCY = Histogram(
@@ -34,5 +38,15 @@ def observe_request(service: str, method: str, route: str, status: int, seconds:
     children[1].observe(seconds)
 
 
-async def metrics_endpoint(_: Request) -> Response:
+async def metrics_endpoint(request: Request) -> Response:
+    """For the operator only: the scrape token (METRICS_TOKEN) or an admin's access token; 401/403 otherwise.
+
+    The series name instances, ports and routes: nothing an anonymous caller should map the fleet with.
+    """
+    scrape_token: str = request.app.state.settings.metrics_token
+    presented = bearer_token(request)
+    if not (scrape_token and hmac.compare_digest(presented.encode(), scrape_token.encode())):
+        identity = await request.app.state.verifier.verify(presented)
+        if not identity.is_admin:
+            raise Forbidden("The metrics are for the operator: an admin token or the scrape token is needed.")
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

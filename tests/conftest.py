@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.compose import ComposeStack, running_stack
-from tests.fleet import ADMIN_EMAIL, ADMIN_PASSWORD, NO_DATABASE, SERVICES, Fleet, recreate_databases
+from tests.fleet import ADMIN_EMAIL, ADMIN_PASSWORD, METRICS_TOKEN, NO_DATABASE, SERVICES, Fleet, recreate_databases
 from tests.inprocess import fresh_database_url
 
 # A running stack instead of the suite's own fleet (e.g. `docker compose up`: README, "Running in containers").
@@ -22,6 +22,13 @@ EXTERNAL_GATEWAY = os.environ.get("GATEWAY_URL", "")
 # Its admin: the variables docker-compose.yml gives auth_service (with the same development defaults).
 STACK_ADMIN_EMAIL = os.environ.get("BOOTSTRAP_ADMIN_EMAIL", "admin@example.com")
 STACK_ADMIN_PASSWORD = os.environ.get("BOOTSTRAP_ADMIN_PASSWORD", "admin-password-dev")
+# In-process apps read their settings from the environment: their /metrics take the fleet's scrape token too.
+os.environ.setdefault("METRICS_TOKEN", METRICS_TOKEN)
+# Every test's client is 127.0.0.1: auth_service's per-address bound on password hashing would stop the suite
+# (tests/integration/test_attacks.py runs an instance with it on).
+os.environ.setdefault("PASSWORD_HASH_RATE_PER_ADDRESS", "0")
+# Tests place many concurrent sagas for one customer; the per-customer bound has its own test.
+os.environ.setdefault("MAX_UNFINISHED_SAGAS_PER_CUSTOMER", "10000")
 
 
 @pytest.fixture(scope="session")

@@ -36,6 +36,9 @@ DB_SUFFIX = os.environ.get("TEST_DB_SUFFIX", "")
 ADMIN_EMAIL = "admin@fleet.test"
 ADMIN_PASSWORD = "fleet-admin-password"
 REGISTRY_USER = "eureka"
+# The scrape credential every /metrics of the test fleet takes (METRICS_TOKEN); an admin token works too.
+METRICS_TOKEN = "fleet-metrics-token"
+METRICS_HEADERS = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 
 
 def free_port() -> int:
@@ -164,6 +167,7 @@ class Fleet:
             "BOOTSTRAP_ADMIN_PASSWORD": ADMIN_PASSWORD,
             "LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
+            "METRICS_TOKEN": METRICS_TOKEN,
             **self.extra_env,
         }
         if package not in NO_DATABASE:

@@ -12,6 +12,7 @@ from prometheus_client import REGISTRY
 from gateway.app import create_app
 from gateway.ratelimit import TokenBucketLimiter, Verdict, tighter
 from gateway.routes import Route
+from tests.fleet import METRICS_HEADERS
 from tests.gateway.conftest import Instance, fake_auth_app, quiet_settings, serving
 from tests.gateway.conftest import Upstreams as Seen
 
@@ -115,7 +116,7 @@ async def test_address_limit_answers_429_with_retry_after_and_ratelimit_headers(
             before = REGISTRY.get_sample_value("gateway_rate_limited_total", {"limit": "address"}) or 0.0
             responses = [await client.get("/api/open/x") for _ in range(4)]
             own = await client.get("/health")
-            metrics = (await client.get("/metrics")).text
+            metrics = (await client.get("/metrics", headers=METRICS_HEADERS)).text
     assert [r.status_code for r in responses] == [200, 200, 200, 429]
     assert [r.headers["ratelimit-remaining"] for r in responses] == ["2", "1", "0", "0"]
     assert all(r.headers["ratelimit-limit"] == "3" for r in responses)

@@ -10,6 +10,7 @@ import pytest
 from gateway.app import create_app
 from gateway.routes import Route
 from shared import tracing
+from tests.fleet import METRICS_HEADERS
 from tests.gateway.conftest import GatewayUnderTest, Instance, fake_auth_app, quiet_settings, serving
 from tests.gateway.conftest import Upstreams as Seen
 
@@ -27,11 +28,11 @@ def _count(metrics: str, **labels: str) -> float:
 
 async def test_proxied_requests_are_counted_by_route_table_prefix(gw: GatewayUnderTest) -> None:
     async with gw.client() as client:
-        before = (await client.get("/metrics")).text
+        before = (await client.get("/metrics", headers=METRICS_HEADERS)).text
         assert (await client.get("/api/orders/o-1", headers=GOOD)).status_code == 200
         assert (await client.get("/api/inventory/products?limit=1")).status_code == 200
         assert (await client.get("/api/nowhere", headers=GOOD)).status_code == 404
-        after = (await client.get("/metrics")).text
+        after = (await client.get("/metrics", headers=METRICS_HEADERS)).text
     for route in ("/api/orders", "/api/inventory/products"):
         assert _count(after, service="gateway", route=route, status="200") == \
             _count(before, service="gateway", route=route, status="200") + 1

@@ -16,6 +16,7 @@ from gateway.app import create_app
 from gateway.openapi import merge_openapi
 from gateway.routes import Route, RouteTable
 from tests.dashboard.conftest import CHROMIUM, CHROMIUM_ARGS
+from tests.fleet import METRICS_HEADERS
 from tests.gateway.conftest import free_port, quiet_settings, serving
 from tests.shared.docs_pages import assert_page_loads_locally
 
@@ -160,10 +161,10 @@ def _fetches(metrics: str) -> float:
 
 async def test_merged_document_is_cached(docs_gateway: str) -> None:
     async with httpx.AsyncClient(base_url=docs_gateway) as client:
-        before = _fetches((await client.get("/metrics")).text)
+        before = _fetches((await client.get("/metrics", headers=METRICS_HEADERS)).text)
         first = (await client.get("/openapi.json")).json()
         second = (await client.get("/openapi.json")).json()
-        after = _fetches((await client.get("/metrics")).text)
+        after = _fetches((await client.get("/metrics", headers=METRICS_HEADERS)).text)
     assert first == second
     assert after - before <= 1  # at most one fetch of the service's document for both requests
 

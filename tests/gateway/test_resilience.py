@@ -12,6 +12,7 @@ import pytest
 from gateway.app import create_app
 from gateway.resilience import Breakers, BreakerState, CircuitBreaker, may_resend, retry_on_status
 from gateway.routes import Route
+from tests.fleet import METRICS_HEADERS
 from tests.gateway.conftest import Instance, free_port, quiet_settings, serving
 
 
@@ -285,7 +286,7 @@ async def test_breaker_opens_after_repeated_failures_and_closes_after_the_cooldo
             assert response.status_code == 200  # b answered every time, directly or as the retry
         # Three failures opened a's breaker: after that the round robin skips it.
         assert breaker.a.count(path) == 3
-        text = (await client.get("/metrics")).text
+        text = (await client.get("/metrics", headers=METRICS_HEADERS)).text
         states = dict(metric_lines(text, "gateway_circuit_breaker_state", app="BREAKER-SERVICE"))
         assert sorted(states.values()) == [0.0, 1.0], states
         assert [v for _, v in metric_lines(text, "gateway_circuit_breaker_opened_total",
@@ -298,7 +299,7 @@ async def test_breaker_opens_after_repeated_failures_and_closes_after_the_cooldo
         for _ in range(6):
             assert (await client.get(path)).status_code == 200
         assert breaker.a.count(path) >= 5
-        text = (await client.get("/metrics")).text
+        text = (await client.get("/metrics", headers=METRICS_HEADERS)).text
         states = dict(metric_lines(text, "gateway_circuit_breaker_state", app="BREAKER-SERVICE"))
         assert sorted(states.values()) == [0.0, 0.0], states
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import User
-from tests.fleet import Fleet, ServiceProcess
+from tests.fleet import METRICS_HEADERS, Fleet, ServiceProcess
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +59,7 @@ def settled_counts(procs: tuple[ServiceProcess, ...], tag: str, expected_total: 
 
 def metric(url: str, name: str, **labels: str) -> float:
     """Sum of the samples of `name` whose labels include `labels`, from a process's /metrics."""
-    text = httpx.get(f"{url}/metrics", timeout=5).text
+    text = httpx.get(f"{url}/metrics", headers=METRICS_HEADERS, timeout=5).text
     total = 0.0
     for line in text.splitlines():
         if line.startswith(f"{name}{{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
@@ -68,7 +68,7 @@ def metric(url: str, name: str, **labels: str) -> float:
 
 
 def metric_series(url: str, name: str, **labels: str) -> dict[str, float]:
-    text = httpx.get(f"{url}/metrics", timeout=5).text
+    text = httpx.get(f"{url}/metrics", headers=METRICS_HEADERS, timeout=5).text
     found = {}
     for line in text.splitlines():
         if line.startswith(f"{name}{{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
@@ -400,7 +400,7 @@ def test_every_service_exposes_metrics_that_count(fleet: Fleet, api: httpx.Clien
     assert metric(gateway.url, "gateway_validate_duration_seconds_count", outcome="pass") >= 1
     assert metric(gateway.url, "gateway_upstream_request_duration_seconds_count", app=APP) >= 1
     for proc in [p for p in fleet.processes.values() if p.alive()]:
-        response = httpx.get(f"{proc.url}/metrics", timeout=5)
+        response = httpx.get(f"{proc.url}/metrics", headers=METRICS_HEADERS, timeout=5)
         assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain"), proc.name
         assert "http_requests_total" in response.text, proc.name
     order_service = fleet.processes["order_service"]

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from saga_orchestrator.app import create_app
 from saga_orchestrator.catalogue import Catalogue
 from saga_orchestrator.settings import Settings
+from tests.fleet import METRICS_HEADERS
 from tests.inprocess import ADMIN, PROBLEM, bearer, fresh_database_url, running_app
 from tests.saga_orchestrator.conftest import ADDRESS
 from tests.saga_orchestrator.fakes import FakeParticipants, refused, transient
@@ -199,7 +200,7 @@ async def test_retry_is_for_admins_and_failed_compensations(client: httpx.AsyncC
 
 
 async def test_metrics_count_sagas(client: httpx.AsyncClient) -> None:
-    text = (await client.get("/metrics")).text
+    text = (await client.get("/metrics", headers=METRICS_HEADERS)).text
     assert "saga_finished_total" in text and "saga_step_duration_seconds_bucket" in text
 
 
