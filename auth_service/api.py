@@ -93,8 +93,9 @@ def _pair_response(pair: TokenPair) -> JSONResponse:
 
 
 @router.post("/register", status_code=201, response_model=UserOut)
-async def register(body: RegisterIn, auth: Auth) -> UserOut:
-    return UserOut.model_validate(await auth.register(body.email, body.password, body.full_name))
+async def register(body: RegisterIn, request: Request, auth: Auth) -> UserOut:
+    user = await auth.register(body.email, body.password, body.full_name, _client_address(request))
+    return UserOut.model_validate(user)
 
 
 @router.post("/login", response_model=TokenPairOut)
@@ -147,7 +148,8 @@ async def service_token(request: Request, auth: Auth) -> JSONResponse:
         raise InvalidRequest("The body is not valid UTF-8.") from exc
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_input=False)) from exc
-    token, expires_in = await auth.issue_service_token(credentials.client_id, credentials.client_secret)
+    token, expires_in = await auth.issue_service_token(credentials.client_id, credentials.client_secret,
+                                                       _client_address(request))
     return JSONResponse(ServiceTokenOut(access_token=token, expires_in=expires_in).model_dump(), headers=NO_STORE)
 
 

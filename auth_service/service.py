@@ -39,6 +39,7 @@ from auth_service.settings import Settings
 from shared.auth import Identity, RevokedSet, TokenVerifier
 from shared.db import Database
 from shared.errors import Conflict, DomainError, NotFound, TooManyRequests, Unauthorized
+from shared.ratelimit import TokenBucketLimiter
 
 log = structlog.get_logger(__name__)
 
@@ -86,10 +87,13 @@ class AuthService:
         self.keyring = keyring
         self.verifier = verifier
         self._dummy_hash = ""
+        self._hashing = TokenBucketLimiter(settings.password_hash_rate_per_address,
+                                           settings.password_hash_burst_per_address)
 
     # --- accounts -------------------------------------------------------------------------------
 
-    async def register(self, email: str, password: str, full_name: str | None) -> User:
+    async def register(self, email: str, password: str, full_name: str | None, address: str) -> User:
+        self._refuse_if_hashing_too_often(address)
         password_hash = await hash_password(password)
         async with self.db.session() as session:
             if await _user_by_email(session, email) is not None:
@@ -145,21 +149,24 @@ class AuthService:
 
     async def login(self, raw_email: str, password: str, address: str) -> TokenPair:
         email = raw_email.strip().lower()
-        account_key, address_key = f"account:{email}", f"address:{address}"
+        # Refused past the limits: this account from this client, and this client for all accounts. The account
+        # alone only slows down (its failures from every client), so nobody can lock its owner out.
+        client_key, address_key, account_key = f"account:{email}|{address}", f"address:{address}", f"account:{email}"
         await self.keyring.reload_if_stale()  # before any transaction: see KeyRing.mint
         async with self.db.session() as session:
-            await self._refuse_if_throttled(session, account_key, address_key)
+            await self._refuse_if_throttled(session, ((client_key, self.settings.login_max_failures_per_account),
+                                                      (address_key, self.settings.login_max_failures_per_address)))
             user = await _user_by_email(session, email)
+        self._refuse_if_hashing_too_often(address)
         # An unknown address costs the same hashing as a wrong password, so timing does not reveal accounts.
         valid, new_hash = await _verify_password(password, user.password_hash if user else await self._dummy())
         if user is None or not valid:
             async with self.db.session() as session:
-                failures = await self._record_failure(session, account_key, address_key)
-            # Slow down guessing before the hard refusal starts.
-            await asyncio.sleep(min(2.0, self.settings.login_failure_delay_secs * max(0, failures - 2)))
+                failures = await self._record_failure(session, (client_key, address_key, account_key), account_key)
+            await self._slow_down(failures)
             raise Unauthorized(BAD_CREDENTIALS)
         async with self.db.session() as session:
-            await session.execute(delete(LoginFailure).where(LoginFailure.key == account_key))
+            await session.execute(delete(LoginFailure).where(LoginFailure.key == client_key))
             if new_hash is not None:  # the hashing parameters were raised since this hash was made
                 stored = await session.get(User, user.id)
                 if stored is not None:
@@ -171,10 +178,21 @@ class AuthService:
             self._dummy_hash = await hash_password(secrets.token_urlsafe(16))
         return self._dummy_hash
 
-    async def _refuse_if_throttled(self, session: AsyncSession, account_key: str, address_key: str) -> None:
-        s = self.settings
-        for key, limit in ((account_key, s.login_max_failures_per_account),
-                           (address_key, s.login_max_failures_per_address)):
+    def _refuse_if_hashing_too_often(self, address: str) -> None:
+        """Argon2 is the costly part of register and login: a bucket per client address bounds its CPU."""
+        if not self._hashing.enabled:
+            return
+        verdict = self._hashing.hit(address)
+        if not verdict.allowed:
+            raise TooManyRequests("Too many registrations or logins from this address; try again later.",
+                                  retry_after=verdict.retry_after_secs)
+
+    async def _slow_down(self, failures: int) -> None:
+        """Each failure of an account beyond its second waits longer before its answer (at most 2 s)."""
+        await asyncio.sleep(min(2.0, self.settings.login_failure_delay_secs * max(0, failures - 2)))
+
+    async def _refuse_if_throttled(self, session: AsyncSession, limits: tuple[tuple[str, int], ...]) -> None:
+        for key, limit in limits:
             retry_after = await self._retry_after(session, key, limit)
             if retry_after is not None:
                 raise TooManyRequests("Too many failed logins; try again later.", retry_after=retry_after)
@@ -195,15 +213,15 @@ class AuthService:
         # The limit-th most recent failure leaving the window is what lets the next attempt in.
         return max(1, math.ceil((recent[-1] + window - now).total_seconds()))
 
-    async def _record_failure(self, session: AsyncSession, account_key: str, address_key: str) -> int:
-        """Returns how many failures the account has in the window, this one included."""
+    async def _record_failure(self, session: AsyncSession, keys: tuple[str, ...], counted: str) -> int:
+        """One failure under each of `keys`; returns how many `counted` has in the window, this one included."""
         now = now_utc()
         since = now - timedelta(seconds=self.settings.login_failure_window_secs)
         await session.execute(delete(LoginFailure).where(LoginFailure.failed_at <= since))
-        session.add_all([LoginFailure(key=account_key, failed_at=now), LoginFailure(key=address_key, failed_at=now)])
+        session.add_all([LoginFailure(key=key, failed_at=now) for key in keys])
         await session.flush()
         rows = await session.execute(
-            select(LoginFailure.id).where(LoginFailure.key == account_key, LoginFailure.failed_at > since)
+            select(LoginFailure.id).where(LoginFailure.key == counted, LoginFailure.failed_at > since)
         )
         return len(rows.all())
 
@@ -268,8 +286,9 @@ class AuthService:
         await self.keyring.reload_for(token)
         try:
             claims = jwt.get_unverified_claims(token)
-        except JWTError:
-            claims = {}  # malformed: the verifier below says so
+        except (JWTError, RecursionError) as exc:
+            # Malformed (or JSON nested past the parser's depth, before any signature check): never a 500.
+            raise Unauthorized("The token is malformed.") from exc
         if isinstance(claims, dict) and claims:
             defect = _claims_defect(claims)
             if defect:
@@ -325,13 +344,19 @@ class AuthService:
             return False
         return identity.is_service and identity.subject == f"service:{self.settings.gateway_client_id}"
 
-
-    async def issue_service_token(self, client_id: str, client_secret: str) -> tuple[str, int]:
+    async def issue_service_token(self, client_id: str, client_secret: str, address: str) -> tuple[str, int]:
+        """Client credentials; wrong secrets are throttled as wrong passwords are, per client id and address."""
+        client_key = f"client:{client_id}|{address}"
+        async with self.db.session() as session:
+            await self._refuse_if_throttled(session, ((client_key, self.settings.login_max_failures_per_account),))
         known = client_id in self.settings.service_client_ids
         configured = self.settings.service_client_secret
         # No SERVICE_CLIENT_SECRET configured: no service tokens at all (there is no default secret).
         secret_ok = bool(configured) and hmac.compare_digest(client_secret.encode(), configured.encode())
         if not (known and secret_ok):
+            async with self.db.session() as session:
+                failures = await self._record_failure(session, (client_key,), client_key)
+            await self._slow_down(failures)
             raise Unauthorized("The client credentials are not valid.")
         await self.keyring.reload_if_stale()
         minted = await self.keyring.mint(f"service:{client_id}", [Role.SERVICE], "",

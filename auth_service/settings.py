@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from shared.settings import ServiceSettings
@@ -41,12 +41,19 @@ class Settings(ServiceSettings):
     bootstrap_admin_email: str = ""
     bootstrap_admin_password: str = ""
 
-    # Brute-force protection: failed logins counted per account and per client address in a sliding window.
+    # Brute-force protection (OWASP): failed logins counted in a sliding window per account *and client address*
+    # (that pair is refused past the limit: an attacker elsewhere never locks the owner out) and per client
+    # address (password spraying). Wrong client secrets at /api/auth/token count per client id and address.
     login_failure_window_secs: int = 900
     login_max_failures_per_account: int = 5
     login_max_failures_per_address: int = 20
-    # Each failure beyond the second waits this much longer before it is answered (capped at 2 s).
+    # Each failure for an account beyond its second, from any client, waits this much longer before it is
+    # answered (capped at 2 s): a distributed guesser slows down, the owner's correct login is never delayed.
     login_failure_delay_secs: float = 0.25
+    # Argon2 costs ~260 ms of CPU per register or login: tokens per second and burst per client address
+    # (shared.ratelimit's token bucket, per process); past them 429. 0 turns it off.
+    password_hash_rate_per_address: float = Field(default=0.5, ge=0)
+    password_hash_burst_per_address: int = Field(default=10, ge=0)
 
     @field_validator("service_client_ids", mode="before")
     @classmethod

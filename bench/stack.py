@@ -19,7 +19,8 @@ DB_PREFIX = "cs_bench"
 # What the bench changes in the fleet's test settings, towards a deployment's: no fault-injection middleware
 # (a test-only layer), the services' own database pool size instead of the suite's small one, and registry
 # heartbeats every 5 s instead of every second (the suite's pace, for quick registration; 30 s by default).
-BENCH_ENV = {"FAULT_INJECTION": "false", "DB_POOL_SIZE": "10",
+BENCH_ENV = {"FAULT_INJECTION": "false", "DB_POOL_SIZE": "10", "PASSWORD_HASH_RATE_PER_ADDRESS": "0",
+             "MAX_UNFINISHED_SAGAS_PER_CUSTOMER": "10000",
              "EUREKA_RENEWAL_INTERVAL_SECS": "5", "EUREKA_LEASE_DURATION_SECS": "15"}
 COUNTRIES = ("DE", "FR", "NL", "BE")
 CUSTOMERS = 16

@@ -1,9 +1,10 @@
-"""Token-bucket rate limits (per user and per client address) and their IETF RateLimit-* headers.
+"""Token-bucket rate limits and their IETF RateLimit-* headers (the gateway's per address and user, auth_service's
+per address on password hashing).
 
 Hand-written rather than `limits`: that library offers fixed, moving and sliding windows but no token
 bucket, which is what Spring Cloud Gateway's RequestRateLimiter and nginx's `limit_req ... burst` give
 (a sustained rate plus a burst). A bucket is two floats; checking it is synchronous, so the hot path
-awaits nothing. State is per gateway process, like `limits`' in-memory storage would be.
+awaits nothing. State is per process, like `limits`' in-memory storage would be.
 """
 
 from __future__ import annotations
@@ -94,14 +95,3 @@ class TokenBucketLimiter:
     def __len__(self) -> int:
         return len(self._buckets)
 
-
-class RateLimits:
-    """The gateway's two limits: per client address (checked first, before /validate) and per user."""
-
-    def __init__(self, address: TokenBucketLimiter, user: TokenBucketLimiter) -> None:
-        self.address = address
-        self.user = user
-
-    @classmethod
-    def from_settings(cls, rate_address: float, burst_address: int, rate_user: float, burst_user: int) -> RateLimits:
-        return cls(TokenBucketLimiter(rate_address, burst_address), TokenBucketLimiter(rate_user, burst_user))
