@@ -113,6 +113,8 @@ class LocalFleet:
             "EUREKA_LEASE_DURATION_SECS": os.environ.get("EUREKA_LEASE_DURATION_SECS", "10"),
             "BOOTSTRAP_ADMIN_EMAIL": os.environ.get("BOOTSTRAP_ADMIN_EMAIL", DEMO_ADMIN_EMAIL),
             "BOOTSTRAP_ADMIN_PASSWORD": self.secrets.admin_password,
+            # `customer-service load` places all its orders as one customer, C at a time (the default is 3).
+            "MAX_UNFINISHED_SAGAS_PER_CUSTOMER": os.environ.get("MAX_UNFINISHED_SAGAS_PER_CUSTOMER", "1000"),
         }
         if COMPONENTS[name][1]:
             env["DATABASE_URL"] = f"sqlite+aiosqlite:///{self.var / f'{name}.db'}"

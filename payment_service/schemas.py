@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from payment_service.models import OrderRefundStatus, PaymentStatus
-from shared.schemas import ORDER_ID_PATTERN, Currency, NonEmptyText, StrictModel
+from shared.schemas import ORDER_ID_PATTERN, Currency, NonEmptyText, PaymentToken, StrictModel
 
 # Order ids are UUIDs from order_service; anything id-like up to the column's 64 characters is accepted.
 # Customer ids are auth_service user ids: printable, at most 64 characters.
@@ -17,7 +17,6 @@ PAYMENT_ID_PATTERN = r"^[A-Za-z0-9-]{1,36}$"
 
 OrderId = Annotated[str, StringConstraints(pattern=ORDER_ID_PATTERN)]
 CustomerId = Annotated[str, StringConstraints(pattern=CUSTOMER_ID_PATTERN)]
-PaymentToken = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_]{1,64}$")]
 # A charge or refund is at least one minor unit; integers only (1.5 or "150" are refused).
 PositiveMinorUnits = Annotated[int, Field(ge=1, le=10**12, strict=True)]
 

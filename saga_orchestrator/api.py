@@ -54,8 +54,12 @@ def _saga_id(value: str) -> UUID:
 
 
 def _wait_secs(prefer: str | None) -> int:
+    """Seconds to wait for the outcome (RFC 7240 `wait`), capped; any number of digits (int() refuses > 4300)."""
     match = _PREFER_WAIT.search(prefer or "")
-    return min(int(match.group(1)), MAX_WAIT_SECS) if match else 0
+    if not match:
+        return 0
+    digits = match.group(1).lstrip("0")
+    return MAX_WAIT_SECS if len(digits) > 3 else min(int(digits or "0"), MAX_WAIT_SECS)
 
 
 @router.post("", status_code=202, response_model=SagaAccepted,
@@ -73,13 +77,13 @@ async def place_customer_order(
                                     "never place a second order.")
     if len(key) > 200:
         raise InvalidRequest(f"The {IDEMPOTENCY_HEADER} header must be at most 200 characters.")
+    wait = _wait_secs(prefer)  # every header is parsed before the saga is placed
     orch = _orchestrator(request)
     trace = service.new_trace(getattr(request.state, "request_id", ""), request.headers.get("traceparent", ""))
     row, created = await service.place_customer_order(orch, identity, key, body, trace)
     headers = {"Location": service.status_url(row.saga_id)}
     if not created:
         headers[REPLAYED_HEADER] = "true"
-    wait = _wait_secs(prefer)
     if wait:
         headers["Preference-Applied"] = f"wait={wait}"
         saga_id = UUID(row.saga_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import secrets
@@ -14,7 +15,7 @@ from uuid import UUID
 import structlog
 
 from saga_orchestrator.catalogue import Catalogue
-from saga_orchestrator.domain import Saga, SagaStatus
+from saga_orchestrator.domain import UNFINISHED, Saga, SagaStatus
 from saga_orchestrator.event_store import ConcurrentSagaUpdate, FeedItem, SagaStore
 from saga_orchestrator.index import SagaIndexStore
 from saga_orchestrator.metrics import SAGAS_STARTED
@@ -34,7 +35,7 @@ from saga_orchestrator.settings import Settings
 from saga_orchestrator.step_client import StepClient
 from saga_orchestrator.steps import CURRENT, definition
 from shared.auth import Identity
-from shared.errors import Conflict, InvalidRequest, NotFound, RequestInProgress, ServiceUnavailable
+from shared.errors import Conflict, InvalidRequest, NotFound, RequestInProgress, ServiceUnavailable, TooManyRequests
 
 log = structlog.get_logger(__name__)
 
@@ -111,6 +112,17 @@ async def price_order(orch: Orchestrator, order: CustomerOrderCreate, trace: dic
                        total_weight_grams=total_weight)
 
 
+@dataclass
+class _Placing:
+    """A customer's placements under way in this process: one at a time, forgotten when none is left."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+_placing: dict[str, _Placing] = {}
+
+
 def _same_request(row: IndexedSaga, fp: str, key: str) -> IndexedSaga:
     if row.fingerprint != fp:
         raise InvalidRequest(f"The Idempotency-Key {key!r} was already used with a different request.")
@@ -121,6 +133,34 @@ async def place_customer_order(orch: Orchestrator, identity: Identity, idempoten
                                order: CustomerOrderCreate, trace: dict[str, str]) -> tuple[IndexedSaga, bool]:
     """Start the saga for this request, or return the one this key already started; (row, created)."""
     fp = fingerprint(order)
+    if identity.is_privileged:
+        return await _place(orch, identity, idempotency_key, order, trace, fp)
+    units = sum(line.quantity for line in order.lines)
+    if units > orch.settings.max_units_per_order:
+        raise InvalidRequest(f"An order may hold at most {orch.settings.max_units_per_order} units, not {units}.",
+                             max_units=orch.settings.max_units_per_order)
+    # One placement per customer at a time in this process, so concurrent requests cannot all pass the count.
+    placing = _placing.setdefault(identity.subject, _Placing())
+    placing.users += 1
+    try:
+        async with placing.lock:
+            counts = await orch.index.count_by_status(identity.subject)
+            most = orch.settings.max_unfinished_sagas_per_customer
+            if sum(counts.get(status, 0) for status in UNFINISHED) >= most:
+                existing = await orch.index.find_by_key(identity.subject, idempotency_key)
+                if existing is not None:
+                    return _same_request(existing, fp, idempotency_key), False
+                raise TooManyRequests(f"At most {most} orders may be in progress at once; wait for one to finish.",
+                                      retry_after=1, max_unfinished=most)
+            return await _place(orch, identity, idempotency_key, order, trace, fp)
+    finally:
+        placing.users -= 1
+        if not placing.users:
+            del _placing[identity.subject]
+
+
+async def _place(orch: Orchestrator, identity: Identity, idempotency_key: str, order: CustomerOrderCreate,
+                 trace: dict[str, str], fp: str) -> tuple[IndexedSaga, bool]:
     # A new key is the usual case: price first and let the index row's unique key catch a repeated one
     # (one statement per placement, not two). A repeat whose pricing fails now (the catalogue changed, or
     # is away) still gets its saga back rather than the error.

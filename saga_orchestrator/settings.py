@@ -32,6 +32,12 @@ class Settings(ServiceSettings):
     recovery_interval_secs: float = Field(default=5.0, gt=0)
     max_active_sagas: int = Field(default=200, gt=0)
 
+    # What one customer may hold (stock allocated, a carrier's capacity) while a saga runs: an order of at
+    # most this many units (422 beyond), and at most this many unfinished sagas at once (429 beyond).
+    # Admins and the fleet's services are not bound.
+    max_units_per_order: int = Field(default=20, gt=0)
+    max_unfinished_sagas_per_customer: int = Field(default=3, gt=0)
+
     # Threads that run the (synchronous) eventsourcing library.
     event_store_threads: int = Field(default=4, gt=0)
 

@@ -16,6 +16,8 @@ NonEmptyText = Annotated[str, StringConstraints(strip_whitespace=True, min_lengt
 # Money is an integer count of the currency's minor unit (cents), never a float.
 MinorUnits = Annotated[int, Field(ge=0, le=10**12, strict=True)]
 Quantity = Annotated[int, Field(gt=0, le=10_000, strict=True)]
+# A card token as the payment processor takes it: one contract, checked at the saga's door and at payment's.
+PaymentToken = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_]{1,64}$")]
 
 
 class StrictModel(BaseModel):

@@ -186,7 +186,13 @@ async def _locked(tx: Tx, identity: Identity, shipment_id: str) -> Row:
 
 
 async def cancel_shipment(tx: Tx, identity: Identity, shipment_id: str, reason: str) -> Parcel:
+    """The fleet's services and admins only: a customer's shipment is part of a paid order with reserved stock and
+    an assigned carrier, and cancelling it alone would leave those standing (the books would disagree)."""
     shipment = await _locked(tx, identity, shipment_id)
+    if not identity.is_privileged:
+        raise Conflict(f"Shipment {shipment_id} belongs to order {shipment['order_id']}: it is cancelled only with "
+                       "its order (payment refunded, stock released), not on its own.",
+                       shipment_status=shipment["status"])
     if shipment["status"] == ShipmentStatus.CANCELLED:
         return _parcel(shipment, await tx.fetch(_HISTORY, {"w_id": shipment_id}))
     if shipment["status"] != ShipmentStatus.CREATED:

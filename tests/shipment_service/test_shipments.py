@@ -219,8 +219,10 @@ async def test_customers_see_and_cancel_only_their_own(client: httpx.AsyncClient
     assert listing["total"] >= 1 and {s["customer_id"] for s in listing["items"]} == {"alice"}
 
     assert (await client.post(f"/api/shipments/{theirs['id']}/cancel", headers=ALICE)).status_code == 404
+    # Not on its own, even their own: the order would stay paid with its stock reserved (issue 15, item 10).
     own = await client.post(f"/api/shipments/{mine['id']}/cancel", headers=ALICE)
-    assert own.status_code == 200 and own.json()["status"] == "CANCELLED"
+    assert own.status_code == 409 and own.json()["shipment_status"] == "CREATED"
+    assert (await client.get(f"/api/shipments/{mine['id']}", headers=ALICE)).json()["status"] == "CREATED"
     assert (await client.get(f"/api/shipments/{theirs['id']}", headers=BOB)).json()["status"] == "CREATED"
 
 
