@@ -94,7 +94,7 @@ def _pair_response(pair: TokenPair) -> JSONResponse:
 
 @router.post("/register", status_code=201, response_model=UserOut)
 async def register(body: RegisterIn, request: Request, auth: Auth) -> UserOut:
-    user = await auth.register(body.email, body.password, body.full_name, _client_address(request))
+    user = await auth.register(body.email, body.password, body.full_name, await _client_address(request, auth))
     return UserOut.model_validate(user)
 
 
@@ -149,7 +149,7 @@ async def service_token(request: Request, auth: Auth) -> JSONResponse:
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_input=False)) from exc
     token, expires_in = await auth.issue_service_token(credentials.client_id, credentials.client_secret,
-                                                       _client_address(request))
+                                                       await _client_address(request, auth))
     return JSONResponse(ServiceTokenOut(access_token=token, expires_in=expires_in).model_dump(), headers=NO_STORE)
 
 
