@@ -319,7 +319,7 @@ async def test_every_breaker_open_tries_the_instance_that_rested_longest(instanc
         assert instances.a.count(path) == 4
         instances.a.always.pop(path)  # it serves again: the next request is answered, no cool-down waited
         assert (await client.get(path)).status_code == 200
-        text = (await client.get("/metrics")).text
+        text = (await client.get("/metrics", headers=METRICS_HEADERS)).text
         states = dict(metric_lines(text, "gateway_circuit_breaker_state", app="LONELY-SERVICE"))
         assert list(states.values()) == [0.0], states
 
