@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from carrier_service.models import AssignmentStatus, ReleaseStatus
+from shared.contracts import AssignmentRequest  # noqa: F401 (the saga's contracts, re-exported)
 from shared.schemas import CountryCode, Currency, MinorUnits, NonEmptyText, StrictModel
 
 CarrierCode = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9][A-Z0-9_-]{0,31}$")]
@@ -78,12 +79,6 @@ class CarrierOut(BaseModel):
     active: bool
     created_at: datetime
     updated_at: datetime
-
-
-class AssignmentRequest(StrictModel):
-    order_id: OrderId
-    country: CountryCode
-    weight_grams: Grams
 
 
 class AssignmentOut(BaseModel):

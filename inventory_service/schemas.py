@@ -8,7 +8,8 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from inventory_service.models import AllocationStatus, ReleaseStatus
-from shared.schemas import ORDER_ID_PATTERN, Currency, MinorUnits, NonEmptyText, Quantity, Sku, StrictModel
+from shared.contracts import AllocationCreate, AllocationLineIn  # noqa: F401 (the saga's contracts, re-exported)
+from shared.schemas import ORDER_ID_PATTERN, Currency, MinorUnits, NonEmptyText, Sku, StrictModel
 
 # The same shape as shared.schemas.Sku, for path and query parameters.
 # Order ids are UUIDs from order_service; anything id-like up to the column's 64 characters is accepted.
@@ -44,16 +45,6 @@ class ProductUpdate(StrictModel):
 
 class Restock(StrictModel):
     quantity: RestockQuantity
-
-
-class AllocationLineIn(StrictModel):
-    sku: Sku
-    quantity: Quantity
-
-
-class AllocationCreate(StrictModel):
-    order_id: OrderId
-    lines: list[AllocationLineIn] = Field(min_length=1, max_length=100)
 
 
 class ProductOut(BaseModel):

@@ -3,34 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict
 
 from order_service.models import OrderStatus
-from shared.schemas import Address, Currency, MinorUnits, NonEmptyText, Quantity, Sku, StrictModel
-
-
-class OrderCreate(StrictModel):
-    customer_id: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)] | None = Field(
-        default=None, description="Required for admins and services."
-    )
-    currency: Currency = "EUR"
-    shipping_address: Address | None = None
-
-
-class LineIn(StrictModel):
-    sku: Sku
-    quantity: Quantity
-    unit_price_minor: MinorUnits
-
-
-class LinesAdd(StrictModel):
-    lines: list[LineIn] = Field(min_length=1, max_length=100)
-
-
-class OrderCancel(StrictModel):
-    reason: NonEmptyText = "cancelled"
+from shared.contracts import LineIn, LinesAdd, OrderCancel, OrderCreate  # noqa: F401 (the saga's contracts, re-exported)
+from shared.schemas import Address
 
 
 class LineOut(BaseModel):

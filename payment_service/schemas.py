@@ -8,7 +8,8 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from payment_service.models import OrderRefundStatus, PaymentStatus
-from shared.schemas import ORDER_ID_PATTERN, Currency, NonEmptyText, PaymentToken, StrictModel
+from shared.contracts import PaymentCreate  # noqa: F401 (the saga's contracts, re-exported)
+from shared.schemas import ORDER_ID_PATTERN, NonEmptyText, StrictModel
 
 # Order ids are UUIDs from order_service; anything id-like up to the column's 64 characters is accepted.
 # Customer ids are auth_service user ids: printable, at most 64 characters.
@@ -19,14 +20,6 @@ OrderId = Annotated[str, StringConstraints(pattern=ORDER_ID_PATTERN)]
 CustomerId = Annotated[str, StringConstraints(pattern=CUSTOMER_ID_PATTERN)]
 # A charge or refund is at least one minor unit; integers only (1.5 or "150" are refused).
 PositiveMinorUnits = Annotated[int, Field(ge=1, le=10**12, strict=True)]
-
-
-class PaymentCreate(StrictModel):
-    order_id: OrderId
-    customer_id: CustomerId
-    amount_minor: PositiveMinorUnits
-    currency: Currency
-    payment_token: PaymentToken = Field(description="A test card token, e.g. tok_visa (see payment_service.processor).")
 
 
 class RefundCreate(StrictModel):

@@ -1,9 +1,10 @@
 """The saga's definition as one table: each step's service call, what it yields, and its compensation.
 
-Paths are `str.format` templates and bodies are built from the saga's context (its request, priced
-lines and the results of earlier steps, see `Saga.context`). A saga records the version of the
-definition it started under and is finished under that version: change a step's contract by adding
-a new version, never by editing one that running sagas may still use.
+Paths are `str.format` templates and bodies are the participants' own request models (`shared.contracts`),
+built from the saga's context (its request, priced lines and the results of earlier steps, see
+`Saga.context`): a body the saga's data cannot make fails here (a pydantic ValidationError), before it is sent.
+A saga records the version of the definition it started under and is finished under that version: change a
+step's contract by adding a new version, never by editing one that running sagas may still use.
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import quote
 
+from pydantic import BaseModel
+
+from shared import contracts
+from shared.schemas import Address
+
 ORDER = "ORDER-SERVICE"
 INVENTORY = "INVENTORY-SERVICE"
 PAYMENT = "PAYMENT-SERVICE"
@@ -23,7 +29,7 @@ CARRIER = "CARRIER-SERVICE"
 SHIPMENT = "SHIPMENT-SERVICE"
 
 Context = Mapping[str, Any]
-BodyBuilder = Callable[[Context], dict[str, Any]]
+BodyBuilder = Callable[[Context], BaseModel]
 
 
 class StepKind(StrEnum):
@@ -82,7 +88,10 @@ class ServiceCall:
         return all(context.get(name) is not None for name in _path_fields(self.path))
 
     def render_body(self, context: Context) -> dict[str, Any] | None:
-        return self.body(context) if self.body is not None else None
+        """The body as JSON: the fields the builder set (a participant's defaults stay its own)."""
+        if self.body is None:
+            return None
+        return self.body(context).model_dump(mode="json", exclude_unset=True)
 
 
 @dataclass(frozen=True)
@@ -132,62 +141,63 @@ class SagaDefinition:
         return self.steps[index + 1] if index + 1 < len(self.steps) else None
 
 
-def _cancel_reason(c: Context) -> str:
-    return str(c["failure_reason"])[:200] or "saga compensated"
+def _cancel(c: Context) -> contracts.OrderCancel:
+    return contracts.OrderCancel(reason=str(c["failure_reason"])[:200].strip() or "saga compensated")
 
 
-def _order_lines(c: Context) -> list[dict[str, Any]]:
-    return [{"sku": ln["sku"], "quantity": ln["quantity"], "unit_price_minor": ln["unit_price_minor"]}
-            for ln in c["lines"]]
+def _order_lines(c: Context) -> contracts.LinesAdd:
+    return contracts.LinesAdd(lines=[contracts.LineIn(
+        sku=ln["sku"], quantity=ln["quantity"], unit_price_minor=ln["unit_price_minor"]) for ln in c["lines"]])
 
 
-def _allocation_lines(c: Context) -> list[dict[str, Any]]:
-    return [{"sku": ln["sku"], "quantity": ln["quantity"]} for ln in c["lines"]]
+def _allocation(c: Context) -> contracts.AllocationCreate:
+    return contracts.AllocationCreate(order_id=c["order_id"], lines=[
+        contracts.AllocationLineIn(sku=ln["sku"], quantity=ln["quantity"]) for ln in c["lines"]])
 
 
 V1 = SagaDefinition(version=1, steps=(
     StepDefinition(
         SagaStep.CREATE_ORDER, StepKind.REPLAY_BEFORE_COMPENSATE,
-        ServiceCall(ORDER, "POST", "/api/orders", lambda c: {
-            "customer_id": c["customer_id"], "currency": c["currency"], "shipping_address": c["shipping_address"]}),
-        ServiceCall(ORDER, "POST", "/api/orders/{order_id}/cancel", lambda c: {"reason": _cancel_reason(c)}),
+        ServiceCall(ORDER, "POST", "/api/orders", lambda c: contracts.OrderCreate(
+            customer_id=c["customer_id"], currency=c["currency"],
+            shipping_address=Address.model_validate(c["shipping_address"]))),
+        ServiceCall(ORDER, "POST", "/api/orders/{order_id}/cancel", _cancel),
         results={"order_id": "id"},
     ),
     StepDefinition(
         SagaStep.ADD_ORDER_LINES, StepKind.COMPENSATABLE,
-        ServiceCall(ORDER, "POST", "/api/orders/{order_id}/lines", lambda c: {"lines": _order_lines(c)}),
+        ServiceCall(ORDER, "POST", "/api/orders/{order_id}/lines", _order_lines),
         ServiceCall(ORDER, "DELETE", "/api/orders/{order_id}/lines"),
         results={"order_total_minor": "total_minor"},
     ),
     StepDefinition(
         SagaStep.ALLOCATE_INVENTORY, StepKind.COMPENSATABLE,
-        ServiceCall(INVENTORY, "POST", "/api/inventory/allocations", lambda c: {
-            "order_id": c["order_id"], "lines": _allocation_lines(c)}),
+        ServiceCall(INVENTORY, "POST", "/api/inventory/allocations", _allocation),
         ServiceCall(INVENTORY, "POST", "/api/inventory/allocations/{order_id}/release"),
         results={"allocated_weight_grams": "total_weight_grams"},
     ),
     StepDefinition(
         SagaStep.MAKE_PAYMENT, StepKind.COMPENSATABLE,
-        ServiceCall(PAYMENT, "POST", "/api/payments", lambda c: {
-            "order_id": c["order_id"], "customer_id": c["customer_id"],
-            "amount_minor": c.get("order_total_minor", c["total_minor"]), "currency": c["currency"],
-            "payment_token": c["payment_token"]}),
+        ServiceCall(PAYMENT, "POST", "/api/payments", lambda c: contracts.PaymentCreate(
+            order_id=c["order_id"], customer_id=c["customer_id"],
+            amount_minor=c.get("order_total_minor") or c["total_minor"], currency=c["currency"],
+            payment_token=c["payment_token"])),
         ServiceCall(PAYMENT, "POST", "/api/payments/orders/{order_id}/refund"),
         results={"payment_id": "id", "charged_minor": "amount_minor"},
     ),
     StepDefinition(
         SagaStep.ASSIGN_CARRIER, StepKind.REPLAY_BEFORE_COMPENSATE,
-        ServiceCall(CARRIER, "POST", "/api/carriers/assignments", lambda c: {
-            "order_id": c["order_id"], "country": c["country"],
-            "weight_grams": c.get("allocated_weight_grams") or c["total_weight_grams"]}),
+        ServiceCall(CARRIER, "POST", "/api/carriers/assignments", lambda c: contracts.AssignmentRequest(
+            order_id=c["order_id"], country=c["country"],
+            weight_grams=c.get("allocated_weight_grams") or c["total_weight_grams"])),
         ServiceCall(CARRIER, "POST", "/api/carriers/assignments/{order_id}/release"),
         results={"assignment_id": "id", "carrier_code": "carrier_code", "shipping_price_minor": "price_minor"},
     ),
     StepDefinition(
         SagaStep.CREATE_SHIPMENT, StepKind.REPLAY_BEFORE_COMPENSATE,
-        ServiceCall(SHIPMENT, "POST", "/api/shipments", lambda c: {
-            "order_id": c["order_id"], "customer_id": c["customer_id"], "carrier_code": c["carrier_code"],
-            "address": c["shipping_address"]}),
+        ServiceCall(SHIPMENT, "POST", "/api/shipments", lambda c: contracts.ShipmentCreate(
+            order_id=c["order_id"], customer_id=c["customer_id"], carrier_code=c["carrier_code"],
+            address=Address.model_validate(c["shipping_address"]))),
         ServiceCall(SHIPMENT, "POST", "/api/shipments/orders/{order_id}/cancel"),
         results={"shipment_id": "id", "tracking_number": "tracking_number"},
     ),

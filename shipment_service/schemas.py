@@ -7,6 +7,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
+from shared.contracts import ShipmentCreate  # noqa: F401 (the saga's contracts, re-exported)
 from shared.schemas import Address, NonEmptyText, StrictModel
 from shipment_service.models import OrderCancelStatus, ShipmentStatus
 
@@ -14,11 +15,6 @@ CarrierCode = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9][A-Z0-9_-]{0,3
 OrderId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")]
 CustomerId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
 Note = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
-class ShipmentCreate(StrictModel):
-    order_id: OrderId
-    customer_id: CustomerId
-    carrier_code: CarrierCode
-    address: Address
 
 
 class ShipmentCancel(StrictModel):

@@ -26,6 +26,7 @@ from saga_orchestrator.steps import CURRENT, SagaDefinition, StepDefinition, Ste
 POLICY = core.Policy(step_deadline_secs=10, compensation_deadline_secs=60, attempt_timeout_secs=5,
                      retry_initial_secs=0.1, retry_max_secs=2)
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+ADDRESS = {"name": "Ada", "line1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "DE"}
 LEASE = timedelta(seconds=15)  # a crashed driver's saga is taken up again this much later
 BODIES: dict[str, dict[str, Any]] = {
     "create_order": {"id": "o-1"}, "add_order_lines": {"total_minor": 100},
@@ -39,7 +40,7 @@ def new_saga(key: str = "k-1") -> Saga:
     saga = Saga(definition_version=CURRENT.version, customer_id="c-1", idempotency_key=key, fingerprint="f",
                 lines=[{"sku": "KB-1", "quantity": 1, "unit_price_minor": 100, "weight_grams": 500}],
                 currency="EUR", total_minor=100, total_weight_grams=500,
-                shipping_address={"country": "DE"}, payment_token="tok", trace={})
+                shipping_address=ADDRESS, payment_token="tok", trace={})
     saga.start_step(CURRENT.first().step)
     return saga
 

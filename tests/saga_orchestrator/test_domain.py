@@ -51,6 +51,10 @@ POLICY = core.Policy(step_deadline_secs=10, compensation_deadline_secs=60, attem
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
+# What the participants answer where later steps read it.
+BODIES: dict[str, dict[str, Any]] = {"create_order": {"id": "o-1"}, "assign_carrier": {"carrier_code": "DHL"}}
+
+
 def succeed(saga: Saga, step: str, body: dict[str, Any] | None = None) -> None:
     """The step's attempt (as the rules make it), answered 2xx with `body` (the participant's response)."""
     if not any(r.in_flight for r in saga.steps.values()):
@@ -73,7 +77,8 @@ def test_happy_path_is_one_group_of_events_per_transition() -> None:
     saga = new_saga()
     assert isinstance(core.advance(saga, CURRENT, POLICY, NOW), Call)
     groups = [event_names(saga)]
-    results = {"create_order": {"id": "o-1"}, "create_shipment": {"tracking_number": "T1"}}
+    results = {"create_order": {"id": "o-1"}, "assign_carrier": {"carrier_code": "DHL"},
+               "create_shipment": {"tracking_number": "T1"}}
     for step in CURRENT.steps:
         succeed(saga, step.step, results.get(step.step))
         groups.append(event_names(saga))
@@ -116,7 +121,7 @@ def test_unknown_outcome_compensates_the_failed_step_too() -> None:
 def test_finish_step_has_no_compensation() -> None:
     saga = new_saga()
     for step in CURRENT.steps[:-1]:
-        succeed(saga, step.step, {"id": "o-1"} if step.step == "create_order" else {})
+        succeed(saga, step.step, BODIES.get(step.step, {}))
     saga.step_failed("confirm_order", "timeout", final=False, attempts=3)
     plan = core.compensation_plan(saga, CURRENT)
     assert plan[0] == "create_shipment" and "confirm_order" not in plan and len(plan) == 6

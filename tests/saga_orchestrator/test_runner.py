@@ -13,7 +13,7 @@ from saga_orchestrator.domain import Saga, SagaStatus
 from saga_orchestrator.steps import CURRENT
 from shared.auth import Identity
 from shared.errors import Conflict, InvalidRequest
-from tests.saga_orchestrator.conftest import ReplicaFactory
+from tests.saga_orchestrator.conftest import ADDRESS, ReplicaFactory
 from tests.saga_orchestrator.fakes import refused, transient
 
 STEPS = [str(s.step) for s in CURRENT.steps]
@@ -204,7 +204,7 @@ async def test_a_saga_indexed_but_never_saved_is_started_by_recovery(replicas: R
         "definition_version": 1, "customer_id": "cust-9", "idempotency_key": "lost", "fingerprint": "f" * 64,
         "lines": [{"sku": "KB-1", "quantity": 1, "unit_price_minor": 8999, "weight_grams": 920}],
         "currency": "EUR", "total_minor": 8999, "total_weight_grams": 920,
-        "shipping_address": {"country": "DE"}, "payment_token": "tok_visa", "trace": {}}
+        "shipping_address": ADDRESS, "payment_token": "tok_visa", "trace": {}}
     saga = Saga(**fields)
     start_request = {k: getattr(saga, k) for k in (
         "definition_version", "customer_id", "idempotency_key", "fingerprint", "lines", "currency", "total_minor",
