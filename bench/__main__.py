@@ -37,6 +37,7 @@ from bench.procstats import CpuMeter, db_counters, rss_mb
 from bench.sagas import BareSagas, DbosSagas, GatewaySagas, OrderReads, new_session
 from bench.stack import (
     DB_PREFIX,
+    POSTGRES,
     Stack,
     admin_token,
     attach,
@@ -47,8 +48,8 @@ from bench.stack import (
     service_token,
     start_fleet,
 )
+from customer_cli.fleet import METRICS_HEADERS, SERVICES, free_port
 from customer_cli.invariants import check_invariants
-from tests.fleet import DB_SUFFIX, METRICS_HEADERS, PG_ADMIN_DSN, PG_URL_BASE, SERVICES, free_port, recreate_databases
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LEVELS = [int(x) for x in os.environ.get("BENCH_LEVELS", "1,16,64").split(",")]
@@ -121,7 +122,7 @@ class Bench:
         self.stack = stack
         self.results: list[Figures] = []
         self.errors: list[str] = []
-        self.cpu = CpuMeter(stack.pids, PG_ADMIN_DSN, DB_PREFIX, DB_SUFFIX) if stack.pids else None
+        self.cpu = CpuMeter(stack.pids, POSTGRES.admin_dsn, DB_PREFIX, POSTGRES.suffix) if stack.pids else None
 
     def log(self, figures: Figures) -> None:
         self.results.append(figures)
@@ -189,7 +190,7 @@ class Bench:
 
 def _db_counts() -> dict[str, dict[str, int]]:
     try:
-        return db_counters(PG_ADMIN_DSN, DB_PREFIX, DB_SUFFIX)
+        return db_counters(POSTGRES.admin_dsn, DB_PREFIX, POSTGRES.suffix)
     except Exception:
         return {}
 
@@ -205,8 +206,8 @@ def _db_per(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]],
 
 def start_peer(stack: Stack) -> PeerProcess:
     """The DBOS peer against the fleet's services, its system database fresh."""
-    recreate_databases([DBOS_DB])
-    database_url = f"{PG_URL_BASE.replace('+asyncpg', '')}/{DBOS_DB}{DB_SUFFIX}"
+    POSTGRES.recreate_databases([DBOS_DB])
+    database_url = POSTGRES.dsn(DBOS_DB)
     services = {SERVICES[package]: url for package, url in stack.services.items() if package in SERVICES}
     workdir = stack.fleet.workdir if stack.fleet else log_dir()
     peer = PeerProcess(database_url, services, stack.services["auth_service"], service_secret(stack),

@@ -15,13 +15,13 @@ import time
 import uuid
 from typing import Any
 
+from bench.stack import POSTGRES
 from saga_orchestrator import core
 from saga_orchestrator.domain import Saga
 from saga_orchestrator.event_store import SagaStore
 from saga_orchestrator.runner import policy, utc_now
 from saga_orchestrator.settings import Settings
 from saga_orchestrator.steps import CURRENT
-from tests.fleet import DB_SUFFIX, PG_URL_BASE, recreate_databases
 
 DATABASE = "cs_bench_event_store"
 
@@ -79,8 +79,8 @@ async def measure(concurrency: int, seconds: float, store: SagaStore) -> dict[st
 
 
 async def run(levels: list[int], seconds: float) -> list[dict[str, float]]:
-    recreate_databases([DATABASE])
-    settings = Settings(database_url=f"{PG_URL_BASE}/{DATABASE}{DB_SUFFIX}", eureka_server_url="")
+    POSTGRES.recreate_databases([DATABASE])
+    settings = Settings(database_url=POSTGRES.url(DATABASE), eureka_server_url="")
     store = SagaStore(settings.database_url, settings.event_store_threads)
     await store.open()
     try:

@@ -29,8 +29,8 @@ from sqlalchemy import Integer, bindparam, select, text
 
 from bench.load import closed_loop
 from bench.procstats import cpu_secs
+from bench.stack import POSTGRES
 from shared.db import Database
-from tests.fleet import DB_SUFFIX, PG_ADMIN_DSN, PG_URL_BASE, recreate_databases
 
 DB_NAME = "cs_bench_floor"
 HOPS_PER_SAGA = 11
@@ -80,9 +80,9 @@ async def http_floor(clients: int, seconds: float) -> dict[str, Any]:
 
 
 def _backend_cpu() -> float:
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+    with psycopg.connect(POSTGRES.admin_dsn, autocommit=True) as conn:
         pids = [int(r[0]) for r in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s",
-                                                (DB_NAME + DB_SUFFIX,)).fetchall()]
+                                                (POSTGRES.name(DB_NAME),)).fetchall()]
     return sum(cpu_secs(pid) for pid in pids)
 
 
@@ -107,8 +107,8 @@ async def _sql_phase(db: Database, query: Any, statements: int, clients: int, se
 async def sql_floor(clients: int, seconds: float) -> dict[str, Any]:
     """The cost of one statement inside a transaction and of the transaction around it (session, pool, BEGIN,
     COMMIT), from transactions of one and of four statements: cost(k) = transaction + k x statement."""
-    recreate_databases([DB_NAME])
-    db = Database(f"{PG_URL_BASE}/{DB_NAME}{DB_SUFFIX}", pool_size=10)
+    POSTGRES.recreate_databases([DB_NAME])
+    db = Database(POSTGRES.url(DB_NAME), pool_size=10)
     try:
         async with db.session() as session:
             await session.execute(text("CREATE TABLE item (id integer PRIMARY KEY, name text NOT NULL)"))

@@ -1,4 +1,4 @@
-"""The system under test: the fleet started with tests/fleet.py against PostgreSQL (or a running stack via
+"""The system under test: the fleet started by customer_cli.fleet against PostgreSQL (or a running stack via
 GATEWAY_URL), and what the bench needs in it: customers, a catalogue with ample stock, carriers with room.
 """
 
@@ -13,9 +13,19 @@ from typing import Any
 
 import httpx
 
-from tests.fleet import ADMIN_EMAIL, ADMIN_PASSWORD, NO_DATABASE, SERVICES, Fleet, recreate_databases
+from customer_cli.fleet import (
+    SERVICES,
+    TEST_ADMIN_EMAIL,
+    TEST_ADMIN_PASSWORD,
+    Fleet,
+    PostgresServer,
+    postgres_fleet,
+    recreate_fleet_databases,
+)
 
 DB_PREFIX = "cs_bench"
+# The server the bench makes its databases on: the tests' (TEST_PG_ADMIN_DSN, TEST_PG_URL_BASE, TEST_DB_SUFFIX).
+POSTGRES = PostgresServer.from_env()
 # What the bench changes in the fleet's test settings, towards a deployment's: no fault-injection middleware
 # (a test-only layer), the services' own database pool size instead of the suite's small one, and registry
 # heartbeats every 5 s instead of every second (the suite's pace, for quick registration; 30 s by default).
@@ -67,19 +77,9 @@ def log_dir() -> Path:
 def start_fleet(extra_env: dict[str, str] | None = None) -> Stack:
     """Every service as its own process on free ports, against fresh cs_bench_* databases."""
     workdir = log_dir()
-    fleet = Fleet(workdir, db_prefix=DB_PREFIX, extra_env={**BENCH_ENV, **(extra_env or {})})
-    recreate_databases([f"{DB_PREFIX}_{p}" for p in SERVICES if p not in NO_DATABASE])
-    try:
-        fleet.start_registry()
-        fleet.start("auth_service")
-        others = [p for p in SERVICES if p not in ("auth_service", "gateway")]
-        procs = [fleet.start(p, wait=False) for p in others]
-        for proc in procs:
-            fleet.wait_up(proc)
-        fleet.start("gateway")
-    except BaseException:
-        fleet.stop_all()
-        raise
+    fleet = postgres_fleet(workdir, POSTGRES, DB_PREFIX, {**BENCH_ENV, **(extra_env or {})})
+    recreate_fleet_databases(POSTGRES, DB_PREFIX)
+    fleet.start_all()
     pids = {name: proc.popen.pid for name, proc in fleet.processes.items() if proc.popen is not None}
     if fleet.registry is not None and fleet.registry.popen is not None:
         pids["registry"] = fleet.registry.popen.pid
@@ -147,8 +147,8 @@ def service_token(stack: Stack) -> str:
 
 def admin_token(stack: Stack) -> str:
     with httpx.Client(base_url=stack.gateway_url, timeout=30) as api:
-        return login(api, os.environ.get("BENCH_ADMIN_EMAIL", ADMIN_EMAIL),
-                     os.environ.get("BENCH_ADMIN_PASSWORD", ADMIN_PASSWORD))
+        return login(api, os.environ.get("BENCH_ADMIN_EMAIL", TEST_ADMIN_EMAIL),
+                     os.environ.get("BENCH_ADMIN_PASSWORD", TEST_ADMIN_PASSWORD))
 
 
 def refresh_tokens(stack: Stack) -> None:
@@ -160,8 +160,8 @@ def refresh_tokens(stack: Stack) -> None:
 
 def prepare(stack: Stack) -> None:
     """Customers, SKUs with a billion units each and one carrier per country with the largest daily capacity."""
-    admin_email = os.environ.get("BENCH_ADMIN_EMAIL", ADMIN_EMAIL)
-    admin_password = os.environ.get("BENCH_ADMIN_PASSWORD", ADMIN_PASSWORD)
+    admin_email = os.environ.get("BENCH_ADMIN_EMAIL", TEST_ADMIN_EMAIL)
+    admin_password = os.environ.get("BENCH_ADMIN_PASSWORD", TEST_ADMIN_PASSWORD)
     with httpx.Client(base_url=stack.gateway_url, timeout=30) as api:
         admin = {"Authorization": f"Bearer {login(api, admin_email, admin_password)}"}
         for i in range(SKUS):

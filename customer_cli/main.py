@@ -17,10 +17,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from customer_cli import invariants, local_secrets, views
+from customer_cli.fleet import DEMO_ADMIN_EMAIL, local_fleet
 from customer_cli.gateway_client import GatewayClient, GatewayError
 from customer_cli.load import ERROR, OUTCOMES, LoadPlan, OrderResult, percentile, run_load
 from customer_cli.orders import EventNarrator, choose_lines, describe, follow, new_customer, order_body
-from customer_cli.runner import DEMO_ADMIN_EMAIL, LocalFleet
 
 app = typer.Typer(help="customer-service: the order-to-shipment fleet.", no_args_is_help=True)
 sagas_app = typer.Typer(help="List sagas (admin), or show one with its steps: `sagas show ID`.")
@@ -130,16 +130,13 @@ def up(
                                     help="Added to every default port (8761, 8001-8007, 8080)."),
 ) -> None:
     """Start the whole fleet as local processes (SQLite, local registry) until Ctrl-C."""
-    fleet = LocalFleet(ROOT, var.resolve(), port_offset, log=typer.echo)
-    raise typer.Exit(fleet.run_until_interrupted())
+    raise typer.Exit(local_fleet(var.resolve(), port_offset).run_until_interrupted(log=typer.echo))
 
 
 @app.command()
 def seed(var: Path = typer.Option(Path("var"), help="Where the SQLite databases are.")) -> None:
     """Load the demo catalogue and carriers into the local databases."""
-    fleet = LocalFleet(ROOT, var.resolve(), log=typer.echo)
-    (fleet.var / "logs").mkdir(parents=True, exist_ok=True)
-    fleet.seed()
+    local_fleet(var.resolve()).seed()
     typer.echo("Seeded the demo catalogue and carriers.")
 
 

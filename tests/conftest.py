@@ -14,8 +14,9 @@ import httpx
 import pytest
 
 from tests.compose import ComposeStack, running_stack
-from tests.fleet import ADMIN_EMAIL, ADMIN_PASSWORD, METRICS_TOKEN, NO_DATABASE, SERVICES, Fleet, recreate_databases
+from tests.fleet import ADMIN_EMAIL, ADMIN_PASSWORD, METRICS_TOKEN, SERVICES, Fleet, start_test_fleet
 from tests.inprocess import fresh_database_url
+from tests.postgres import stop_embedded
 
 # A running stack instead of the suite's own fleet (e.g. `docker compose up`: README, "Running in containers").
 EXTERNAL_GATEWAY = os.environ.get("GATEWAY_URL", "")
@@ -31,6 +32,14 @@ os.environ.setdefault("PASSWORD_HASH_RATE_PER_ADDRESS", "0")
 os.environ.setdefault("MAX_UNFINISHED_SAGAS_PER_CUSTOMER", "10000")
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The embedded PostgreSQL (tests/postgres.py), when the run started one, stops after the last test."""
+    done = stop_embedded()
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if done and reporter is not None:
+        reporter.write_line(done)
+
+
 @pytest.fixture(scope="session")
 def fleet() -> Iterator[Fleet]:
     """The whole fleet, started once per test session. Tests that stop a service must restart it."""
@@ -39,18 +48,8 @@ def fleet() -> Iterator[Fleet]:
     packages = list(SERVICES)  # a service that is gone makes its tests fail, never skip
     workdir = Path(os.environ.get("FLEET_LOG_DIR") or tempfile.mkdtemp(prefix="fleet-logs-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    fleet = Fleet(workdir)
-    recreate_databases([f"{fleet.db_prefix}_{p}" for p in packages if p not in NO_DATABASE])
+    fleet = start_test_fleet(workdir, packages)
     try:
-        fleet.start_registry()
-        # auth first (the others fetch its keys), then the rest in parallel, the gateway last.
-        fleet.start("auth_service")
-        others = [p for p in packages if p not in ("auth_service", "gateway")]
-        procs = [fleet.start(p, wait=False) for p in others]
-        for proc in procs:
-            fleet.wait_up(proc)
-        if "gateway" in packages:
-            fleet.start("gateway")
         yield fleet
     finally:
         fleet.stop_all()

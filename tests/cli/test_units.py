@@ -1,6 +1,6 @@
 """The CLI's pure parts: percentiles, choosing lines, the timeline and narration from events, --since, the
 saga list's created-time window as the CLI and the invariant checker ask for it (a fake gateway), and the
-local runner's environment for each component."""
+fleet supervisor's environment for each component."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import pytest
 import typer
 
 from customer_cli import invariants
+from customer_cli.fleet import COMPONENTS, SERVICES, PostgresServer, ServiceProcess, local_fleet, postgres_fleet
 from customer_cli.gateway_client import GatewayClient, GatewayError
 from customer_cli.load import ERROR, LoadReport, OrderResult, percentile
 from customer_cli.main import parse_since
 from customer_cli.orders import EventNarrator, OrderLine, choose_lines, timeline
-from customer_cli.runner import COMPONENTS, LocalFleet
 
 
 def test_percentiles_interpolate_between_ranks() -> None:
@@ -175,5 +175,33 @@ def test_sagas_since_is_sent_as_created_after() -> None:
 def test_the_local_runner_trusts_no_address(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """auth_service believes the gateway's X-Forwarded-For for its service token, not for its address."""
     monkeypatch.delenv("TRUSTED_PROXIES", raising=False)
-    fleet = LocalFleet(tmp_path, tmp_path / "var")
-    assert all("TRUSTED_PROXIES" not in fleet.env_for(name, port) for name, (port, _) in COMPONENTS.items())
+    fleet = local_fleet(tmp_path / "var")
+    fleet.registry = ServiceProcess("registry", "registry", 8761, {}, tmp_path / "registry.log")  # not started
+    assert all("TRUSTED_PROXIES" not in fleet.service_env(name, 8000) for name in SERVICES)
+
+
+def test_the_local_and_the_postgres_fleet_differ_by_data_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One supervisor: the CLI's fleet (SQLite under var/, default ports + offset, the demo admin) and the tests' and
+    the bench's (a PostgreSQL database each, free ports, fault injection) are the same class given other data."""
+    for name in ("BOOTSTRAP_ADMIN_EMAIL", "DATABASE_URL", "FAULT_INJECTION", "SERVICE_CLIENT_SECRET",
+                 "EUREKA_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    local = local_fleet(tmp_path / "var", port_offset=100)
+    local.registry = ServiceProcess("registry", "registry", local.port("registry"), {}, tmp_path / "r.log")
+    assert [local.port(name) for name in COMPONENTS] == [c.port + 100 for c in COMPONENTS.values()]
+    env = local.service_env("order_service", local.port("order_service"))
+    assert env["DATABASE_URL"] == f"sqlite+aiosqlite:///{tmp_path / 'var' / 'order_service.db'}"
+    assert env["EUREKA_SERVER_URL"] == f"http://eureka:{local.registry_password}@127.0.0.1:8861/eureka"
+    assert env["AUTH_URLS"] == "http://127.0.0.1:8101" and env["SERVICE_CLIENT_SECRET"] == local.service_secret
+    assert env["BOOTSTRAP_ADMIN_EMAIL"] == "admin@example.com" and "FAULT_INJECTION" not in env
+    assert "DATABASE_URL" not in local.service_env("gateway", 8180)
+
+    server = PostgresServer("postgresql://pg@127.0.0.1:1/postgres", "postgresql+asyncpg://pg@127.0.0.1:1", "_x")
+    tests = postgres_fleet(tmp_path, server, "cs_t", {"DB_POOL_SIZE": "3"})
+    tests.registry = local.registry
+    env = tests.service_env("order_service", 1234, LOG_LEVEL="DEBUG")
+    assert env["DATABASE_URL"] == "postgresql+asyncpg://pg@127.0.0.1:1/cs_t_order_service_x"
+    assert (env["FAULT_INJECTION"], env["DB_POOL_SIZE"], env["LOG_LEVEL"]) == ("true", "3", "DEBUG")
+    assert server.dsn("cs_t_order_service") == "postgresql://pg@127.0.0.1:1/cs_t_order_service_x"
+    assert type(local) is type(tests) and tests.port_offset is None
+    assert env["AUTH_URLS"] == f"http://127.0.0.1:{tests.auth_port}" and tests.service_secret != local.service_secret

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import User
 from tests.dashboard.shop import Shop, open_shop
-from tests.fleet import Fleet, ServiceProcess, free_port, wait_http
+from tests.fleet import Fleet, ServiceProcess, free_port
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 # Never a browser of Playwright's own: Debian's chromium, headless, with nothing that phones home.
@@ -40,10 +40,10 @@ def dashboard_url(fleet: Fleet, gateway_url: str) -> Iterator[str]:
     port = free_port()
     env = fleet.service_env("gateway", port, APP_NAME="GATEWAY-DASHBOARD-TEST")
     proc = ServiceProcess("gateway_dashboard", "tests.dashboard.gateway_with_dashboard", port, env,
-                          fleet.workdir / "gateway_dashboard.log")
+                          fleet.log_path("gateway_dashboard"))
     proc.start()
     try:
-        wait_http(f"{proc.url}/health", proc)
+        proc.wait_healthy()
         yield proc.url
     finally:
         proc.stop()

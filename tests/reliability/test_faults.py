@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from customer_cli.invariants import wait_until_settled
-from tests.fleet import DB_SUFFIX, PG_ADMIN_DSN, Fleet, ServiceProcess
+from tests.fleet import DB_PREFIX, DB_SUFFIX, PG_ADMIN_DSN, POSTGRES, Fleet, ServiceProcess
 from tests.reliability.conftest import SCALE, Admin, Shoppers, say, wait_gateway_routes
 from tests.reliability.drive import order_bodies, run_load, running_load, settle_and_check
 
@@ -131,8 +131,8 @@ SLOW_WRITES = {
 LOCK_SECS = 5.0  # beyond the 3 s step deadline
 
 
-def _service_dsn(fleet: Fleet, package: str) -> str:
-    return f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{fleet.db_prefix}_{package}{DB_SUFFIX}"
+def _service_dsn(package: str) -> str:
+    return POSTGRES.dsn(f"{DB_PREFIX}_{package}")
 
 
 def _hold_lock(dsn: str, statement: str, params: dict[str, object], seconds: float, held: threading.Event,
@@ -163,7 +163,7 @@ def test_a_participant_slow_in_its_database(chaos_orchestrator: ServiceProcess, 
     customers = [user.user_id for user in shoppers.users]
     say(f"tried: {orders} orders while {package} holds `{statement[:60]}...` for {LOCK_SECS} s")
     held, errors = threading.Event(), list[BaseException]()
-    locker = threading.Thread(target=_hold_lock, args=(_service_dsn(fleet, package), statement,
+    locker = threading.Thread(target=_hold_lock, args=(_service_dsn(package), statement,
                                                        {"customers": customers}, LOCK_SECS, held, errors))
     locker.start()
     try:
@@ -192,13 +192,13 @@ def test_database_connections_dropped_mid_load(chaos_orchestrator: ServiceProces
     orders, units, drops = 60 * SCALE, 40 * SCALE, 3 * SCALE
     sku = new_product(units)
     bodies = order_bodies(orders, sku, rng=rng, declined_share=0.1)
-    say(f"tried: {orders} orders for {units} units; every connection to {fleet.db_prefix}_* terminated"
+    say(f"tried: {orders} orders for {units} units; every connection to {DB_PREFIX}_* terminated"
           f" {drops} times")
     dropped: list[int] = []
     with running_load(gateway_url, shoppers.tokens, bodies, concurrency=10) as run:
         for i in range(drops):
             run.wait_placed(round((i + 1) * orders / (drops + 1)))
-            dropped.append(_drop_connections(fleet.db_prefix))
+            dropped.append(_drop_connections(DB_PREFIX))
     say(f"connections terminated: {dropped}")
     assert sum(dropped) > 0
     report = settle_and_check(gateway_url, rel_admin.token, run, initial_stock={sku: units})
