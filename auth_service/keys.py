@@ -163,7 +163,7 @@ class KeyRing:
         self.jwks: dict[str, Any] = {"keys": []}
         self._kid = ""
         self._signer: Any = None  # a jose key object, parsed once rather than on every token
-        self._loaded_at = 0.0
+        self._loaded_at: float | None = None  # not 0.0: time.monotonic() counts from boot
         self._lock = asyncio.Lock()
 
     @property
@@ -190,10 +190,10 @@ class KeyRing:
         self._loaded_at = time.monotonic()
 
     async def _reload_if_older_than(self, max_age: float) -> None:
-        if time.monotonic() - self._loaded_at < max_age:
+        if self._loaded_at is not None and time.monotonic() - self._loaded_at < max_age:
             return
         async with self._lock:
-            if time.monotonic() - self._loaded_at >= max_age:
+            if self._loaded_at is None or time.monotonic() - self._loaded_at >= max_age:
                 await self.load()
 
     async def reload_if_stale(self) -> None:

@@ -491,7 +491,8 @@ class Gateway:
     def _prune_breakers(self, app: str, instances: list[Instance]) -> None:
         # Instances that left the registry take their breakers (and metric series) with them; once a minute.
         now = time.monotonic()
-        if now - self._pruned_at.get(app, 0.0) >= 60:
+        pruned_at = self._pruned_at.get(app)
+        if pruned_at is None or now - pruned_at >= 60:
             self._pruned_at[app] = now
             self.breakers.prune(app, [i.instance_id for i in instances])
 

@@ -138,8 +138,9 @@ class TokenVerifier:
         # Checked on every verification, cached or not. With pinned keys (tests) an unloaded list is not asked.
         self.revocations = revocations
         self._keys: dict[str, dict[str, Any]] = {}
-        self._fetched_at = 0.0
-        self._forced_at = 0.0
+        # None until it happens: time.monotonic() counts from boot, so a 0.0 would read as "just now" there.
+        self._fetched_at: float | None = None
+        self._forced_at: float | None = None
         self._lock = asyncio.Lock()
         self._static_keys: dict[str, dict[str, Any]] | None = None
         # kid → (the JWK it was built from, the key object): python-jose rebuilds the RSA key from the
@@ -165,11 +166,12 @@ class TokenVerifier:
     async def _refresh(self, force: bool) -> None:
         async with self._lock:
             now = time.monotonic()
-            if self._keys and not force and now - self._fetched_at < self.settings.jwks_cache_secs:
+            if (self._keys and not force and self._fetched_at is not None
+                    and now - self._fetched_at < self.settings.jwks_cache_secs):
                 return
             # A forced refresh (unknown kid) is throttled on its own clock, so forged kids cannot flood
             # auth_service while a freshly rotated key is still picked up at once.
-            if self._keys and force and now - self._forced_at < 5:
+            if self._keys and force and self._forced_at is not None and now - self._forced_at < 5:
                 return
             if force:
                 self._forced_at = now

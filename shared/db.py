@@ -345,8 +345,9 @@ def _create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
         # pool_pre_ping wraps its ping in BEGIN and ROLLBACK, three round trips on every checkout. A connection
         # that dies while in use fails its statement with a disconnect: SQLAlchemy then discards the whole pool
         # and the request answers 503, which callers retry. A dead idle connection is replaced here.
-        if time.monotonic() - record.info.get("idle_since", 0.0) < PING_AFTER_IDLE_SECS:
-            return
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_SECS:
+            return  # a connection just opened, or handed back moments ago
         try:
             await_only(dbapi_connection._connection.fetchrow(";"))
         except Exception as error:
