@@ -19,7 +19,7 @@ from jose import jwk, jwt
 
 from shared.errors import PROBLEM_JSON
 from shared.settings import ServiceSettings
-from tests.fleet import DB_SUFFIX, PG_URL_BASE, recreate_databases
+from tests.postgres import suite_server
 
 _KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 PRIVATE_PEM = _KEY.private_bytes(
@@ -57,8 +57,9 @@ SERVICE = bearer("service:saga-orchestrator", ("service",))
 
 
 def fresh_database_url(name: str) -> str:
-    recreate_databases([name])
-    return f"{PG_URL_BASE}/{name}{DB_SUFFIX}"
+    server = suite_server()  # looked up here, not at import: the embedded server starts only when needed
+    server.recreate_databases([name])
+    return server.url(name)
 
 
 # The two databases of the data path (shared.db): every service's tests run on both, PostgreSQL (asyncpg
