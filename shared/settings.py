@@ -122,7 +122,7 @@ class ServiceSettings(ServerBounds):
                                  "(http://user:password@host:8761/eureka)")
             if self.fault_injection:
                 raise ValueError("FAULT_INJECTION cannot be enabled when ENV=production")
-            if not self.database_url:
+            if not self.database_url and self.sqlite_database:  # the gateway keeps no database
                 raise ValueError("DATABASE_URL must be configured when ENV=production")
         if not self.database_url and self.sqlite_database:
             self.database_url = f"sqlite+aiosqlite:///var/{self.sqlite_database}.db"
