@@ -22,7 +22,7 @@ up: $(STAMP)
 seed: $(STAMP)
 	$(BIN)/python -m customer_cli seed
 
-## The full test suite (needs PostgreSQL on 127.0.0.1:5432, user postgres).
+## The full test suite (the PostgreSQL at 127.0.0.1:5432 when one answers, else a private one it starts: tests/postgres.py).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
