@@ -37,6 +37,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     done = stop_embedded()
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if done and reporter is not None:
+        reporter.ensure_newline()
         reporter.write_line(done)
 
 

@@ -35,7 +35,8 @@ def test_the_suite_starts_and_stops_an_embedded_postgres_when_no_server_answers(
                          env=env, capture_output=True, text=True, timeout=600, check=False)
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-6000:]
-    assert re.search(rf"\b{len(TESTS)} passed\b", output), output[-3000:]
+    passed = re.search(r"\b(\d+) passed\b", output)  # a test may run once per database kind
+    assert passed and int(passed.group(1)) >= len(TESTS) and " skipped" not in output, output[-3000:]
     stopped = re.search(r"embedded PostgreSQL on 127\.0\.0\.1:(\d+) in (\S+): stopped and removed", output)
     assert stopped, output[-3000:]
     port, root = int(stopped.group(1)), Path(stopped.group(2))
