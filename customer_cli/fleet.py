@@ -181,6 +181,7 @@ class Fleet:
 
     workdir: Path  # the log files (and, for the local fleet, the SQLite databases)
     database_url: Callable[[str], str]  # package → its DATABASE_URL
+    db_prefix: str = ""  # a fleet on PostgreSQL: its databases are <db_prefix>_<package>
     env: dict[str, str] = field(default_factory=dict)  # every service's settings, over the supervisor's own
     package_env: dict[str, dict[str, str]] = field(default_factory=dict)  # package → settings of it alone
     registry_env: dict[str, str] = field(default_factory=dict)
@@ -470,6 +471,7 @@ def postgres_fleet(workdir: Path, server: PostgresServer, db_prefix: str,
     return Fleet(
         workdir=workdir,
         database_url=lambda package: server.url(f"{db_prefix}_{package}"),
+        db_prefix=db_prefix,
         env={**POSTGRES_FLEET_ENV, **(env or {})},
         # The load balancers in front of a gateway (tests/integration/test_login_throttling.py plays one on
         # 127.0.0.1). auth_service believes X-Forwarded-For only from the gateway's own service token.
