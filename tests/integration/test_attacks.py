@@ -21,7 +21,7 @@ import pytest
 
 from customer_cli.invariants import check_invariants
 from tests.conftest import User, login, register_customer
-from tests.fleet import Fleet, ServiceProcess, wait_http
+from tests.fleet import Fleet, ServiceProcess
 
 pytestmark = pytest.mark.integration
 
@@ -315,7 +315,7 @@ def strict_auth(fleet: Fleet) -> Iterator[ServiceProcess]:
         # A burst of three and a refill too slow to matter within the test, whatever the machine's pace.
         "EUREKA_SERVER_URL": "", "PASSWORD_HASH_RATE_PER_ADDRESS": "0.001", "PASSWORD_HASH_BURST_PER_ADDRESS": "3"})
     try:
-        wait_http(f"{proc.url}/health", proc)
+        proc.wait_healthy()
         yield proc
     finally:
         proc.stop()
