@@ -145,8 +145,11 @@ def _assert_payments_give_up_in_time_and_every_attempt_is_counted(fleet: Fleet, 
         resumes = [_at(e) for e in history if e["type"] == "SagaResumed" and first < _at(e) <= _at(failed)]
         limit = max([first + DEADLINE + RETRY_INTERVAL, *(r + RESUME_SLACK for r in resumes)]) + LOOP_LATENESS
         assert _at(failed) <= limit, (view["saga_id"], failed["timestamp"], first, resumes)
-        # Every charge the payment service received is in the history.
+        # Every charge the payment service received is in the history; an attempt it never saw is one whose
+        # driver was killed before its request left (its answer recorded as lost by the next driver).
         step = next(s for s in view["steps"] if s["step"] == "make_payment")
-        counted = (step["attempts"], len(attempts), charged[view["order_id"]])
-        assert counted[0] == counted[1] == counted[2], (view["saga_id"], counted)
+        lost = sum(1 for e in history if e["type"] == "AttemptFailed" and e["data"]["step"] == "make_payment"
+                   and e["data"]["error"] == LOST_ANSWER)
+        counted = (step["attempts"], len(attempts), charged[view["order_id"]], lost)
+        assert counted[0] == counted[1] >= counted[2] >= counted[1] - lost, (view["saga_id"], counted)
     say(f"failing payments: {len(failing)}, {sum(charged.values())} charge attempts, all in their sagas' histories")
