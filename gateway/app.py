@@ -37,7 +37,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         on_shutdown=on_shutdown,
         # /openapi.json is the fleet's merged document (gateway/api.py); the docs pages read it.
         own_openapi=False,
-        verifies_tokens=False,
     )
     app.state.rate_limits = RateLimits.from_settings(
         settings.rate_limit_address_rps, settings.rate_limit_address_burst,

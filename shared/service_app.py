@@ -40,7 +40,6 @@ def create_service_app(
     openapi_url: str | None = "/openapi.json",
     own_openapi: bool = True,
     docs_url: str | None = "/docs",
-    verifies_tokens: bool = True,
     redoc_url: str | None = "/redoc",
     title: str | None = None,
 ) -> FastAPI:
@@ -66,15 +65,14 @@ def create_service_app(
         if on_startup is not None:
             await on_startup(app)  # auth_service puts its own revocation list (its table) in place here
         revocations: Revocations = app.state.verifier.revocations
-        # The gateway verifies no token itself (auth_service's /validate does): it polls nothing.
-        polling = asyncio.create_task(revocations.run(), name="revocations-poll") if verifies_tokens else None
+        # Every service polls it, the gateway too: its own /metrics checks an admin's token (shared/metrics.py).
+        polling = asyncio.create_task(revocations.run(), name="revocations-poll")
         await registry.start()
         log.info("service started", port=settings.port)
         try:
             yield
         finally:
-            if polling is not None:
-                polling.cancel()
+            polling.cancel()
             # Leave the registry first, so no new traffic arrives while the rest shuts down.
             await registry.stop()
             if on_shutdown is not None:

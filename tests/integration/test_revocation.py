@@ -4,12 +4,13 @@ auth_service replica — within one revocation poll (REVOCATION_POLL_SECS). The 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.conftest import register_customer
+from tests.conftest import User, login, register_customer
 from tests.fleet import Fleet, ServiceProcess
 
 # A route of each service that a customer's own token opens.
@@ -45,6 +46,26 @@ def test_every_service_polls_the_configured_auth_service(fleet: Fleet) -> None:
     answer = httpx.get(f"{fleet.auth_url}/revocations")
     assert answer.status_code == 200 and isinstance(answer.json()["revoked"], list)
     assert httpx.get(f"{fleet.gateway_url}/revocations").status_code == 404
+
+
+def test_the_gateway_polls_the_list_itself_for_its_own_metrics(fleet: Fleet, api: httpx.Client,
+                                                                admin: User) -> None:
+    """The gateway checks an admin's token at its own /metrics (shared/metrics.py): it keeps the list fresh on its
+    own poll — never told to here — so a logged-out admin token is refused there, and a live one is still let in
+    (no 503 for a list gone stale) however long the gateway has run."""
+    token = login(api, admin.email, admin.password)
+    headers = {"Authorization": f"Bearer {token}"}
+    assert api.get("/metrics", headers=headers).status_code == 200
+    assert api.post("/api/auth/logout", headers=headers).status_code == 204
+    gateway = fleet.processes["gateway"]
+    answers = []
+    for _ in range(300):  # a condition awaited (one poll interval: REVOCATION_POLL_SECS), not a timing asserted
+        answers.append(httpx.get(f"{gateway.url}/metrics", headers=headers, timeout=5).status_code)
+        if answers[-1] != 200:
+            break
+        time.sleep(0.1)
+    assert answers[-1] == 401, answers[-5:]
+    assert httpx.get(f"{gateway.url}/metrics", headers=admin.headers, timeout=5).status_code == 200
 
 
 @pytest.fixture
