@@ -60,7 +60,8 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
     app = FastAPI(title="registry", summary="Eureka REST protocol registry (in memory)", lifespan=lifespan)
     app.state.settings = settings
     app.state.registry = registry
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
+                       read_timeout_secs=settings.body_read_timeout_secs)
     app.include_router(api.router)
 
     @app.exception_handler(RequestValidationError)

@@ -3,18 +3,27 @@
 A declared Content-Length over the limit is answered 413 before a byte of the body is read (nginx's
 `client_max_body_size`); a chunked body is counted as it arrives and, at the limit, answered 413 while the
 app is told the client went away (`http.disconnect`), so nothing is parsed past the bound. Both answers are
-problem+json. FastAPI's own `max_body_size`
+problem+json. A body whose next piece does not arrive within `read_timeout_secs` (BODY_READ_TIMEOUT_SECS) is
+answered 408 the same way (nginx's `client_body_timeout`): a slow client holds nothing for long. FastAPI's own
+`max_body_size`
 (Starlette's RequestBodyLimitMiddleware) does the counting too, but answers text/plain and replaces whatever
 the app answered to a request with a large declared length, so the services' error contract would not hold.
 """
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.errors import problem
+
+
+def too_slow(read_timeout_secs: float) -> JSONResponse:
+    return problem(408, "Request timeout", f"The request body stalled for {read_timeout_secs:g} s.",
+                   "body-timeout", headers={"Connection": "close"})
 
 
 def too_large(max_bytes: int) -> JSONResponse:
@@ -25,9 +34,10 @@ def too_large(max_bytes: int) -> JSONResponse:
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout_secs: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.read_timeout_secs = read_timeout_secs
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -38,14 +48,22 @@ class BodyLimitMiddleware:
             await too_large(self.max_bytes)(scope, receive, send)
             return
         received = 0
-        cut_off = app_started = answered = False
+        cut_off = app_started = answered = body_done = False
 
         async def counted_receive() -> Message:
-            nonlocal received, cut_off, answered
+            nonlocal received, cut_off, answered, body_done
             if cut_off:
                 return {"type": "http.disconnect"}
-            message = await receive()
+            if body_done or app_started:  # nothing more to wait for but the client going away
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.read_timeout_secs)
+            except TimeoutError:
+                cut_off = answered = True
+                await too_slow(self.read_timeout_secs)(scope, receive, send)
+                return {"type": "http.disconnect"}
             if message["type"] == "http.request":
+                body_done = not message.get("more_body", False)
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     cut_off = True

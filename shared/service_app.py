@@ -100,7 +100,8 @@ def create_service_app(
         async def refresh_revocations(request: Request) -> None:
             await request.app.state.verifier.revocations.refresh()
     # Inside RequestMiddleware, so a 413 is logged and counted like any answer (shared/server.py bounds the head).
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
+                       read_timeout_secs=settings.body_read_timeout_secs)
     app.add_middleware(RequestMiddleware, service=service)
 
     @app.get("/health", tags=["health"], include_in_schema=False)

@@ -31,6 +31,9 @@ class ServerBounds(BaseSettings):
     keep_alive_timeout_secs: int = Field(default=5, ge=1)
     # The request body: a larger Content-Length → 413 before a byte is read; a chunked body is cut off there.
     max_body_bytes: int = Field(default=1024 * 1024, ge=0)
+    # Between two pieces of a request's body: longer → 408 (nginx's client_body_timeout; a slow-body client
+    # holds a connection and a task no longer than this per piece).
+    body_read_timeout_secs: float = Field(default=10.0, gt=0)
 
 
 class ServiceSettings(ServerBounds):

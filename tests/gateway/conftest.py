@@ -131,8 +131,12 @@ def fake_auth_app(seen: Upstreams) -> Starlette:
             return JSONResponse({})
         return _problem(401, "Unauthorized", "fake-auth: token not valid")
 
+    async def revocations(request: Request) -> Response:  # what the gateway polls (shared/auth.py)
+        return JSONResponse({"revoked": []})
+
     return Starlette(routes=[
         StarletteRoute("/validate", validate, methods=["GET", "POST"]),
+        StarletteRoute("/revocations", revocations, methods=["GET"]),
         StarletteRoute("/{path:path}", echo_endpoint(seen), methods=["GET", "POST"]),
     ])
 
@@ -230,6 +234,7 @@ def gateway_settings(auth_url: str, echo_url: str, dead_url: str, broken_url: st
         eureka_server_url="",
         log_level="WARNING",
         log_json=False,
+        body_read_timeout_secs=1,
         routes=[
             *DEFAULT_ROUTES,
             Route(prefix="/api/slow", app="SLOW-SERVICE", timeout_secs=0.5),

@@ -218,6 +218,41 @@ async def test_slow_upstream_is_504_after_the_route_timeout(gw: GatewayUnderTest
     assert gw.seen.echo_calls == ["/api/slow/thing"]  # it was asked, and not waited for
 
 
+async def stalled_upload(url: str, method: str, target: str, length: int, extra: str = "") -> bytes:
+    """A request whose body stops after 10 of its `length` bytes and never goes on: the gateway's answer."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"{method} {target} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer good\r\n{extra}"
+                 f"Content-Length: {length}\r\n\r\n".encode("latin-1") + b"x" * 10)
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
+    finally:
+        writer.close()
+
+
+async def test_a_stalled_small_body_is_408_after_the_body_read_timeout(gw: GatewayUnderTest) -> None:
+    # A body small enough to be held for a re-send is read whole first: the server's bound ends the wait.
+    head = await stalled_upload(gw.url, "PUT", "/api/orders/upload", 100)
+    assert head.startswith(b"HTTP/1.1 408"), head
+    assert gw.seen.echo_calls == []
+
+
+async def test_a_stalled_streamed_body_is_the_clients_own_408_not_the_instances_fault(gw: GatewayUnderTest) -> None:
+    # A streamed body (too large to hold) that stops: the server's bound answers, and the instance that was
+    # waiting for the rest of it is not blamed.
+    threshold = 5  # Settings.breaker_failure_threshold: that many failures in a row would open the breaker
+    for _ in range(threshold + 1):
+        head = await stalled_upload(gw.url, "POST", "/api/slow/upload", 10 * 1024 * 1024)
+        assert head.startswith(b"HTTP/1.1 408"), head
+    gw.seen.reset()
+    async with gw.client() as client:
+        response = await client.get("/api/slow/thing", headers=GOOD)
+    # Still asked (a breaker opened by the uploads would have answered 503 without asking).
+    assert assert_problem(response, 504)["service"] == "SLOW-SERVICE"
+    assert gw.seen.echo_calls == ["/api/slow/thing"]
+
+
 async def test_five_megabytes_up_with_content_length(gw: GatewayUnderTest) -> None:
     payload = b"".join(pattern_bytes(FIVE_MB))
     async with gw.client() as client:

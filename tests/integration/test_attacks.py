@@ -170,9 +170,10 @@ def test_a_fifty_megabyte_body_straight_to_a_service_is_refused_before_it_is_rea
 
 @pytest.fixture(scope="module")
 def impatient_gateway(fleet: Fleet) -> Iterator[ServiceProcess]:
-    """A second gateway with one-second header-read and keep-alive bounds, so a test need not wait ten."""
+    """A second gateway with one-second header-read, body-read and keep-alive bounds, so a test need not wait ten."""
     proc = fleet.start("gateway", name="gateway_impatient",
-                       env={"HEADER_READ_TIMEOUT_SECS": "1", "KEEP_ALIVE_TIMEOUT_SECS": "1"})
+                       env={"HEADER_READ_TIMEOUT_SECS": "1", "KEEP_ALIVE_TIMEOUT_SECS": "1",
+                            "BODY_READ_TIMEOUT_SECS": "1"})
     try:
         yield proc
     finally:
@@ -185,6 +186,9 @@ def test_slowloris_and_idle_connections_are_closed(impatient_gateway: ServicePro
     # Nothing sent at all, and a head that never ends: 408, then closed (the read ends instead of timing out).
     assert _raw_exchange(url, b"").startswith(b"HTTP/1.1 408")
     assert _raw_exchange(url, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: a").startswith(b"HTTP/1.1 408")
+    # A body that stops coming: 408, then closed.
+    stalled = b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"
+    assert _raw_exchange(url, stalled).startswith(b"HTTP/1.1 408")
     # An idle keep-alive connection after a complete request: closed after the answer.
     answer = _raw_exchange(url, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 200") and answer.count(b"HTTP/1.1") == 1
