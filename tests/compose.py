@@ -21,10 +21,15 @@ from tests.fleet import ROOT, SERVICES
 
 # Run inside a service's container (its image has Python, no curl): one request to the service on loopback.
 _REQUEST = """
-import json, sys, urllib.error, urllib.request
+import base64, json, sys, urllib.error, urllib.parse, urllib.request
 method, url, body = sys.argv[1], sys.argv[2], sys.argv[3]
-request = urllib.request.Request(url, method=method, data=body.encode() or None,
-                                 headers={"Content-Type": "application/json", "Accept": "application/json"})
+headers = {"Content-Type": "application/json", "Accept": "application/json"}
+parts = urllib.parse.urlsplit(url)
+if "@" in parts.netloc:  # user:password@ in the URL: sent as basic credentials, as py-eureka-client does
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    headers["Authorization"] = "Basic " + base64.b64encode(urllib.parse.unquote(userinfo).encode()).decode()
+    url = parts._replace(netloc=host).geturl()
+request = urllib.request.Request(url, method=method, data=body.encode() or None, headers=headers)
 try:
     with urllib.request.urlopen(request, timeout=10) as response:
         status, text = response.status, response.read().decode()
@@ -52,7 +57,11 @@ class Container:
 
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, str]:
         """One HTTP request to the service from inside its own container; (status, body)."""
-        out = docker("exec", self.container_id, "python", "-c", _REQUEST, method, f"http://127.0.0.1:{self.port}{path}",
+        return self.request_from_here(method, f"http://127.0.0.1:{self.port}{path}", body)
+
+    def request_from_here(self, method: str, url: str, body: Any = None) -> tuple[int, str]:
+        """One HTTP request from inside this container to any URL (a neighbour on the stack's network)."""
+        out = docker("exec", self.container_id, "python", "-c", _REQUEST, method, url,
                      "" if body is None else json.dumps(body), timeout=30)
         answer = json.loads(out)
         return int(answer["status"]), str(answer["text"])

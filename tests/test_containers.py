@@ -22,7 +22,8 @@ def test_no_secret_has_a_published_default() -> None:
         uses = re.findall(r"\$\{" + variable + r"(:?[-?])", text)
         assert uses and set(uses) == {":?"}, (variable, uses)
     eureka = COMPOSE["services"]["eureka"]["environment"]
-    assert eureka["EUREKA_USERNAME"] == eureka["SPRING_SECURITY_USER_NAME"] == "eureka"
+    # The user in the services' EUREKA_SERVER_URL is the one the registry checks.
+    assert eureka["EUREKA_USERNAME"] == "eureka" and "http://eureka:${EUREKA_PASSWORD" in text
 
 
 def _command_module(service: dict) -> list[str]:
@@ -54,9 +55,10 @@ def _default(value: str) -> str:
 
 def test_real_eureka_server_and_postgres_pinned_and_replaceable() -> None:
     services = COMPOSE["services"]
-    # Variables whose defaults are the official images (CI points them at its stand-ins); Eureka at a tag that
-    # exists (Steeltoe's Docker Hub images froze in 2024), never `latest`.
-    assert services["eureka"]["image"] == "${EUREKA_IMAGE:-steeltoeoss/eureka-server:4.1.1}"
+    # Variables whose defaults are the official images (CI points them at its stand-ins); Eureka pinned, never
+    # `latest`, and one that enforces the registry's credentials (Steeltoe's has no Spring Security).
+    assert services["eureka"]["image"] == "${EUREKA_IMAGE:-ghcr.io/openzipkin/zipkin-eureka:3.4.2}"
+    assert set(services["eureka"]["environment"]) >= {"EUREKA_USERNAME", "EUREKA_PASSWORD"}
     assert services["postgres"]["image"] == "${POSTGRES_IMAGE:-postgres:16-alpine}"
     assert services["auth_service"]["build"]["args"]["PYTHON_IMAGE"] == "${PYTHON_IMAGE:-python:3.11-slim}"
     assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim$", (ROOT / "Dockerfile").read_text(), re.M)

@@ -160,3 +160,20 @@ def test_an_orchestrator_container_killed_mid_load_and_every_saga_finishes_once(
         assert len(payments(api, admin, saga["order_id"])) == 1
     assert len({s["order_id"] for s in sagas}) == 30
     assert first.alive()
+
+
+def test_the_registry_refuses_anyone_without_its_credentials(compose: ComposeStack) -> None:
+    """Issue 15 item 1 in containers: a neighbour on the stack's network cannot register a rogue instance or
+    read the fleet's map without the registry's basic credentials (the real image's and the stand-in's)."""
+    neighbour = compose.replicas("order_service")[0]
+    rogue = {"instance": {"instanceId": "rogue:1", "hostName": "rogue", "app": "AUTH-SERVICE", "ipAddr": "10.9.9.9",
+                          "status": "UP", "port": {"$": 8081, "@enabled": "true"},
+                          "dataCenterInfo": {"@class": "com.netflix.appinfo.InstanceInfo$DefaultDataCenterInfo",
+                                             "name": "MyOwn"}}}
+    password = os.environ.get("EUREKA_PASSWORD", "")
+    for credentials in ("", "eureka:wrong@", "intruder:" + password + "@"):
+        base = f"http://{credentials}eureka:8761/eureka"
+        assert neighbour.request_from_here("POST", f"{base}/apps/AUTH-SERVICE", rogue)[0] == 401, credentials
+        assert neighbour.request_from_here("GET", f"{base}/apps")[0] == 401, credentials
+    assert all(i["instanceId"] != "rogue:1" for i in compose.registered("AUTH-SERVICE"))
+    assert compose.registered("AUTH-SERVICE"), "the registry answers the right credentials"
