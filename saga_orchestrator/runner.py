@@ -64,6 +64,8 @@ class SagaRunner:
         # Wall-clock time: deadlines count from timestamps in the saga's history, which any replica reads.
         self.clock = clock
         self._tasks: dict[UUID, asyncio.Task[bool]] = {}
+        # Sagas being placed here (indexed, leased to us, not yet launched): never "resumed" by recovery.
+        self.placing: set[UUID] = set()
         self._recovery: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -134,7 +136,7 @@ class SagaRunner:
         capacity = self.settings.max_active_sagas - len(self._tasks)
         if capacity <= 0:
             return 0
-        ids = await self.index.resumable(capacity, exclude=set(self._tasks))
+        ids = await self.index.resumable(capacity, exclude=set(self._tasks) | self.placing)
         for saga_id in ids:
             log.info("resuming saga", saga_id=str(saga_id))
             self.launch(saga_id)

@@ -189,24 +189,29 @@ async def _place(orch: Orchestrator, identity: Identity, idempotency_key: str, o
     first = orch.runner.first_call(saga)  # its attempt is recorded, so saved with the start
     # The row first: it claims the key (a concurrent duplicate loses on the unique constraint) and
     # holds the request, so a crash before the first save still leaves recovery enough to start it.
-    row = await orch.index.insert(saga, start_request)
-    if row is None:
-        raced = await orch.index.find_by_key(identity.subject, idempotency_key)
-        if raced is None:
-            raise RequestInProgress("The request with this Idempotency-Key is being processed; try again.")
-        return _same_request(raced, fp, idempotency_key), False
-    started: Saga | None = saga
+    # Leased to this replica from the insert on: its own recovery must not take it for a saga whose driver quit.
+    orch.runner.placing.add(saga.id)
     try:
-        await orch.store.save(saga)
-    except ConcurrentSagaUpdate:
-        started = first = None  # recovery started it from the index row already
-    except Exception as exc:
-        log.exception("could not save a new saga; recovery will start it", saga_id=str(saga.id))
-        raise ServiceUnavailable("The saga was accepted but not yet started; retry with the same key.") from exc
-    SAGAS_STARTED.inc()
-    log.info("saga started", saga_id=str(saga.id), customer_id=identity.subject, total_minor=priced.total_minor)
-    orch.runner.launch(saga.id, started=started, first=first)
-    return row, True
+        row = await orch.index.insert(saga, start_request)
+        if row is None:
+            raced = await orch.index.find_by_key(identity.subject, idempotency_key)
+            if raced is None:
+                raise RequestInProgress("The request with this Idempotency-Key is being processed; try again.")
+            return _same_request(raced, fp, idempotency_key), False
+        started: Saga | None = saga
+        try:
+            await orch.store.save(saga)
+        except ConcurrentSagaUpdate:
+            started = first = None  # another replica started it from the index row already (its lease ran out)
+        except Exception as exc:
+            log.exception("could not save a new saga; recovery will start it", saga_id=str(saga.id))
+            raise ServiceUnavailable("The saga was accepted but not yet started; retry with the same key.") from exc
+        SAGAS_STARTED.inc()
+        log.info("saga started", saga_id=str(saga.id), customer_id=identity.subject, total_minor=priced.total_minor)
+        orch.runner.launch(saga.id, started=started, first=first)
+        return row, True
+    finally:
+        orch.runner.placing.discard(saga.id)
 
 
 def summary(row: IndexedSaga) -> SagaSummary:

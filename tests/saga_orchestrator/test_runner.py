@@ -198,18 +198,33 @@ async def test_a_version_conflict_stops_the_slower_writer(replicas: ReplicaFacto
         await replica.orch.store.save(second)
 
 
-async def test_a_saga_indexed_but_never_saved_is_started_by_recovery(replicas: ReplicaFactory) -> None:
-    crashed = await replicas("owner-crashed", lease_secs=0.2)
+async def index_only(replica, key: str) -> Saga:  # type: ignore[no-untyped-def]
+    """A saga indexed (leased to `replica`) and not yet saved: where a placement is between its two writes."""
     fields: dict[str, Any] = {
-        "definition_version": 1, "customer_id": "cust-9", "idempotency_key": "lost", "fingerprint": "f" * 64,
+        "definition_version": 1, "customer_id": "cust-9", "idempotency_key": key, "fingerprint": "f" * 64,
         "lines": [{"sku": "KB-1", "quantity": 1, "unit_price_minor": 8999, "weight_grams": 920}],
         "currency": "EUR", "total_minor": 8999, "total_weight_grams": 920,
         "shipping_address": ADDRESS, "payment_token": "tok_visa", "trace": {}}
     saga = Saga(**fields)
-    start_request = {k: getattr(saga, k) for k in (
-        "definition_version", "customer_id", "idempotency_key", "fingerprint", "lines", "currency", "total_minor",
-        "total_weight_grams", "shipping_address", "payment_token", "trace")}
-    assert await crashed.orch.index.insert(saga, start_request)  # ... and the process died here
+    assert await replica.orch.index.insert(saga, fields)
+    return saga
+
+
+async def test_a_saga_being_placed_here_is_not_resumed_by_this_replicas_recovery(replicas: ReplicaFactory) -> None:
+    replica = await replicas("host:8009", lease_secs=60)
+    placing = await index_only(replica, "placing")
+    replica.runner.placing.add(placing.id)  # as place_customer_order holds it between the insert and the launch
+    await replica.runner.recover_once()
+    assert placing.id not in replica.runner._tasks
+    replica.runner.placing.discard(placing.id)  # a placement that died between them: recovery's to start
+    await replica.runner.recover_once()
+    assert placing.id in replica.runner._tasks
+    assert (await finished(replica, str(placing.id))).status == SagaStatus.COMPLETED
+
+
+async def test_a_saga_indexed_but_never_saved_is_started_by_recovery(replicas: ReplicaFactory) -> None:
+    crashed = await replicas("owner-crashed", lease_secs=0.2)
+    saga = await index_only(crashed, "lost")  # ... and the process died here
     await asyncio.sleep(0.3)
     survivor = await replicas("owner-survivor")
     assert await survivor.runner.recover_once() >= 1
