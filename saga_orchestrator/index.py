@@ -42,6 +42,19 @@ _RELEASE = (update(_TABLE).where(_C.saga_id == bindparam("w_saga_id"), _C.owner 
             .values(owner=None, lease_until=None))
 
 
+# A customer's placements take turns (PostgreSQL: a transaction-scoped advisory lock per customer, in a key
+# space of its own; SQLite: its transactions begin IMMEDIATE, one writer at a time), so the bound on their
+# unfinished sagas holds across every replica.
+_PLACEMENT_LOCKS = 0x5A6A
+_LOCK_CUSTOMER = select(func.pg_advisory_xact_lock(_PLACEMENT_LOCKS, func.hashtext(bindparam("customer_id"))))
+_UNFINISHED_OF = (select(func.count()).select_from(_TABLE)
+                  .where(_C.customer_id == bindparam("customer_id"), _C.status.in_(_UNFINISHED)))
+
+
+class TooManyUnfinished(Exception):
+    """The customer holds as many unfinished sagas as they may: nothing was indexed."""
+
+
 def _saga(row: Row) -> IndexedSaga:
     return IndexedSaga(**{column.key: row[column.key] for column in _TABLE.c})
 
@@ -83,17 +96,30 @@ class SagaIndexStore:
             row = await tx.fetchrow(_BY_KEY, {"w_customer_id": customer_id, "w_key": idempotency_key})
         return None if row is None else _saga(row)
 
-    async def insert(self, saga: Saga, start_request: dict[str, Any]) -> IndexedSaga | None:
-        """Index a new saga, leased to this replica; None when its key is already taken."""
+    async def insert(self, saga: Saga, start_request: dict[str, Any],
+                     max_unfinished: int | None = None) -> IndexedSaga | None:
+        """Index a new saga, leased to this replica; None when its key is already taken. With `max_unfinished`,
+        only while the customer has fewer unfinished sagas than that (else TooManyUnfinished), counted and
+        inserted in one transaction that the customer's other placements wait for, on any replica."""
         now = _now()
         row = IndexedSaga(
             saga_id=str(saga.id), customer_id=saga.customer_id, idempotency_key=saga.idempotency_key,
             fingerprint=saga.fingerprint, status=str(saga.status), order_id=None, total_minor=saga.total_minor,
             currency=saga.currency, start_request=start_request, owner=self.owner, lease_until=now + self.lease,
             created_at=now, updated_at=now)
+        values = {column.key: getattr(row, column.key) for column in _TABLE.c}
         try:
-            async with self.db.autocommit() as tx:
-                await tx.execute(_INSERT, {column.key: getattr(row, column.key) for column in _TABLE.c})
+            if max_unfinished is None:
+                async with self.db.autocommit() as tx:
+                    await tx.execute(_INSERT, values)
+                return row
+            async with self.db.transaction() as tx:
+                customer = {"customer_id": saga.customer_id}
+                if tx.dialect == "postgresql":
+                    await tx.fetchval(_LOCK_CUSTOMER, customer)
+                if await tx.fetchval(_UNFINISHED_OF, customer) >= max_unfinished:
+                    raise TooManyUnfinished(saga.customer_id)
+                await tx.execute(_INSERT, values)
         except IntegrityError:
             return None
         return row

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import secrets
@@ -15,9 +14,9 @@ from uuid import UUID
 import structlog
 
 from saga_orchestrator.catalogue import Catalogue
-from saga_orchestrator.domain import UNFINISHED, Saga, SagaStatus
+from saga_orchestrator.domain import Saga, SagaStatus
 from saga_orchestrator.event_store import ConcurrentSagaUpdate, FeedItem, SagaStore
-from saga_orchestrator.index import SagaIndexStore
+from saga_orchestrator.index import SagaIndexStore, TooManyUnfinished
 from saga_orchestrator.metrics import SAGAS_STARTED
 from saga_orchestrator.models import IndexedSaga
 from saga_orchestrator.runner import SagaRunner
@@ -112,17 +111,6 @@ async def price_order(orch: Orchestrator, order: CustomerOrderCreate, trace: dic
                        total_weight_grams=total_weight)
 
 
-@dataclass
-class _Placing:
-    """A customer's placements under way in this process: one at a time, forgotten when none is left."""
-
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    users: int = 0
-
-
-_placing: dict[str, _Placing] = {}
-
-
 def _same_request(row: IndexedSaga, fp: str, key: str) -> IndexedSaga:
     if row.fingerprint != fp:
         raise InvalidRequest(f"The Idempotency-Key {key!r} was already used with a different request.")
@@ -139,28 +127,12 @@ async def place_customer_order(orch: Orchestrator, identity: Identity, idempoten
     if units > orch.settings.max_units_per_order:
         raise InvalidRequest(f"An order may hold at most {orch.settings.max_units_per_order} units, not {units}.",
                              max_units=orch.settings.max_units_per_order)
-    # One placement per customer at a time in this process, so concurrent requests cannot all pass the count.
-    placing = _placing.setdefault(identity.subject, _Placing())
-    placing.users += 1
-    try:
-        async with placing.lock:
-            counts = await orch.index.count_by_status(identity.subject)
-            most = orch.settings.max_unfinished_sagas_per_customer
-            if sum(counts.get(status, 0) for status in UNFINISHED) >= most:
-                existing = await orch.index.find_by_key(identity.subject, idempotency_key)
-                if existing is not None:
-                    return _same_request(existing, fp, idempotency_key), False
-                raise TooManyRequests(f"At most {most} orders may be in progress at once; wait for one to finish.",
-                                      retry_after=1, max_unfinished=most)
-            return await _place(orch, identity, idempotency_key, order, trace, fp)
-    finally:
-        placing.users -= 1
-        if not placing.users:
-            del _placing[identity.subject]
+    return await _place(orch, identity, idempotency_key, order, trace, fp,
+                        max_unfinished=orch.settings.max_unfinished_sagas_per_customer)
 
 
 async def _place(orch: Orchestrator, identity: Identity, idempotency_key: str, order: CustomerOrderCreate,
-                 trace: dict[str, str], fp: str) -> tuple[IndexedSaga, bool]:
+                 trace: dict[str, str], fp: str, max_unfinished: int | None = None) -> tuple[IndexedSaga, bool]:
     # A new key is the usual case: price first and let the index row's unique key catch a repeated one
     # (one statement per placement, not two). A repeat whose pricing fails now (the catalogue changed, or
     # is away) still gets its saga back rather than the error.
@@ -192,7 +164,14 @@ async def _place(orch: Orchestrator, identity: Identity, idempotency_key: str, o
     # Leased to this replica from the insert on: its own recovery must not take it for a saga whose driver quit.
     orch.runner.placing.add(saga.id)
     try:
-        row = await orch.index.insert(saga, start_request)
+        try:
+            row = await orch.index.insert(saga, start_request, max_unfinished)
+        except TooManyUnfinished:
+            existing = await orch.index.find_by_key(identity.subject, idempotency_key)
+            if existing is not None:  # the request that made one of them, again
+                return _same_request(existing, fp, idempotency_key), False
+            raise TooManyRequests(f"At most {max_unfinished} orders may be in progress at once; wait for one to "
+                                  "finish.", retry_after=1, max_unfinished=max_unfinished) from None
         if row is None:
             raced = await orch.index.find_by_key(identity.subject, idempotency_key)
             if raced is None:

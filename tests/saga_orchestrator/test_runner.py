@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import pytest
 
 from saga_orchestrator import service
 from saga_orchestrator.domain import Saga, SagaStatus
+from saga_orchestrator.index import SagaIndexStore, TooManyUnfinished
 from saga_orchestrator.steps import CURRENT
 from shared.auth import Identity
 from shared.errors import Conflict, InvalidRequest
@@ -198,16 +199,39 @@ async def test_a_version_conflict_stops_the_slower_writer(replicas: ReplicaFacto
         await replica.orch.store.save(second)
 
 
-async def index_only(replica, key: str) -> Saga:  # type: ignore[no-untyped-def]
-    """A saga indexed (leased to `replica`) and not yet saved: where a placement is between its two writes."""
+def new_saga(key: str, customer_id: str = "cust-9") -> tuple[Saga, dict[str, Any]]:
+    """A saga as a placement makes it, and its start request."""
     fields: dict[str, Any] = {
-        "definition_version": 1, "customer_id": "cust-9", "idempotency_key": key, "fingerprint": "f" * 64,
+        "definition_version": 1, "customer_id": customer_id, "idempotency_key": key, "fingerprint": "f" * 64,
         "lines": [{"sku": "KB-1", "quantity": 1, "unit_price_minor": 8999, "weight_grams": 920}],
         "currency": "EUR", "total_minor": 8999, "total_weight_grams": 920,
         "shipping_address": ADDRESS, "payment_token": "tok_visa", "trace": {}}
-    saga = Saga(**fields)
+    return Saga(**fields), fields
+
+
+async def index_only(replica, key: str) -> Saga:  # type: ignore[no-untyped-def]
+    """A saga indexed (leased to `replica`) and not yet saved: where a placement is between its two writes."""
+    saga, fields = new_saga(key)
     assert await replica.orch.index.insert(saga, fields)
     return saga
+
+
+async def test_a_customers_bound_on_unfinished_sagas_holds_across_replicas(replicas: ReplicaFactory) -> None:
+    """Placements of one customer at two replicas at once: the count and the insert are one step for the fleet."""
+    a, b = await replicas("host:8011"), await replicas("host:8012")
+    customer = f"cust-{uuid4().hex[:8]}"
+    placements = [new_saga(f"bound-{i}", customer) for i in range(8)]
+
+    async def place(index: SagaIndexStore, saga: Saga, fields: dict[str, Any]) -> bool:
+        try:
+            return await index.insert(saga, fields, max_unfinished=2) is not None
+        except TooManyUnfinished:
+            return False
+
+    indexed = await asyncio.gather(*(place((a if i % 2 else b).orch.index, saga, fields)
+                                     for i, (saga, fields) in enumerate(placements)))
+    assert sum(indexed) == 2
+    assert sum((await a.orch.index.count_by_status(customer)).values()) == 2
 
 
 async def test_a_saga_being_placed_here_is_not_resumed_by_this_replicas_recovery(replicas: ReplicaFactory) -> None:
