@@ -12,8 +12,11 @@ from shared.db import Database, Tx
 from shared.schemas import PageParams
 from shared.settings import ServiceSettings
 
+# Every dependency here is `async def`: FastAPI runs a plain `def` dependency on a worker thread, a thread hand-off
+# per request (measured: ~18 % of order_service's samples under the saga load, for three of them per keyed step).
 
-def database(request: Request) -> Database:
+
+async def database(request: Request) -> Database:
     """The service's database (opened by the app's lifespan): the one place a route reaches app.state for it."""
     db: Database = request.app.state.db
     return db
@@ -22,7 +25,7 @@ def database(request: Request) -> Database:
 DatabaseDep = Annotated[Database, Depends(database)]
 
 
-def service_settings(request: Request) -> ServiceSettings:
+async def service_settings(request: Request) -> ServiceSettings:
     settings: ServiceSettings = request.app.state.settings
     return settings
 
@@ -41,7 +44,7 @@ async def session(db: DatabaseDep) -> AsyncIterator[Tx]:
 SessionDep = Annotated[Tx, Depends(session, scope="function")]
 
 
-def paging(limit: Annotated[int, Query(ge=1, le=500)] = 50,
+async def paging(limit: Annotated[int, Query(ge=1, le=500)] = 50,
            offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0) -> PageParams:
     return PageParams(limit=limit, offset=offset)
 

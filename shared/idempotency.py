@@ -220,8 +220,13 @@ class Idempotency:
                 await refusal.kept(tx)
 
 
+async def idempotency(request: Request, identity: Caller, db: DatabaseDep, settings: SettingsDep) -> Idempotency:
+    """The route's unit of work (an `async def`: FastAPI would build the class itself on a worker thread)."""
+    return Idempotency(request, identity, db, settings)
+
+
 # The write routes' parameter type: `idempotent: Idempotent`, then `return await idempotent.run(service.x, ...)`.
-Idempotent = Annotated[Idempotency, Depends()]
+Idempotent = Annotated[Idempotency, Depends(idempotency)]
 
 
 def _body_of(response: JSONResponse) -> Any:
