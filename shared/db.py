@@ -207,8 +207,18 @@ def _driver_errors(sql: str = "", args: Any = None) -> Iterator[None]:
         raise exc.IntegrityError(sql, args, error) from error
     except asyncpg.DataError as error:
         raise exc.DataError(sql, args, error) from error
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError) as error:
+        # InternalClientError: the protocol is in a state no statement can run in (the server ended the
+        # connection between two statements of a transaction: "another operation is in progress").
         raise exc.OperationalError(sql, args, error) from error
+
+
+def _usable(connection: asyncpg.Connection) -> bool:
+    """Whether the connection can still take a statement (asyncpg detaches a pool's connection once it closes)."""
+    try:
+        return not connection.is_closed()
+    except asyncpg.InterfaceError:
+        return False
 
 
 def _touched(status: str) -> int:
@@ -400,6 +410,12 @@ class Database:
             raise exc.TimeoutError(f"no database connection free within {POOL_TIMEOUT_SECS} s") from error
         try:
             yield connection
+        except exc.OperationalError as error:
+            # Broken below SQL (the protocol's state lost, the socket gone): never hand it out again. A refusal
+            # the server answered (a lock timeout, a deadlock) leaves a connection fit for the next transaction.
+            if not isinstance(error.orig, asyncpg.PostgresError) and _usable(connection):
+                connection.terminate()
+            raise
         finally:
             await pool.release(connection)
 
@@ -416,7 +432,7 @@ class Database:
             try:
                 yield _PostgresTx(connection)
             except BaseException:
-                if not connection.is_closed():
+                if _usable(connection):
                     with _driver_errors("ROLLBACK"):
                         await transaction.rollback()
                 raise

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, bindparam, func, insert, select, update
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 
 from shared.db import Database, UTCDateTime, conflict_insert, new_id, utc_now
 from shared.metrics import DB_STATEMENTS
@@ -62,6 +62,23 @@ async def test_update_applies_onupdate_and_counts_rows(db: Database) -> None:
         assert await tx.execute(update(items).where(items.c.name == "nobody").values(quantity=1)) == 0
         after = await tx.fetchrow(_BY_NAME, {"w_name": "two"})
     assert after is not None and after["updated_at"] >= created["updated_at"]
+
+
+async def test_a_connection_the_server_ends_mid_transaction_is_an_operational_error_and_never_reused(
+        db: Database) -> None:
+    """The server ends the backend between two statements (a failover, pg_terminate_backend): the next statement
+    fails as OperationalError (the services answer 503), and the pool hands that connection to nobody again."""
+    if db.sqlite:
+        pytest.skip("a PostgreSQL backend")
+    for _ in range(db.pool_size + 1):
+        with pytest.raises(OperationalError):
+            async with db.transaction() as tx:
+                pid = await tx.fetchval(select(func.pg_backend_pid()))
+                async with db.autocommit() as other:
+                    assert await other.fetchval(select(func.pg_terminate_backend(pid))) is True
+                await tx.fetchval(select(func.now()))
+    async with db.transaction() as tx:
+        assert await tx.fetchval(select(func.count()).select_from(items)) >= 0
 
 
 async def test_a_rollback_undoes_the_work(db: Database) -> None:
