@@ -39,9 +39,10 @@ class StepKind(StrEnum):
     # outcome unknown, so it is compensated too.
     COMPENSATABLE = "compensatable"
     # Compensatable, but when its outcome is unknown it is first replayed under its own key: the participant
-    # answers with the original's result (waiting for it if it still runs) or makes the call now, so a late
-    # copy of the original can only replay, never apply after the compensation. Needed where the
-    # compensation does not fence off a late action itself, or needs the action's result to say what to undo.
+    # answers with the original's result (waiting for it if it still runs) or makes the call now, so the
+    # saga learns what the step did before undoing it. The order's cancellation needs the order id only the
+    # replay can learn; the carrier and the shipment refuse a late step themselves (shared/fence.py), and
+    # their replay records the assignment or tracking number that is then undone.
     REPLAY_BEFORE_COMPENSATE = "replay-before-compensate"
     # The go/no-go: no compensation. Its success completes the forward path; an unknown outcome is settled by
     # a replay before anything is undone (a late success after the undoing would stand alone).

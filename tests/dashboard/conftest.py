@@ -1,4 +1,4 @@
-"""Fixtures of the dashboard's tests: a gateway that serves /dashboard, and a headless Chromium."""
+"""Fixtures of the dashboard's tests: the fleet's shop and a headless Chromium (the gateway serves /dashboard)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.conftest import User
 from tests.dashboard.shop import Shop, open_shop
-from tests.fleet import Fleet, ServiceProcess, free_port
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 # Never a browser of Playwright's own: Debian's chromium, headless, with nothing that phones home.
@@ -21,32 +19,6 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run",
 ]
-
-
-def _serves_dashboard(url: str) -> bool:
-    try:
-        response = httpx.get(f"{url}/dashboard", timeout=5)
-    except httpx.HTTPError:
-        return False
-    return response.status_code == 200 and response.headers.get("content-type", "").startswith("text/html")
-
-
-@pytest.fixture(scope="session")
-def dashboard_url(fleet: Fleet, gateway_url: str) -> Iterator[str]:
-    """The fleet's gateway when it mounts the dashboard; else a gateway process that does (same registry)."""
-    if _serves_dashboard(gateway_url):
-        yield gateway_url
-        return
-    port = free_port()
-    env = fleet.service_env("gateway", port, APP_NAME="GATEWAY-DASHBOARD-TEST")
-    proc = ServiceProcess("gateway_dashboard", "tests.dashboard.gateway_with_dashboard", port, env,
-                          fleet.log_path("gateway_dashboard"))
-    proc.start()
-    try:
-        proc.wait_healthy()
-        yield proc.url
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="session")
@@ -77,9 +49,9 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
-def page(browser: Any, dashboard_url: str) -> Iterator[Any]:
+def page(browser: Any, gateway_url: str) -> Iterator[Any]:
     """A fresh browser context (its own sessionStorage) with the gateway as base URL."""
-    context = browser.new_context(base_url=dashboard_url, viewport={"width": 1280, "height": 900})
+    context = browser.new_context(base_url=gateway_url, viewport={"width": 1280, "height": 900})
     context.set_default_timeout(20_000)
     page = context.new_page()
     errors: list[str] = []
