@@ -19,9 +19,10 @@ from bench.stack import POSTGRES
 from saga_orchestrator import core
 from saga_orchestrator.domain import Saga
 from saga_orchestrator.event_store import SagaStore
-from saga_orchestrator.runner import policy, utc_now
+from saga_orchestrator.runner import policy
 from saga_orchestrator.settings import Settings
 from saga_orchestrator.steps import CURRENT
+from shared.db import utc_now
 
 DATABASE = "cs_bench_event_store"
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from fastapi import FastAPI
 
 from dashboard.router import router as dashboard_router
@@ -13,14 +16,15 @@ from gateway.settings import Settings
 from shared.service_app import create_service_app
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, clock: Callable[[], float] = time.monotonic) -> FastAPI:
+    """`clock`: the breakers' (gateway.proxy.Gateway)."""
     settings = settings or Settings()
 
     async def on_startup(app: FastAPI) -> None:
         registry = app.state.registry
         for app_name, urls in settings.static_instances.items():
             registry.set_static(app_name, urls)
-        gateway = Gateway(settings, new_client_session(settings), registry)
+        gateway = Gateway(settings, new_client_session(settings), registry, clock)
         app.state.gateway = gateway
         app.state.openapi = MergedOpenApi(gateway, settings.openapi_cache_secs, settings.openapi_fetch_timeout_secs)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -262,7 +262,9 @@ class Gateway:
     them be chosen, failover on a refused connection, and re-sends of repeatable requests on 502/503.
     """
 
-    def __init__(self, settings: Settings, session: aiohttp.ClientSession, registry: RegistryClient) -> None:
+    def __init__(self, settings: Settings, session: aiohttp.ClientSession, registry: RegistryClient,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """`clock`: what the breakers' cool-downs are counted by (a test moves its own)."""
         self.settings = settings
         self.session = session
         self.registry = registry
@@ -272,7 +274,7 @@ class Gateway:
         self.trusted_proxies = TrustedProxies(settings.trusted_proxies)
         self.breakers = Breakers(settings.breaker_failure_threshold, settings.breaker_cooldown_secs,
                                  on_change=self._breaker_changed, on_create=metrics.breaker_created,
-                                 on_drop=metrics.breaker_dropped)
+                                 on_drop=metrics.breaker_dropped, clock=clock)
         self._failure_statuses = frozenset(settings.breaker_failure_statuses)
         self._turns = RoundRobin()
         self._pruned_at: dict[str, float] = {}

@@ -13,7 +13,8 @@ aggregate's optimistic concurrency (a version conflict on save) is the safety ne
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -22,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 
 from saga_orchestrator.domain import UNFINISHED, Saga, SagaStatus
 from saga_orchestrator.models import IndexedSaga, SagaIndex
-from shared.db import Database, Row, table_of
+from shared.db import Database, Row, table_of, utc_now
 from shared.paging import visible_page
 
 _UNFINISHED = [str(s) for s in UNFINISHED]
@@ -59,10 +60,6 @@ def _saga(row: Row) -> IndexedSaga:
     return IndexedSaga(**{column.key: row[column.key] for column in _TABLE.c})
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def _filters(customer_id: str | None, status: str | None, created_after: datetime | None,
              created_before: datetime | None) -> list[ColumnElement[bool]]:
     """The WHERE clauses of the lists and counts; the created-time window includes its start, not its end."""
@@ -79,8 +76,11 @@ def _filters(customer_id: str | None, status: str | None, created_after: datetim
 
 
 class SagaIndexStore:
-    def __init__(self, db: Database, owner: str, lease_secs: float) -> None:
+    def __init__(self, db: Database, owner: str, lease_secs: float,
+                 clock: Callable[[], datetime] = utc_now) -> None:
+        """`clock`: what leases are taken and found expired by (a test moves its own)."""
         self.db = db
+        self.clock = clock
         self.owner = owner
         self.lease = timedelta(seconds=lease_secs)
 
@@ -101,7 +101,7 @@ class SagaIndexStore:
         """Index a new saga, leased to this replica; None when its key is already taken. With `max_unfinished`,
         only while the customer has fewer unfinished sagas than that (else TooManyUnfinished), counted and
         inserted in one transaction that the customer's other placements wait for, on any replica."""
-        now = _now()
+        now = self.clock()
         row = IndexedSaga(
             saga_id=str(saga.id), customer_id=saga.customer_id, idempotency_key=saga.idempotency_key,
             fingerprint=saga.fingerprint, status=str(saga.status), order_id=None, total_minor=saga.total_minor,
@@ -149,7 +149,7 @@ class SagaIndexStore:
 
     async def claim(self, saga_id: UUID) -> bool:
         """Take the lease of an unfinished saga that is free, expired, or already ours."""
-        now = _now()
+        now = self.clock()
         async with self.db.autocommit() as tx:
             return bool(await tx.execute(
                 update(_TABLE)
@@ -158,7 +158,7 @@ class SagaIndexStore:
 
     async def claim_for_retry(self, saga_id: UUID) -> bool:
         """An operator's retry: take a COMPENSATION_FAILED saga (only one retry wins)."""
-        now = _now()
+        now = self.clock()
         async with self.db.autocommit() as tx:
             return bool(await tx.execute(
                 update(_TABLE)
@@ -169,14 +169,14 @@ class SagaIndexStore:
 
     async def renew(self, saga_id: UUID) -> bool:
         """Extend our lease; False when it is no longer ours (stop driving the saga)."""
-        now = _now()
+        now = self.clock()
         async with self.db.autocommit() as tx:
             return bool(await tx.execute(_RENEW, {"w_saga_id": str(saga_id), "w_owner": self.owner,
                                                   "w_lease_until": now + self.lease}))
 
     async def record(self, saga: Saga, release: bool = False) -> bool:
         """Bring the row up to the saga's state and renew (or release) our lease; False if we lost it."""
-        now = _now()
+        now = self.clock()
         values = {"w_saga_id": str(saga.id), "w_owner": self.owner, "status": str(saga.status),
                   "order_id": saga.order_id, "updated_at": now, "owner": None if release else self.owner,
                   "lease_until": None if release else now + self.lease}
@@ -189,7 +189,7 @@ class SagaIndexStore:
 
     async def resumable(self, limit: int, exclude: set[UUID]) -> list[UUID]:
         """Unfinished sagas that nobody drives: no owner or an expired lease (or ours, when a driver of ours quit)."""
-        now = _now()
+        now = self.clock()
         async with self.db.autocommit() as tx:
             rows = await tx.fetch(
                 select(_C.saga_id)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -28,6 +28,7 @@ from saga_orchestrator.index import SagaIndexStore
 from saga_orchestrator.metrics import SAGA_TAKEOVERS, SAGAS_FINISHED, STEP_LATENCY
 from saga_orchestrator.settings import Settings
 from saga_orchestrator.steps import definition
+from shared.db import utc_now
 
 log = structlog.get_logger(__name__)
 
@@ -40,10 +41,6 @@ class Participants(Protocol):
                 not_found_is_done: bool = False) -> Awaitable[Answer]: ...
 
     def ready(self) -> bool: ...
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def policy(settings: Settings) -> Policy:

@@ -12,24 +12,16 @@ from prometheus_client import REGISTRY
 from gateway.app import create_app
 from gateway.ratelimit import TokenBucketLimiter, Verdict, tighter
 from gateway.routes import Route
+from tests.clock import Clock
 from tests.fleet import METRICS_HEADERS
 from tests.gateway.conftest import Instance, fake_auth_app, quiet_settings, serving
 from tests.gateway.conftest import Upstreams as Seen
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 50.0
-
-    def __call__(self) -> float:
-        return self.now
-
 
 # ---------------------------------------------------------------- the bucket
 
 
 def test_bucket_allows_the_burst_then_refuses_until_refilled() -> None:
-    clock = Clock()
+    clock = Clock(50.0)
     bucket = TokenBucketLimiter(rate=2, burst=4, clock=clock)
     verdicts = [bucket.hit("k") for _ in range(5)]
     assert [v.allowed for v in verdicts] == [True, True, True, True, False]
@@ -43,7 +35,7 @@ def test_bucket_allows_the_burst_then_refuses_until_refilled() -> None:
 
 
 def test_refused_requests_take_no_token() -> None:
-    clock = Clock()
+    clock = Clock(50.0)
     bucket = TokenBucketLimiter(rate=1, burst=1, clock=clock)
     assert bucket.hit("k").allowed
     for _ in range(10):
@@ -53,7 +45,7 @@ def test_refused_requests_take_no_token() -> None:
 
 
 def test_headers_follow_the_ietf_draft() -> None:
-    clock = Clock()
+    clock = Clock(50.0)
     bucket = TokenBucketLimiter(rate=10, burst=100, clock=clock)
     allowed = dict(bucket.hit("k").headers())
     assert allowed == {"RateLimit-Limit": "100", "RateLimit-Remaining": "99", "RateLimit-Reset": "1",
@@ -65,7 +57,7 @@ def test_headers_follow_the_ietf_draft() -> None:
 
 
 def test_idle_keys_are_forgotten_oldest_first() -> None:
-    bucket = TokenBucketLimiter(rate=1, burst=1, max_keys=3, clock=Clock())
+    bucket = TokenBucketLimiter(rate=1, burst=1, max_keys=3, clock=Clock(50.0))
     for key in "abcd":
         bucket.hit(key)
     assert len(bucket) == 3

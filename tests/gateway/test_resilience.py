@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -12,17 +11,9 @@ import pytest
 from gateway.app import create_app
 from gateway.resilience import Breakers, BreakerState, CircuitBreaker, may_resend, retry_on_status
 from gateway.routes import Route
+from tests.clock import Clock
 from tests.fleet import METRICS_HEADERS
 from tests.gateway.conftest import Instance, free_port, quiet_settings, serving
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
 
 # ---------------------------------------------------------------- policy
 
@@ -180,8 +171,13 @@ async def retry_gateway(instances: Upstreams) -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="module")
-async def breaker_gateway(instances: Upstreams) -> AsyncIterator[str]:
-    """Breakers that open after 3 failures in a row, for 0.5 s."""
+def breaker_clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture(scope="module")
+async def breaker_gateway(instances: Upstreams, breaker_clock: Clock) -> AsyncIterator[str]:
+    """Breakers that open after 3 failures in a row, for 0.5 s of `breaker_clock`."""
     settings = quiet_settings(
         routes=[Route(prefix="/api/breaker", app="BREAKER-SERVICE", public=True),
                 Route(prefix="/api/lonely", app="LONELY-SERVICE", public=True)],
@@ -190,7 +186,7 @@ async def breaker_gateway(instances: Upstreams) -> AsyncIterator[str]:
         breaker_failure_threshold=3,
         breaker_cooldown_secs=0.5,
     )
-    async with serving(create_app(settings)) as gateway:
+    async with serving(create_app(settings, clock=breaker_clock)) as gateway:
         yield gateway.url
 
 
@@ -277,7 +273,8 @@ def metric_lines(text: str, name: str, **labels: str) -> list[tuple[str, float]]
     return found
 
 
-async def test_breaker_opens_after_repeated_failures_and_closes_after_the_cooldown(breaker: Pair) -> None:
+async def test_breaker_opens_after_repeated_failures_and_closes_after_the_cooldown(
+        breaker: Pair, breaker_clock: Clock) -> None:
     path = "/api/breaker/x"
     breaker.a.always[path] = 503
     async with breaker.client() as client:
@@ -295,7 +292,7 @@ async def test_breaker_opens_after_repeated_failures_and_closes_after_the_cooldo
                             reason="status_503")[0][1] == 3.0
         # Healthy again: after the cool-down one trial request reaches a and closes the breaker.
         breaker.a.always.pop(path)
-        await asyncio.sleep(0.6)
+        breaker_clock.advance(0.6)
         for _ in range(6):
             assert (await client.get(path)).status_code == 200
         assert breaker.a.count(path) >= 5

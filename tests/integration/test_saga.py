@@ -281,11 +281,10 @@ def test_503s_that_clear_are_retried(orchestrator: ServiceProcess, api: httpx.Cl
 def test_a_failure_that_does_not_clear_compensates_after_the_deadline(
         orchestrator: ServiceProcess, api: httpx.Client, admin: User, customer: User, catalogue: Catalogue) -> None:
     before = available(api, catalogue.sku)
-    started = time.monotonic()
     saga = place(api, customer, order_body(catalogue, token="tok_processingError")).json()
     assert saga["status"] == "COMPENSATED", saga
-    assert time.monotonic() - started >= 2.5  # retried until (almost) the 3 s deadline
     payment_step = next(s for s in saga["steps"] if s["step"] == "make_payment")
+    # Retried until its deadline (when that falls is test_core's, with the saga's recorded times), then unknown.
     assert payment_step["status"] == "FAILED" and not payment_step["outcome_known"]
     assert payment_step["attempts"] > 1
     # The outcome was unknown, so the payment was compensated too (a no-op refund).

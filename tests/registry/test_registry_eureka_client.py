@@ -321,14 +321,14 @@ async def test_killed_instance_is_evicted_when_its_lease_expires(registry_url: s
     finally:
         child.send_signal(signal.SIGKILL)
         await child.wait()
-    killed_at = time.monotonic()
 
-    # ...and without them it is gone within lease (2 s) + eviction interval (1 s) + slack.
+    # ...and without them it is gone within lease (2 s) + eviction interval (1 s) + slack. That it is not
+    # evicted before its lease ends is the registry's unit test (test_lease_expires_after_exactly_its_duration,
+    # with a clock): measured here it would be a timing assertion.
     async def gone() -> bool:
         return await registered_statuses(http, app) == {}
 
     assert await wait_until(gone, within=5)
-    assert time.monotonic() - killed_at >= 1.5, "evicted before its lease could have expired"
     delta = (await http.get("/apps/delta", headers={"Accept": "application/json"})).json()
     actions = {
         item["instanceId"]: item["actionType"]

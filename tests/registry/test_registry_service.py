@@ -13,28 +13,18 @@ from registry.service import (
     RegisteredInstance,
     apps_hashcode,
 )
+from tests.clock import Clock
 
 START = 1_700_000_000.0
 
 
-class FakeClock:
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(START)
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def registry(clock: FakeClock) -> InstanceRegistry:
+def registry(clock: Clock) -> InstanceRegistry:
     return InstanceRegistry(clock=clock)
 
 
@@ -90,7 +80,7 @@ def test_register_stores_app_upper_case_and_lists_it(registry: InstanceRegistry)
     assert registry.find_instance(registered.instance_id).app == "ORDER-SERVICE"
 
 
-def test_register_defaults_lease_duration_and_dirty_timestamp(clock: FakeClock) -> None:
+def test_register_defaults_lease_duration_and_dirty_timestamp(clock: Clock) -> None:
     registry = InstanceRegistry(clock=clock, lease_duration_default=90)
     registered = registry.register(instance_info(duration=0, interval=0))
 
@@ -114,7 +104,7 @@ def test_renew_with_newer_dirty_timestamp_asks_for_registration(registry: Instan
         registry.renew(info.app, info.instance_id, last_dirty_timestamp=1001)
 
 
-def test_renew_does_not_change_the_registry_version(registry: InstanceRegistry, clock: FakeClock) -> None:
+def test_renew_does_not_change_the_registry_version(registry: InstanceRegistry, clock: Clock) -> None:
     info = instance_info()
     registry.register(info)
     version = registry.versions_delta
@@ -159,7 +149,7 @@ def test_register_keeps_held_registration_when_it_is_newer(registry: InstanceReg
 # ----- lease expiry and eviction -----
 
 
-def test_lease_expires_after_exactly_its_duration(registry: InstanceRegistry, clock: FakeClock) -> None:
+def test_lease_expires_after_exactly_its_duration(registry: InstanceRegistry, clock: Clock) -> None:
     info = instance_info(duration=3, interval=1)
     registry.register(info)
 
@@ -174,7 +164,7 @@ def test_lease_expires_after_exactly_its_duration(registry: InstanceRegistry, cl
     assert delta_actions(registry) == {info.instance_id: ActionType.DELETED}
 
 
-def test_renewal_extends_the_lease(registry: InstanceRegistry, clock: FakeClock) -> None:
+def test_renewal_extends_the_lease(registry: InstanceRegistry, clock: Clock) -> None:
     info = instance_info(duration=3, interval=1)
     registry.register(info)
 
@@ -208,7 +198,7 @@ def test_registry_hashcode_covers_every_app(registry: InstanceRegistry) -> None:
     assert registry.delta().apps_hashcode == "DOWN_1_UP_2_"
 
 
-def test_versions_delta_increments_on_every_change(registry: InstanceRegistry, clock: FakeClock) -> None:
+def test_versions_delta_increments_on_every_change(registry: InstanceRegistry, clock: Clock) -> None:
     info = instance_info(duration=1, interval=1)
     versions = [registry.versions_delta]
     registry.register(info)
@@ -232,7 +222,7 @@ def test_versions_delta_increments_on_every_change(registry: InstanceRegistry, c
 # ----- delta -----
 
 
-def test_delta_holds_latest_action_per_instance(registry: InstanceRegistry, clock: FakeClock) -> None:
+def test_delta_holds_latest_action_per_instance(registry: InstanceRegistry, clock: Clock) -> None:
     kept = instance_info("ORDER-SERVICE", 8002)
     modified = instance_info("ORDER-SERVICE", 9002)
     gone = instance_info("PAYMENT-SERVICE", 8004)
@@ -250,7 +240,7 @@ def test_delta_holds_latest_action_per_instance(registry: InstanceRegistry, cloc
     assert registry.delta().apps_hashcode == "OUT_OF_SERVICE_1_UP_1_"
 
 
-def test_delta_shows_the_live_lease_of_a_registered_instance(registry: InstanceRegistry, clock: FakeClock) -> None:
+def test_delta_shows_the_live_lease_of_a_registered_instance(registry: InstanceRegistry, clock: Clock) -> None:
     info = instance_info()
     registry.register(info)
     clock.advance(5)
@@ -260,7 +250,7 @@ def test_delta_shows_the_live_lease_of_a_registered_instance(registry: InstanceR
     assert application.instances[0].last_renewal_timestamp == int((START + 5) * 1000)
 
 
-def test_delta_forgets_changes_after_retention(clock: FakeClock) -> None:
+def test_delta_forgets_changes_after_retention(clock: Clock) -> None:
     registry = InstanceRegistry(clock=clock, delta_retention_secs=180)
     old = instance_info("ORDER-SERVICE", 8002)
     registry.register(old)
@@ -352,7 +342,7 @@ def test_vip_lookup_matches_any_address_in_the_list(registry: InstanceRegistry) 
 # ----- self-preservation -----
 
 
-def _register_heartbeating_fleet(registry: InstanceRegistry, clock: FakeClock, size: int) -> list[InstanceInfo]:
+def _register_heartbeating_fleet(registry: InstanceRegistry, clock: Clock, size: int) -> list[InstanceInfo]:
     fleet = [instance_info("ORDER-SERVICE", 8000 + n, duration=3, interval=1) for n in range(size)]
     for info in fleet:
         registry.register(info)
@@ -363,7 +353,7 @@ def _register_heartbeating_fleet(registry: InstanceRegistry, clock: FakeClock, s
     return fleet
 
 
-def test_without_self_preservation_mass_expiry_evicts_everyone(clock: FakeClock) -> None:
+def test_without_self_preservation_mass_expiry_evicts_everyone(clock: Clock) -> None:
     registry = InstanceRegistry(clock=clock, self_preservation=False)
     fleet = _register_heartbeating_fleet(registry, clock, size=4)
 
@@ -373,7 +363,7 @@ def test_without_self_preservation_mass_expiry_evicts_everyone(clock: FakeClock)
     assert len(registry.evict_expired()) == len(fleet)
 
 
-def test_self_preservation_pauses_eviction_when_renewals_drop(clock: FakeClock) -> None:
+def test_self_preservation_pauses_eviction_when_renewals_drop(clock: Clock) -> None:
     registry = InstanceRegistry(clock=clock, self_preservation=True, renewal_percent_threshold=0.85)
     fleet = _register_heartbeating_fleet(registry, clock, size=4)
     assert registry.is_lease_expiration_enabled()
@@ -385,7 +375,7 @@ def test_self_preservation_pauses_eviction_when_renewals_drop(clock: FakeClock) 
     assert len(registry.applications().applications[0].instances) == len(fleet)
 
 
-def test_self_preservation_still_evicts_a_few_dead_instances(clock: FakeClock) -> None:
+def test_self_preservation_still_evicts_a_few_dead_instances(clock: Clock) -> None:
     registry = InstanceRegistry(clock=clock, self_preservation=True, renewal_percent_threshold=0.85)
     fleet = _register_heartbeating_fleet(registry, clock, size=10)
     dead, alive = fleet[0], fleet[1:]

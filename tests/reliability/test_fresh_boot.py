@@ -9,16 +9,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from tests.clock import Clock
 from tests.reliability import conftest as fixtures
 from tests.reliability.conftest import Admin, Renewal, Shoppers
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

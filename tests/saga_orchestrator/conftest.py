@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from saga_orchestrator.runner import SagaRunner
 from saga_orchestrator.schemas import CustomerOrderCreate
 from saga_orchestrator.settings import Settings
 from shared.auth import Identity
-from shared.db import Database
+from shared.db import Database, utc_now
 from shared.migrations import upgrade_to_head
 from tests.inprocess import fresh_database_url
 from tests.saga_orchestrator.fakes import FakeParticipants
@@ -69,7 +70,8 @@ ReplicaFactory = Callable[..., Any]
 async def replicas(database_url: str) -> AsyncIterator[ReplicaFactory]:
     made: list[Replica] = []
 
-    async def make(owner: str = "replica-a", **settings: Any) -> Replica:
+    async def make(owner: str = "replica-a", lease_clock: Callable[[], datetime] = utc_now, **settings: Any) -> Replica:
+        """`lease_clock`: what the replica's index counts its leases by (the runner keeps the real time)."""
         values: dict[str, Any] = {"database_url": database_url, "eureka_server_url": "", "step_deadline_secs": 1,
                                   "compensation_deadline_secs": 1, "lease_secs": 5, "recovery_interval_secs": 0.1}
         values.update(settings)
@@ -85,7 +87,7 @@ async def replicas(database_url: str) -> AsyncIterator[ReplicaFactory]:
 
         store.save = counting_save  # type: ignore[method-assign]
         db = Database(database_url)
-        index = SagaIndexStore(db, owner=owner, lease_secs=config.lease_secs)
+        index = SagaIndexStore(db, owner=owner, lease_secs=config.lease_secs, clock=lease_clock)
         participants = FakeParticipants()
         runner = SagaRunner(store, index, participants, config)
         replica = Replica(service.Orchestrator(config, store, index, participants, runner),  # type: ignore[arg-type]

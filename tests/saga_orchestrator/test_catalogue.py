@@ -14,6 +14,7 @@ from saga_orchestrator.catalogue import Catalogue
 from saga_orchestrator.settings import Settings
 from saga_orchestrator.step_client import CallResult
 from shared.errors import InvalidRequest, ServiceUnavailable
+from tests.clock import Clock
 from tests.saga_orchestrator.fakes import CATALOGUE, call_result, ok, refused, transient
 
 TRACE = {"request_id": "req-1"}
@@ -38,14 +39,7 @@ class Inventory:
         return call_result(ok({"items": [dict(self.products[s]) for s in skus if s in self.products]}))
 
 
-class Clock:
-    def __init__(self, now: float = 0.0) -> None:  # 0: a machine booted a moment ago
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
+# 0: a machine booted a moment ago.
 @pytest.fixture(params=[0.0, 1_000_000.0], ids=["just-booted", "up-for-weeks"])
 def clock(request: pytest.FixtureRequest) -> Clock:
     return Clock(request.param)

@@ -14,6 +14,7 @@ from saga_orchestrator.index import SagaIndexStore, TooManyUnfinished
 from saga_orchestrator.steps import CURRENT
 from shared.auth import Identity
 from shared.errors import Conflict, InvalidRequest
+from tests.clock import WallClock
 from tests.saga_orchestrator.conftest import ADDRESS, ReplicaFactory
 from tests.saga_orchestrator.fakes import refused, transient
 
@@ -165,8 +166,9 @@ async def test_duplicate_skus_are_merged(replicas: ReplicaFactory) -> None:
 
 
 async def test_leases_are_exclusive_and_expire(replicas: ReplicaFactory) -> None:
-    a = await replicas("owner-a", lease_secs=0.5)
-    b = await replicas("owner-b", lease_secs=0.5)
+    clock = WallClock()
+    a = await replicas("owner-a", lease_clock=clock, lease_secs=0.5)
+    b = await replicas("owner-b", lease_clock=clock, lease_secs=0.5)
     a.participants.delay = b.participants.delay = 5  # keep the saga from finishing
     saga_id = UUID(await a.place(key="lease"))
     assert not await b.orch.index.claim(saga_id)
@@ -177,7 +179,7 @@ async def test_leases_are_exclusive_and_expire(replicas: ReplicaFactory) -> None
     assert await b.orch.index.claim(saga_id)
     assert not await a.orch.index.renew(saga_id)
     assert not await a.orch.index.claim(saga_id)
-    await asyncio.sleep(0.6)
+    clock.advance(0.6)
     assert await a.orch.index.claim(saga_id)  # b's lease expired
     assert not await b.orch.index.renew(saga_id)
 
@@ -247,10 +249,11 @@ async def test_a_saga_being_placed_here_is_not_resumed_by_this_replicas_recovery
 
 
 async def test_a_saga_indexed_but_never_saved_is_started_by_recovery(replicas: ReplicaFactory) -> None:
-    crashed = await replicas("owner-crashed", lease_secs=0.2)
+    clock = WallClock()
+    crashed = await replicas("owner-crashed", lease_clock=clock, lease_secs=0.2)
     saga = await index_only(crashed, "lost")  # ... and the process died here
-    await asyncio.sleep(0.3)
-    survivor = await replicas("owner-survivor")
+    clock.advance(0.3)  # its lease has run out
+    survivor = await replicas("owner-survivor", lease_clock=clock)
     assert await survivor.runner.recover_once() >= 1
     recovered = await finished(survivor, str(saga.id))
     assert recovered.status == SagaStatus.COMPLETED
