@@ -22,8 +22,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -40,6 +38,7 @@ from dbos import error as dbos_error
 from fastapi import FastAPI
 from pydantic import BaseModel
 
+from customer_cli.fleet import ServiceProcess
 from saga_orchestrator.steps import CURRENT, ServiceCall, StepDefinition, StepKind
 from shared.errors import RequestInProgress
 
@@ -256,38 +255,29 @@ def create_app() -> FastAPI:
 
 
 class PeerProcess:
-    """The peer as a process of its own (its CPU is measured like a service's), against the given services."""
+    """The peer as a process of its own (its CPU is measured like a service's), against the given services;
+    started, waited for and stopped by the fleet's supervisor (customer_cli.fleet.ServiceProcess)."""
 
     def __init__(self, database_url: str, services: dict[str, str], auth_url: str, client_secret: str,
                  log_path: Path, port: int) -> None:
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = log_path
-        self.env = {**os.environ, "PORT": str(port), "DBOS_SYSTEM_DATABASE_URL": database_url,
-                    "PEER_SERVICES": json.dumps(services), "PEER_AUTH_URL": auth_url,
-                    "PEER_CLIENT_SECRET": client_secret, "PYTHONUNBUFFERED": "1"}
-        self.popen: subprocess.Popen[bytes] | None = None
+        env = {**os.environ, "PORT": str(port), "DBOS_SYSTEM_DATABASE_URL": database_url,
+               "PEER_SERVICES": json.dumps(services), "PEER_AUTH_URL": auth_url,
+               "PEER_CLIENT_SECRET": client_secret, "PYTHONUNBUFFERED": "1"}
+        self.process = ServiceProcess("dbos_peer", "bench.dbos_peer", port, env, log_path)
+        self.url = self.process.url
 
     def start(self, timeout: float = 60) -> None:
-        with self.log_path.open("ab") as log:
-            self.popen = subprocess.Popen([sys.executable, "-m", "bench.dbos_peer"], env=self.env, stdout=log,
-                                          stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.popen.poll() is not None:
-                raise RuntimeError(f"the DBOS peer exited ({self.popen.returncode}); see {self.log_path}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise TimeoutError(f"the DBOS peer did not come up; see {self.log_path}")
+        self.process.start()
+        try:
+            self.process.wait_healthy(timeout)
+        except (RuntimeError, TimeoutError):
+            self.process.stop()
+            raise
 
     @property
     def pid(self) -> int:
-        assert self.popen is not None
-        return self.popen.pid
+        assert self.process.popen is not None
+        return self.process.popen.pid
 
     def sagas(self) -> list[dict[str, Any]]:
         response = httpx.get(f"{self.url}/sagas", timeout=60)
@@ -296,13 +286,7 @@ class PeerProcess:
         return listed
 
     def stop(self) -> None:
-        if self.popen is not None and self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(15)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
+        self.process.stop()
 
 
 def main() -> None:

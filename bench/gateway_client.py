@@ -24,9 +24,10 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import httpx
@@ -56,10 +57,13 @@ def upstream_app() -> Starlette:
     return Starlette(routes=[Route("/validate", validate), Route("/health", item), Route("/api/{rest:path}", item)])
 
 
-def httpx_proxy_app(upstream: str) -> FastAPI:
+def _proxy_app(open_client: Callable[[], AbstractAsyncContextManager[Any]],
+               forward: Callable[[Any, str, str], Awaitable[Response]]) -> FastAPI:
+    """The minimal proxy around one client per process, opened with the app: `forward(client, path,
+    authorization)` makes the two upstream calls, so the variants differ in the client alone."""
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with httpx.AsyncClient() as client:
+        async with open_client() as client:
             app.state.client = client
             yield
 
@@ -71,34 +75,25 @@ def httpx_proxy_app(upstream: str) -> FastAPI:
 
     @app.get("/api/{path:path}")
     async def proxy(path: str, request: Request) -> Response:
-        client: httpx.AsyncClient = request.app.state.client
-        check = await client.get(f"{upstream}/validate", headers={"Authorization": request.headers["authorization"]})
+        return await forward(request.app.state.client, path, request.headers["authorization"])
+
+    return app
+
+
+def httpx_proxy_app(upstream: str) -> FastAPI:
+    async def forward(client: httpx.AsyncClient, path: str, authorization: str) -> Response:
+        check = await client.get(f"{upstream}/validate", headers={"Authorization": authorization})
         if check.status_code != 200:
             return Response(check.content, check.status_code, media_type=check.headers.get("content-type"))
         answer = await client.get(f"{upstream}/api/{path}", headers={"X-User-Id": check.headers["x-user-id"]})
         return Response(answer.content, answer.status_code, media_type=answer.headers.get("content-type"))
 
-    return app
+    return _proxy_app(httpx.AsyncClient, forward)
 
 
 def aiohttp_proxy_app(upstream: str) -> FastAPI:
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as session:
-            app.state.session = session
-            yield
-
-    app = FastAPI(lifespan=lifespan)
-
-    @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "UP"}
-
-    @app.get("/api/{path:path}")
-    async def proxy(path: str, request: Request) -> Response:
-        session: aiohttp.ClientSession = request.app.state.session
-        async with session.get(f"{upstream}/validate",
-                               headers={"Authorization": request.headers["authorization"]}) as check:
+    async def forward(session: aiohttp.ClientSession, path: str, authorization: str) -> Response:
+        async with session.get(f"{upstream}/validate", headers={"Authorization": authorization}) as check:
             body = await check.read()
             if check.status != 200:
                 return Response(body, check.status, media_type=check.headers.get("content-type"))
@@ -106,7 +101,7 @@ def aiohttp_proxy_app(upstream: str) -> FastAPI:
         async with session.get(f"{upstream}/api/{path}", headers={"X-User-Id": user_id}) as answer:
             return Response(await answer.read(), answer.status, media_type=answer.headers.get("content-type"))
 
-    return app
+    return _proxy_app(lambda: aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)), forward)
 
 
 def bare_gateway_app(upstream: str) -> FastAPI:
