@@ -15,6 +15,8 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -192,6 +194,32 @@ async def wait_for_heartbeat(http: httpx.AsyncClient, app: str, port: int) -> No
     assert await wait_until(renewed, within=3 * INTERVAL, poll=0.02), "no heartbeat arrived"
 
 
+@dataclass
+class Discovery:
+    """An instance registered with the real client and a real client discovering it, both started."""
+
+    instance: EurekaClient
+    discoverer: EurekaClient
+    instance_stopped: bool = False
+
+    async def stop_instance(self) -> None:
+        await stop_with_guard(self.instance)
+        self.instance_stopped = True
+
+
+@asynccontextmanager
+async def discovery(registry_url: str, app: str, port: int) -> AsyncIterator[Discovery]:
+    found = Discovery(registering_client(registry_url, app, port), discovering_client(registry_url))
+    await found.instance.start()
+    await found.discoverer.start()
+    try:
+        yield found
+    finally:
+        if not found.instance_stopped:
+            await stop_with_guard(found.instance)
+        await stop_with_guard(found.discoverer)
+
+
 def up_instance_ids(client: EurekaClient, app: str) -> list[str]:
     return [instance.instanceId for instance in client.applications.get_application(app).up_instances]
 
@@ -203,11 +231,8 @@ async def test_registered_instance_is_discovered_up_and_callable(
     registry_url: str, http: httpx.AsyncClient, hello_port: int
 ) -> None:
     app = "REG-DISCOVERY"
-    instance = registering_client(registry_url, app, hello_port)
-    discoverer = discovering_client(registry_url)
-    await instance.start()
-    await discoverer.start()
-    try:
+    async with discovery(registry_url, app, hello_port) as found:
+        discoverer = found.discoverer
         assert up_instance_ids(discoverer, app) == [instance_id(app, hello_port)]
         assert await discoverer.do_service(app, "/hello") == "hello"
         called: list[str] = []
@@ -239,22 +264,16 @@ async def test_registered_instance_is_discovered_up_and_callable(
             return up_instance_ids(discoverer, app) == [instance_id(app, hello_port)]
 
         assert await wait_until(sees_first_only, within=4 * INTERVAL)
-    finally:
-        await stop_with_guard(instance)
-        await stop_with_guard(discoverer)
 
 
 async def test_stopped_client_disappears_for_discoverers(
     registry_url: str, http: httpx.AsyncClient, hello_port: int
 ) -> None:
     app = "REG-STOP"
-    instance = registering_client(registry_url, app, hello_port)
-    discoverer = discovering_client(registry_url)
-    await instance.start()
-    await discoverer.start()
-    try:
+    async with discovery(registry_url, app, hello_port) as found:
+        discoverer = found.discoverer
         assert up_instance_ids(discoverer, app) == [instance_id(app, hello_port)]
-        await stop_with_guard(instance)
+        await found.stop_instance()
         assert await registered_statuses(http, app) == {}
 
         async def gone_for_discoverer() -> bool:
@@ -263,8 +282,6 @@ async def test_stopped_client_disappears_for_discoverers(
         assert await wait_until(gone_for_discoverer, within=4 * INTERVAL)
         with pytest.raises(WalkNodeException):
             await discoverer.do_service(app, "/hello")
-    finally:
-        await stop_with_guard(discoverer)
 
 
 # ---------- py-eureka-client's stop() bug and the guard ----------
