@@ -15,7 +15,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -256,6 +257,18 @@ class Fleet:
         if wait:
             self.wait_up(proc)
         return proc
+
+    @contextmanager
+    def extra(self, package: str, name: str, wait: bool = True,
+              env: dict[str, str] | None = None) -> Iterator[ServiceProcess]:
+        """A further instance under its own name (a test's second gateway, a replica): stopped and forgotten
+        when the block ends."""
+        proc = self.start(package, name=name, wait=wait, env=env)
+        try:
+            yield proc
+        finally:
+            proc.stop()
+            self.processes.pop(name, None)
 
     def start_all(self, packages: list[str] | None = None) -> None:
         """The registry, auth_service (the others fetch its keys), the rest together, the gateway last."""

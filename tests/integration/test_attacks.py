@@ -171,14 +171,10 @@ def test_a_fifty_megabyte_body_straight_to_a_service_is_refused_before_it_is_rea
 @pytest.fixture(scope="module")
 def impatient_gateway(fleet: Fleet) -> Iterator[ServiceProcess]:
     """A second gateway with one-second header-read, body-read and keep-alive bounds, so a test need not wait ten."""
-    proc = fleet.start("gateway", name="gateway_impatient",
-                       env={"HEADER_READ_TIMEOUT_SECS": "1", "KEEP_ALIVE_TIMEOUT_SECS": "1",
-                            "BODY_READ_TIMEOUT_SECS": "1"})
-    try:
+    with fleet.extra("gateway", "gateway_impatient", env={
+        "HEADER_READ_TIMEOUT_SECS": "1", "KEEP_ALIVE_TIMEOUT_SECS": "1", "BODY_READ_TIMEOUT_SECS": "1",
+    }) as proc:
         yield proc
-    finally:
-        proc.stop()
-        fleet.processes.pop("gateway_impatient", None)
 
 
 def test_slowloris_and_idle_connections_are_closed(impatient_gateway: ServiceProcess) -> None:
@@ -287,12 +283,8 @@ ATTACKER, OWNER_ADDRESS = "198.51.100.66", "198.51.100.99"  # test_login_throttl
 @pytest.fixture(scope="module")
 def gateway_behind_lb(fleet: Fleet) -> Iterator[ServiceProcess]:
     """A gateway trusting 127.0.0.1: the test plays a load balancer and names the client addresses itself."""
-    proc = fleet.start("gateway", name="gateway_attacks_lb", env={"TRUSTED_PROXIES": "127.0.0.1"})
-    try:
+    with fleet.extra("gateway", "gateway_attacks_lb", env={"TRUSTED_PROXIES": "127.0.0.1"}) as proc:
         yield proc
-    finally:
-        proc.stop()
-        fleet.processes.pop("gateway_attacks_lb", None)
 
 
 def login_as(client: httpx.Client, user: User, address: str, password: str | None = None) -> int:
@@ -315,28 +307,21 @@ def test_wrong_passwords_from_an_attacker_never_lock_the_owner_out(
 def strict_auth(fleet: Fleet) -> Iterator[ServiceProcess]:
     """A second auth_service with the product's bound on password hashing (the suite turns it off), outside the
     registry so the gateway keeps using the fleet's own; reached on its own port, as an attacker inside could."""
-    proc = fleet.start("auth_service", name="auth_strict", wait=False, env={
+    with fleet.extra("auth_service", "auth_strict", wait=False, env={
         # A burst of three and a refill too slow to matter within the test, whatever the machine's pace.
-        "EUREKA_SERVER_URL": "", "PASSWORD_HASH_RATE_PER_ADDRESS": "0.001", "PASSWORD_HASH_BURST_PER_ADDRESS": "3"})
-    try:
+        "EUREKA_SERVER_URL": "", "PASSWORD_HASH_RATE_PER_ADDRESS": "0.001", "PASSWORD_HASH_BURST_PER_ADDRESS": "3",
+    }) as proc:
         proc.wait_healthy()
         yield proc
-    finally:
-        proc.stop()
-        fleet.processes.pop("auth_strict", None)
 
 
 @pytest.fixture(scope="module")
 def gateway_to_strict_auth(fleet: Fleet, strict_auth: ServiceProcess) -> Iterator[ServiceProcess]:
     """A gateway behind the test's "load balancer" whose auth_service is the strict one: auth believes the client
     addresses it names only from a gateway (its service token), never from whoever sends X-Forwarded-For."""
-    proc = fleet.start("gateway", name="gateway_strict", env={"TRUSTED_PROXIES": "127.0.0.1",
-                                                              "AUTH_URLS": strict_auth.url})
-    try:
+    with fleet.extra("gateway", "gateway_strict",
+                     env={"TRUSTED_PROXIES": "127.0.0.1", "AUTH_URLS": strict_auth.url}) as proc:
         yield proc
-    finally:
-        proc.stop()
-        fleet.processes.pop("gateway_strict", None)
 
 
 def test_registrations_and_logins_are_bounded_per_client_address(gateway_to_strict_auth: ServiceProcess) -> None:

@@ -110,42 +110,32 @@ def wait_until_served(client: httpx.Client, user: User, proc: ServiceProcess, ti
 @pytest.fixture(scope="module")
 def second_order_service(fleet: Fleet, gateway_url: str, admin: User) -> Iterator[ServiceProcess]:
     """A second ORDER-SERVICE instance for this module (same database); stopped at the end."""
-    proc = fleet.start("order_service", name="order_service_2")
-    try:
+    with fleet.extra("order_service", "order_service_2") as proc:
         with httpx.Client(base_url=gateway_url, timeout=30) as client:
             wait_until_served(client, admin, proc)
             wait_until_served(client, admin, fleet.processes["order_service"])
         yield proc
-    finally:
-        proc.stop()
-        fleet.processes.pop("order_service_2", None)
-        fleet.wait_deregistered(APP, proc.port)
+    fleet.wait_deregistered(APP, proc.port)
 
 
 @pytest.fixture(scope="module")
 def breaker_gateway(fleet: Fleet, second_order_service: ServiceProcess) -> Iterator[ServiceProcess]:
     """A gateway whose breakers open after 3 failures for 2 s, with OpenTelemetry on (console exporter)."""
-    proc = fleet.start("gateway", name="gateway_breaker", env={
+    with fleet.extra("gateway", "gateway_breaker", env={
         "BREAKER_FAILURE_THRESHOLD": "3", "BREAKER_COOLDOWN_SECS": "2",
-        "OTEL_ENABLED": "true", "OTEL_TRACES_EXPORTER": "console", "OTEL_BSP_SCHEDULE_DELAY": "200"})
-    try:
+        "OTEL_ENABLED": "true", "OTEL_TRACES_EXPORTER": "console", "OTEL_BSP_SCHEDULE_DELAY": "200",
+    }) as proc:
         yield proc
-    finally:
-        proc.stop()
-        fleet.processes.pop("gateway_breaker", None)
 
 
 @pytest.fixture(scope="module")
 def strict_gateway(fleet: Fleet) -> Iterator[ServiceProcess]:
     """A gateway with low limits: 2 KiB bodies, 3 requests per user (0.2/s), 10 per address (2/s)."""
-    proc = fleet.start("gateway", name="gateway_strict", env={
+    with fleet.extra("gateway", "gateway_strict", env={
         "MAX_BODY_BYTES": "2048", "RATE_LIMIT_USER_RPS": "0.2", "RATE_LIMIT_USER_BURST": "3",
-        "RATE_LIMIT_ADDRESS_RPS": "2", "RATE_LIMIT_ADDRESS_BURST": "10"})
-    try:
+        "RATE_LIMIT_ADDRESS_RPS": "2", "RATE_LIMIT_ADDRESS_BURST": "10",
+    }) as proc:
         yield proc
-    finally:
-        proc.stop()
-        fleet.processes.pop("gateway_strict", None)
 
 
 # ---------------------------------------------------------------- load balancing and failover

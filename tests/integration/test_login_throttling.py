@@ -17,12 +17,8 @@ ATTACKER, NEIGHBOUR = "203.0.113.66", "203.0.113.77"
 @pytest.fixture(scope="module")
 def gateway_behind_a_load_balancer(fleet: Fleet) -> Iterator[ServiceProcess]:
     """A gateway trusting 127.0.0.1: the test client plays a load balancer and names the clients itself."""
-    proc = fleet.start("gateway", name="gateway_behind_lb", env={"TRUSTED_PROXIES": "127.0.0.1"})
-    try:
+    with fleet.extra("gateway", "gateway_behind_lb", env={"TRUSTED_PROXIES": "127.0.0.1"}) as proc:
         yield proc
-    finally:
-        proc.stop()
-        fleet.processes.pop("gateway_behind_lb", None)
 
 
 def login_status(client: httpx.Client, user: User, forwarded_for: str | None = None) -> int:

@@ -70,10 +70,8 @@ def test_the_gateway_polls_the_list_itself_for_its_own_metrics(fleet: Fleet, api
 
 @pytest.fixture
 def second_auth(fleet: Fleet) -> Iterator[ServiceProcess]:
-    process = fleet.start("auth_service", name="auth_service_2")
-    yield process
-    process.stop()
-    fleet.processes.pop("auth_service_2", None)
+    with fleet.extra("auth_service", "auth_service_2") as process:
+        yield process
 
 
 def test_a_revocation_at_one_auth_replica_reaches_the_others(fleet: Fleet, api: httpx.Client,

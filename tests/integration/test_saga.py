@@ -358,8 +358,7 @@ def test_killed_mid_saga_it_finishes_after_restart_and_charges_once(
 def test_two_replicas_many_sagas_each_driven_once(orchestrator: ServiceProcess, fleet: Fleet, api: httpx.Client,
                                                   admin: User, customer: User, catalogue: Catalogue,
                                                   faults: Any, gateway_url: str) -> None:
-    second = fleet.start("saga_orchestrator", name="saga_orchestrator_2", env=SAGA_ENV)
-    try:
+    with fleet.extra("saga_orchestrator", "saga_orchestrator_2", env=SAGA_ENV) as second:
         fleet.wait_registered(APP, second.port)
         time.sleep(1.5)  # the gateway's copy of the registry refreshes every second
         # Slow carriers keep sagas in flight, so the second replica dies holding some of them.
@@ -376,9 +375,6 @@ def test_two_replicas_many_sagas_each_driven_once(orchestrator: ServiceProcess, 
             saga_ids = list(pool.map(place_one, range(30)))
         second.kill()  # its sagas' leases run out and the first replica takes them over
         sagas = [finished(api, customer, saga_id, timeout=60) for saga_id in saga_ids]
-    finally:
-        second.stop()
-        fleet.processes.pop("saga_orchestrator_2", None)
     assert {s["status"] for s in sagas} == {"COMPLETED"}
     for saga in sagas:
         assert steps_succeeded(saga) == STEPS, saga["history"]
