@@ -5,16 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from carrier_service.models import AssignmentStatus, ReleaseStatus
-from shared.contracts import AssignmentRequest  # noqa: F401 (the saga's contracts, re-exported)
+from shared.contracts import (
+    AssignmentRequest,  # noqa: F401 (the saga's contracts, re-exported)
+    CarrierCode,
+    Grams,
+)
 from shared.schemas import CountryCode, Currency, MinorUnits, NonEmptyText, StrictModel
 
-CarrierCode = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9][A-Z0-9_-]{0,31}$")]
-OrderId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")]
-# A parcel (and a carrier's limit) is at most 100 t: keeps price arithmetic far inside 64-bit integers.
-Grams = Annotated[int, Field(gt=0, le=100_000_000, strict=True)]
 Capacity = Annotated[int, Field(ge=0, le=1_000_000, strict=True)]
 Countries = Annotated[list[CountryCode], Field(min_length=1, max_length=250)]
 

@@ -5,16 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from inventory_service.models import AllocationStatus, ReleaseStatus
 from shared.contracts import AllocationCreate, AllocationLineIn  # noqa: F401 (the saga's contracts, re-exported)
-from shared.schemas import ORDER_ID_PATTERN, Currency, MinorUnits, NonEmptyText, Sku, StrictModel
+from shared.schemas import Currency, MinorUnits, NonEmptyText, Sku, StrictModel
 
-# The same shape as shared.schemas.Sku, for path and query parameters.
-# Order ids are UUIDs from order_service; anything id-like up to the column's 64 characters is accepted.
-
-OrderId = Annotated[str, StringConstraints(pattern=ORDER_ID_PATTERN)]
 WeightGrams = Annotated[int, Field(gt=0, le=1_000_000, strict=True, description="Grams per unit, at most 1 t.")]
 StockLevel = Annotated[int, Field(ge=0, le=1_000_000_000, strict=True)]
 RestockQuantity = Annotated[int, Field(gt=0, le=1_000_000, strict=True)]

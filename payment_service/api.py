@@ -10,13 +10,14 @@ from starlette.responses import Response
 from payment_service import schemas, service
 from payment_service.models import PaymentStatus
 from shared.auth import Caller, Privileged
+from shared.contracts import CUSTOMER_ID_PATTERN
 from shared.dependencies import Paging, SessionDep
 from shared.idempotency import Idempotent
-from shared.schemas import Page
+from shared.schemas import ORDER_ID_PATTERN, Page
 
 router = APIRouter(prefix="/api/payments", tags=["payments"])
 PaymentIdPath = Annotated[str, Path(pattern=schemas.PAYMENT_ID_PATTERN)]
-OrderIdPath = Annotated[str, Path(pattern=schemas.ORDER_ID_PATTERN)]
+OrderIdPath = Annotated[str, Path(pattern=ORDER_ID_PATTERN)]
 
 
 @router.post("", status_code=201, response_model=schemas.PaymentOut)
@@ -30,8 +31,8 @@ async def list_payments(
     session: SessionDep,
     page: Paging,
     identity: Caller,
-    order_id: Annotated[str | None, Query(pattern=schemas.ORDER_ID_PATTERN)] = None,
-    customer_id: Annotated[str | None, Query(pattern=schemas.CUSTOMER_ID_PATTERN)] = None,
+    order_id: Annotated[str | None, Query(pattern=ORDER_ID_PATTERN)] = None,
+    customer_id: Annotated[str | None, Query(pattern=CUSTOMER_ID_PATTERN)] = None,
     status: PaymentStatus | None = None,
 ) -> Page[schemas.PaymentOut]:
     payments, total = await service.list_payments(session, identity, order_id, customer_id, status, page.limit,

@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict
 
 from payment_service.models import OrderRefundStatus, PaymentStatus
-from shared.contracts import PaymentCreate  # noqa: F401 (the saga's contracts, re-exported)
-from shared.schemas import ORDER_ID_PATTERN, NonEmptyText, StrictModel
+from shared.contracts import (
+    PaymentCreate,  # noqa: F401 (the saga's contracts, re-exported)
+    PositiveMinorUnits,
+)
+from shared.schemas import NonEmptyText, StrictModel
 
-# Order ids are UUIDs from order_service; anything id-like up to the column's 64 characters is accepted.
-# Customer ids are auth_service user ids: printable, at most 64 characters.
-CUSTOMER_ID_PATTERN = r"^[^\x00-\x1f\x7f]{1,64}$"
 PAYMENT_ID_PATTERN = r"^[A-Za-z0-9-]{1,36}$"
-
-OrderId = Annotated[str, StringConstraints(pattern=ORDER_ID_PATTERN)]
-CustomerId = Annotated[str, StringConstraints(pattern=CUSTOMER_ID_PATTERN)]
-# A charge or refund is at least one minor unit; integers only (1.5 or "150" are refused).
-PositiveMinorUnits = Annotated[int, Field(ge=1, le=10**12, strict=True)]
 
 
 class RefundCreate(StrictModel):

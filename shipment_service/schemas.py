@@ -11,9 +11,6 @@ from shared.contracts import ShipmentCreate  # noqa: F401 (the saga's contracts,
 from shared.schemas import Address, NonEmptyText, StrictModel
 from shipment_service.models import OrderCancelStatus, ShipmentStatus
 
-CarrierCode = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9][A-Z0-9_-]{0,31}$")]
-OrderId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")]
-CustomerId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
 Note = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
 
 
