@@ -14,11 +14,11 @@ from starlette.responses import JSONResponse, Response
 
 from gateway import metrics
 from gateway.openapi import MergedOpenApi
-from gateway.proxy import CallContext, Gateway, PayloadTooLarge
+from gateway.proxy import CallContext, Gateway
 from gateway.ratelimit import RateLimits, Verdict, tighter
 from gateway.routes import check_path
 from gateway.schemas import RouteTableOut
-from shared.errors import NotFound, problem
+from shared.errors import NotFound, PayloadTooLarge, problem
 
 router = APIRouter()
 
@@ -73,7 +73,7 @@ async def proxy(request: Request) -> Response:
     max_bytes = gateway.settings.max_body_bytes
     if length.isdigit() and int(length) > max_bytes:
         # Refused before a byte of the body is read (and before /validate), as nginx's client_max_body_size.
-        raise PayloadTooLarge(f"The request body is larger than {max_bytes} bytes.", max_bytes=max_bytes)
+        raise PayloadTooLarge.over(max_bytes)
     structlog.contextvars.bind_contextvars(upstream=route.app)
     identity: dict[str, str] = {}
     if not route.public:

@@ -19,7 +19,7 @@ from gateway.resilience import Breakers, BreakerState, may_resend, retry_on_stat
 from gateway.routes import Route, RouteTable
 from gateway.settings import Settings
 from shared.auth import ServiceTokens
-from shared.errors import DomainError, ServiceUnavailable
+from shared.errors import DomainError, PayloadTooLarge, ServiceUnavailable
 from shared.forwarded import TrustedProxies
 from shared.logging import REQUEST_ID_HEADER, request_id_of
 from shared.registry_client import Instance, RegistryClient, RoundRobin
@@ -61,10 +61,6 @@ class BadGateway(DomainError):
 
 class GatewayTimeout(DomainError):
     status, title, type_slug = 504, "Gateway timeout", "gateway-timeout"
-
-
-class PayloadTooLarge(DomainError):
-    status, title, type_slug = 413, "Payload too large", "payload-too-large"
 
 
 class BodyIncomplete(DomainError):
@@ -237,8 +233,7 @@ class RequestBody:
 
     def refusal(self) -> DomainError:
         if self.too_large:
-            return PayloadTooLarge(f"The request body is larger than {self.max_bytes} bytes.",
-                                   max_bytes=self.max_bytes)
+            return PayloadTooLarge.over(self.max_bytes)
         return BodyIncomplete("The request body ended before it was complete.")
 
 

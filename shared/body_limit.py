@@ -18,7 +18,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.errors import problem
+from shared.errors import PayloadTooLarge, domain_problem, problem
 
 
 def too_slow(read_timeout_secs: float) -> JSONResponse:
@@ -29,8 +29,7 @@ def too_slow(read_timeout_secs: float) -> JSONResponse:
 def too_large(max_bytes: int) -> JSONResponse:
     # The connection is kept: uvicorn discards the rest of the body unparsed, and a client still sending it
     # would not read this answer if the connection were closed under it (nginx lingers for the same reason).
-    return problem(413, "Payload too large", f"The request body is larger than {max_bytes} bytes.",
-                   "payload-too-large", max_bytes=max_bytes)
+    return domain_problem(PayloadTooLarge.over(max_bytes))
 
 
 class BodyLimitMiddleware:

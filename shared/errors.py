@@ -85,6 +85,15 @@ class ServiceUnavailable(DomainError):
     status, title, type_slug = 503, "Service unavailable", "unavailable"
 
 
+class PayloadTooLarge(DomainError):
+    status, title, type_slug = 413, "Payload too large", "payload-too-large"
+
+    @classmethod
+    def over(cls, max_bytes: int) -> PayloadTooLarge:
+        """The refusal of a body over `max_bytes`, as every server and the gateway answer it."""
+        return cls(f"The request body is larger than {max_bytes} bytes.", max_bytes=max_bytes)
+
+
 def problem(
     status: int,
     title: str,
