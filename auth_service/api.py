@@ -25,7 +25,7 @@ from auth_service.schemas import (
     TokenPairOut,
     UserOut,
 )
-from auth_service.service import AuthService, TokenPair, VerifiedToken, aware
+from auth_service.service import AuthService, TokenPair, VerifiedToken
 from shared.auth import bearer_token
 from shared.errors import Forbidden, InvalidRequest
 from shared.forwarded import TrustedProxies
@@ -164,8 +164,8 @@ async def rotate_keys(_: Admin, auth: Auth) -> SigningKeyOut:
 async def list_keys(_: Admin, auth: Auth) -> list[SigningKeyOut]:
     keys = await auth.signing_keys()
     signing = next((key.kid for key in keys if key.retired_at is None), None)
-    return [SigningKeyOut(kid=k.kid, created_at=aware(k.created_at),
-                          retired_at=aware(k.retired_at) if k.retired_at else None, signing=k.kid == signing)
+    return [SigningKeyOut(kid=k.kid, created_at=k.created_at,
+                          retired_at=k.retired_at, signing=k.kid == signing)
             for k in keys]
 
 

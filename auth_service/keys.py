@@ -21,10 +21,10 @@ from jose.exceptions import JWTError
 from sqlalchemy import or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from auth_service.models import SigningKey, now_utc
+from auth_service.models import SigningKey
 from auth_service.settings import Settings
 from shared.auth import TokenVerifier
-from shared.db import Database
+from shared.db import Database, utc_now
 from shared.errors import ServiceUnavailable
 from shared.migrations import upgrade_to_head
 
@@ -67,7 +67,7 @@ def public_jwk(private_pem: str) -> dict[str, str]:
 
 def new_signing_key(private_pem: str) -> SigningKey:
     public = public_jwk(private_pem)
-    return SigningKey(kid=public["kid"], private_pem=private_pem, public_jwk=public, created_at=now_utc())
+    return SigningKey(kid=public["kid"], private_pem=private_pem, public_jwk=public, created_at=utc_now())
 
 
 async def _lock_key_table(session: AsyncSession) -> None:
@@ -83,7 +83,7 @@ async def _signing_key(session: AsyncSession) -> SigningKey | None:
 
 async def _retire_all(session: AsyncSession, settings: Settings, except_kid: str) -> None:
     """Take the current keys out of signing; they stay published until every token they signed has expired."""
-    retire_at = now_utc() + timedelta(seconds=settings.access_token_ttl_secs) + RETIREMENT_GRACE
+    retire_at = utc_now() + timedelta(seconds=settings.access_token_ttl_secs) + RETIREMENT_GRACE
     await session.execute(
         update(SigningKey)
         .where(SigningKey.retired_at.is_(None), SigningKey.kid != except_kid)
@@ -177,7 +177,7 @@ class KeyRing:
         async with self.db.session() as session:
             rows = await session.execute(
                 select(SigningKey)
-                .where(or_(SigningKey.retired_at.is_(None), SigningKey.retired_at > now_utc()))
+                .where(or_(SigningKey.retired_at.is_(None), SigningKey.retired_at > utc_now()))
                 .order_by(SigningKey.created_at.desc())
             )
             keys = list(rows.scalars())
@@ -211,7 +211,7 @@ class KeyRing:
             return
         async with self.db.session(autocommit=True) as session:
             published = await session.scalar(select(SigningKey.kid).where(
-                SigningKey.kid == kid, or_(SigningKey.retired_at.is_(None), SigningKey.retired_at > now_utc())))
+                SigningKey.kid == kid, or_(SigningKey.retired_at.is_(None), SigningKey.retired_at > utc_now())))
         if published is not None:
             async with self._lock:
                 if not self.knows(kid):

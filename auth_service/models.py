@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.db import UTCDateTime, new_id, new_metadata
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)
-
+from shared.db import UTCDateTime, new_id, new_metadata, utc_now
 
 
 class Base(DeclarativeBase):
@@ -35,7 +30,7 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(500))
     full_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
     roles: Mapped[list[str]] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now_utc)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
 
 
 class SigningKey(Base):
@@ -46,7 +41,7 @@ class SigningKey(Base):
     kid: Mapped[str] = mapped_column(String(64), primary_key=True)
     private_pem: Mapped[str] = mapped_column(Text)
     public_jwk: Mapped[dict[str, Any]] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now_utc)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
     retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
@@ -57,7 +52,7 @@ class RefreshFamily(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now_utc)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     revoked_reason: Mapped[str | None] = mapped_column(String(100), nullable=True)
 
@@ -72,7 +67,7 @@ class RefreshToken(Base):
     family_id: Mapped[str] = mapped_column(ForeignKey("refresh_families.id", ondelete="CASCADE"), index=True)
     # The access token issued together with this one, so logout without a refresh token finds the family.
     access_jti: Mapped[str] = mapped_column(String(64), index=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now_utc)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
@@ -94,4 +89,4 @@ class LoginFailure(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     key: Mapped[str] = mapped_column(String(400))
-    failed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now_utc, index=True)
+    failed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now, index=True)

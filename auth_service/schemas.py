@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Literal
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from shared.schemas import StrictModel
 
@@ -64,13 +64,7 @@ class UserOut(BaseModel):
     email: str
     full_name: str | None
     roles: list[str]
-    created_at: datetime
-
-    @field_validator("created_at")
-    @classmethod
-    def _utc(cls, value: datetime) -> datetime:
-        # SQLite returns naive datetimes; every stored time is UTC.
-        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    created_at: datetime  # UTC: shared.db.UTCDateTime restores the zone SQLite does not store
 
 
 class TokenPairOut(BaseModel):

@@ -32,12 +32,11 @@ from auth_service.models import (
     Role,
     SigningKey,
     User,
-    now_utc,
 )
 from auth_service.schemas import MIN_PASSWORD_LENGTH, normalize_email
 from auth_service.settings import Settings
 from shared.auth import Identity, RevokedSet, TokenVerifier
-from shared.db import Database
+from shared.db import Database, utc_now
 from shared.errors import Conflict, DomainError, NotFound, TooManyRequests, Unauthorized
 from shared.ratelimit import TokenBucketLimiter
 
@@ -46,11 +45,6 @@ log = structlog.get_logger(__name__)
 BAD_CREDENTIALS = "The email or password is not correct."
 BAD_REFRESH = "The refresh token is not valid."
 _hasher = PasswordHash.recommended()
-
-
-def aware(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every time here is UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _sha256(value: str) -> str:
@@ -199,7 +193,7 @@ class AuthService:
 
     async def _retry_after(self, session: AsyncSession, key: str, limit: int) -> int | None:
         """Seconds until fewer than `limit` failures remain in the sliding window, or None when not locked."""
-        now = now_utc()
+        now = utc_now()
         window = timedelta(seconds=self.settings.login_failure_window_secs)
         rows = await session.execute(
             select(LoginFailure.failed_at)
@@ -207,7 +201,7 @@ class AuthService:
             .order_by(LoginFailure.failed_at.desc())
             .limit(limit)
         )
-        recent = [aware(moment) for moment in rows.scalars()]
+        recent = list(rows.scalars())
         if len(recent) < limit:
             return None
         # The limit-th most recent failure leaving the window is what lets the next attempt in.
@@ -215,7 +209,7 @@ class AuthService:
 
     async def _record_failure(self, session: AsyncSession, keys: tuple[str, ...], counted: str) -> int:
         """One failure under each of `keys`; returns how many `counted` has in the window, this one included."""
-        now = now_utc()
+        now = utc_now()
         since = now - timedelta(seconds=self.settings.login_failure_window_secs)
         await session.execute(delete(LoginFailure).where(LoginFailure.failed_at <= since))
         session.add_all([LoginFailure(key=key, failed_at=now) for key in keys])
@@ -237,7 +231,7 @@ class AuthService:
         refresh = secrets.token_urlsafe(32)
         session.add(RefreshToken(
             token_hash=_sha256(refresh), family_id=family_id, access_jti=access.jti,
-            expires_at=now_utc() + timedelta(seconds=self.settings.refresh_token_ttl_secs),
+            expires_at=utc_now() + timedelta(seconds=self.settings.refresh_token_ttl_secs),
         ))
         await session.flush()
         return TokenPair(access.token, refresh, access.expires_in)
@@ -264,15 +258,15 @@ class AuthService:
             if family.revoked_at is not None:
                 raise Unauthorized("The refresh token has been revoked.")
             if token.used_at is not None:
-                family.revoked_at, family.revoked_reason = now_utc(), "reuse"
+                family.revoked_at, family.revoked_reason = utc_now(), "reuse"
                 reused_family = family.id
-            elif aware(token.expires_at) <= now_utc():
+            elif token.expires_at <= utc_now():
                 raise Unauthorized("The refresh token has expired.")
             else:
                 user = await session.get(User, family.user_id)
                 if user is None:
                     raise Unauthorized(BAD_REFRESH)
-                token.used_at = now_utc()
+                token.used_at = utc_now()
                 return await self._issue_pair(session, user, family.id)
         # Committed above: the revocation stands although the request is refused.
         log.warning("refresh token reused; family revoked", family_id=reused_family)
@@ -300,12 +294,12 @@ class AuthService:
         """The table of revoked, unexpired access tokens: what every instance and service polls (GET /revocations)."""
         async with self.db.session(autocommit=True) as session:  # one SELECT: no BEGIN/ROLLBACK round trips
             rows = await session.execute(
-                select(RevokedToken.jti, RevokedToken.expires_at).where(RevokedToken.expires_at > now_utc()))
-            return {jti: aware(expires_at).timestamp() for jti, expires_at in rows.all()}
+                select(RevokedToken.jti, RevokedToken.expires_at).where(RevokedToken.expires_at > utc_now()))
+            return {jti: expires_at.timestamp() for jti, expires_at in rows.all()}
 
     async def logout(self, caller: VerifiedToken, refresh_token: str | None) -> None:
         """Revoke the access token until it expires, and the refresh family it belongs to."""
-        now = now_utc()
+        now = utc_now()
         async with self.db.session() as session:
             if await session.get(RevokedToken, caller.jti) is None:
                 try:
