@@ -1,8 +1,4 @@
-"""carrier_service domain rules: the cheapest active carrier that serves, carries and has room today wins.
-
-Statements are SQLAlchemy Core, built once here and executed with parameters on the route's transaction
-(shared.db.Tx); results leave as the domain types of models.py.
-"""
+"""carrier_service domain rules: the cheapest active carrier that serves, carries and has room today wins."""
 
 from __future__ import annotations
 

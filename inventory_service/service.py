@@ -1,8 +1,4 @@
-"""inventory_service domain rules: stock is never oversold; an order's lines are allocated all or none.
-
-Statements are SQLAlchemy Core, built once here and executed with parameters on the route's transaction
-(shared.db.Tx); results leave as the domain types of models.py.
-"""
+"""inventory_service domain rules: stock is never oversold; an order's lines are allocated all or none."""
 
 from __future__ import annotations
 

@@ -1,9 +1,8 @@
 """order_service domain rules: an order is PENDING until confirmed or cancelled; lines only while PENDING.
 
-The statements are SQLAlchemy Core, built once here and executed with parameters on the route's transaction
-(shared.db.Tx). A change to an order's lines first locks the order's row, and a status change updates that
-row, so the two are serialised. The lines are read only after the lock is held: a statement that locks the
-order and reads its lines at once would read them as they were before it waited for the lock.
+A change to an order's lines first locks the order's row, and a status change updates that row, so the two
+are serialised. The lines are read only after the lock is held: a statement that locks the order and reads its
+lines at once would read them as they were before it waited for the lock.
 """
 
 from __future__ import annotations

@@ -1,8 +1,4 @@
-"""payment_service domain rules: one payment per order, refunds never exceed it, compensation refunds once.
-
-Statements are SQLAlchemy Core, built once here and executed with parameters on the route's transaction
-(shared.db.Tx); results leave as the domain types of models.py.
-"""
+"""payment_service domain rules: one payment per order, refunds never exceed it, compensation refunds once."""
 
 from __future__ import annotations
 

@@ -1,5 +1,9 @@
 """The data path of every service, from DATABASE_URL: SQLAlchemy Core statements written once and executed on
-asyncpg directly (PostgreSQL) or through SQLAlchemy Core (SQLite); ORM sessions for the code that keeps them."""
+asyncpg directly (PostgreSQL) or through SQLAlchemy Core (SQLite); ORM sessions for the code that keeps them.
+
+Each service layer (`<service>/service.py`) builds its statements once, at import, and executes them with
+parameters on the route's transaction (`Tx`); its results leave as the domain types of its models.py.
+"""
 
 from __future__ import annotations
 

@@ -1,8 +1,4 @@
-"""shipment_service domain rules: one live shipment per order, forward-only statuses, cancel before dispatch.
-
-Statements are SQLAlchemy Core, built once here and executed with parameters on the route's transaction
-(shared.db.Tx); results leave as the domain types of models.py.
-"""
+"""shipment_service domain rules: one live shipment per order, forward-only statuses, cancel before dispatch."""
 
 from __future__ import annotations
 

@@ -16,12 +16,12 @@ from typing import Any
 import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI
 from jose import jwt
 from sqlalchemy import select
 
 from auth_service.app import create_app
+from auth_service.keys import generate_private_pem
 from auth_service.models import SigningKey
 from auth_service.settings import Settings
 from tests.inprocess import fresh_database_url
@@ -153,10 +153,8 @@ def hs256_with(secret: bytes) -> Any:
 
 
 def other_rsa_private_pem() -> str:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
+    """A fresh RSA key, made as auth_service makes its own: not the one the service under test signs with."""
+    return generate_private_pem()
 
 
 def public_pem_of(private_pem: str) -> bytes:
