@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from saga_orchestrator.step_client import CallResult
+from saga_orchestrator.step_client import CallResult, Request
 from saga_orchestrator.steps import INVENTORY
 from shared.errors import InvalidRequest, ServiceUnavailable
 
@@ -25,9 +25,7 @@ PAGE_LIMIT = "500"
 class Caller(Protocol):
     """What the cache needs of `StepClient`."""
 
-    async def call(self, app: str, method: str, path: str, body: dict[str, Any] | None, *,
-                   idempotency_key: str | None, trace: dict[str, str], deadline_secs: float, label: str,
-                   params: dict[str, str] | None = None) -> CallResult: ...
+    async def call(self, request: Request, trace: dict[str, str], deadline_secs: float) -> CallResult: ...
 
 
 class Catalogue:
@@ -58,9 +56,8 @@ class Catalogue:
         if not missing:
             return found
         asked_at = self.clock()
-        result = await client.call(
-            INVENTORY, "GET", "/api/inventory/products", None, idempotency_key=None, trace=trace,
-            deadline_secs=deadline_secs, label="catalogue", params={"skus": ",".join(missing), "limit": PAGE_LIMIT})
+        result = await client.call(Request(INVENTORY, "GET", "/api/inventory/products", label="catalogue", params={
+            "skus": ",".join(missing), "limit": PAGE_LIMIT}), trace, deadline_secs)
         if result.refused:
             raise InvalidRequest(f"The catalogue refused the SKUs: {result.error}.")
         if not result.ok or not isinstance(result.body, dict):

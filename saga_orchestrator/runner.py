@@ -15,7 +15,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 from uuid import UUID
 
 import structlog
@@ -27,6 +27,7 @@ from saga_orchestrator.event_store import ConcurrentSagaUpdate, SagaStore
 from saga_orchestrator.index import SagaIndexStore
 from saga_orchestrator.metrics import SAGA_TAKEOVERS, SAGAS_FINISHED, STEP_LATENCY
 from saga_orchestrator.settings import Settings
+from saga_orchestrator.step_client import Request
 from saga_orchestrator.steps import definition
 from shared.db import utc_now
 
@@ -36,8 +37,7 @@ log = structlog.get_logger(__name__)
 class Participants(Protocol):
     """What the runner needs of `StepClient` (tests give it scripted participants)."""
 
-    def attempt(self, app: str, method: str, path: str, body: dict[str, Any] | None, *,
-                idempotency_key: str | None, trace: dict[str, str], timeout_secs: float, label: str,
+    def attempt(self, request: Request, trace: dict[str, str], timeout_secs: float,
                 not_found_is_done: bool = False) -> Awaitable[Answer]: ...
 
     def ready(self) -> bool: ...
@@ -205,9 +205,8 @@ class SagaRunner:
 
     async def _send(self, saga: Saga, call: Call) -> Answer:
         started = time.perf_counter()
-        answer = await self.participants.attempt(
-            call.app, call.method, call.path, call.body, idempotency_key=call.idempotency_key, trace=saga.trace,
-            timeout_secs=call.timeout_secs, label=call.label, not_found_is_done=call.not_found_is_done)
+        request = Request(call.app, call.method, call.path, call.body, call.idempotency_key, label=call.label)
+        answer = await self.participants.attempt(request, saga.trace, call.timeout_secs, call.not_found_is_done)
         STEP_LATENCY.labels(call.step, str(call.phase), str(answer.kind)).observe(time.perf_counter() - started)
         if answer.kind != core.AnswerKind.OK:
             log.info("saga attempt failed", saga_id=str(saga.id), call=call.label, error=answer.error,

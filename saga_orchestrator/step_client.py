@@ -36,6 +36,19 @@ TRANSIENT_STATUSES = frozenset({401, 408, 425, 429})
 
 
 @dataclass(frozen=True)
+class Request:
+    """One request to a participant: where it goes, what it carries, the key it is applied once under."""
+
+    app: str
+    method: str
+    path: str
+    body: dict[str, Any] | None = None
+    idempotency_key: str | None = None
+    params: dict[str, str] | None = None
+    label: str = ""  # as on metrics and logs: "make_payment:compensate", "catalogue"
+
+
+@dataclass(frozen=True)
 class CallResult:
     ok: bool
     refused: bool  # a final business refusal: the service did not apply the request
@@ -88,24 +101,12 @@ class StepClient:
         """Whether discovery has seen the participants yet (recovery waits for it after a start)."""
         return bool(self.registry.instances(ORDER))
 
-    async def attempt(
-        self,
-        app: str,
-        method: str,
-        path: str,
-        body: dict[str, Any] | None,
-        *,
-        idempotency_key: str | None,
-        trace: dict[str, str],
-        timeout_secs: float,
-        label: str,
-        not_found_is_done: bool = False,
-        params: dict[str, str] | None = None,
-    ) -> Answer:
+    async def attempt(self, request: Request, trace: dict[str, str], timeout_secs: float,
+                      not_found_is_done: bool = False) -> Answer:
         """One attempt, classified; never raises for HTTP trouble."""
+        label = request.label
         try:
-            status, payload = await self._attempt(app, method, path, body, idempotency_key, trace, timeout_secs,
-                                                  params)
+            status, payload = await self._attempt(request, trace, timeout_secs)
         except _Transient as exc:
             STEP_ATTEMPTS.labels(label, "transient").inc()
             return Answer(AnswerKind.TRANSIENT, None, None, exc.error)
@@ -118,26 +119,12 @@ class StepClient:
         STEP_ATTEMPTS.labels(label, "refused").inc()
         return Answer(AnswerKind.REFUSED, status, payload, _describe(status, payload))
 
-    async def call(
-        self,
-        app: str,
-        method: str,
-        path: str,
-        body: dict[str, Any] | None,
-        *,
-        idempotency_key: str | None,
-        trace: dict[str, str],
-        deadline_secs: float,
-        label: str,
-        params: dict[str, str] | None = None,
-    ) -> CallResult:
+    async def call(self, request: Request, trace: dict[str, str], deadline_secs: float) -> CallResult:
         """Attempt until an answer that is not transient, or until the deadline (backoff with full jitter)."""
         started = time.monotonic()
 
         async def once(remaining: float) -> Answer:
-            return await self.attempt(app, method, path, body, idempotency_key=idempotency_key, trace=trace,
-                                      timeout_secs=max(0.05, min(self.attempt_timeout, remaining)), label=label,
-                                      params=params)
+            return await self.attempt(request, trace, max(0.05, min(self.attempt_timeout, remaining)))
 
         def final(answer: Answer, attempts: int, last_error: str | None) -> CallResult:
             return CallResult(answer.kind == AnswerKind.OK, answer.kind == AnswerKind.REFUSED, answer.status,
@@ -173,17 +160,8 @@ class StepClient:
             return CallResult(False, False, None, None, f"gave up after {attempts} attempts: {exc.error}", attempts)
         raise AssertionError("unreachable: tenacity either returns or reraises")
 
-    async def _attempt(
-        self,
-        app: str,
-        method: str,
-        path: str,
-        body: dict[str, Any] | None,
-        idempotency_key: str | None,
-        trace: dict[str, str],
-        seconds: float,
-        params: dict[str, str] | None,
-    ) -> tuple[int, Any]:
+    async def _attempt(self, request: Request, trace: dict[str, str], seconds: float) -> tuple[int, Any]:
+        app, method, path = request.app, request.method, request.path
         try:
             instance = self.registry.choose(app)
             # A fresh token is at hand nearly always; wait_for (a task of its own) only to fetch a new one.
@@ -198,11 +176,11 @@ class StepClient:
             REQUEST_ID_HEADER: trace.get("request_id", ""),
             "traceparent": child_traceparent(trace.get("traceparent", "")),
         }
-        if idempotency_key is not None:
-            headers[IDEMPOTENCY_HEADER] = idempotency_key
+        if request.idempotency_key is not None:
+            headers[IDEMPOTENCY_HEADER] = request.idempotency_key
         url = f"{instance.base_url}{path}"
         try:
-            async with self.session.request(method, url, json=body, headers=headers, params=params,
+            async with self.session.request(method, url, json=request.body, headers=headers, params=request.params,
                                             timeout=aiohttp.ClientTimeout(total=seconds)) as response:
                 raw = await response.read()
                 status = response.status

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from saga_orchestrator.core import Answer, AnswerKind
-from saga_orchestrator.step_client import CallResult
+from saga_orchestrator.step_client import CallResult, Request
 
 CATALOGUE = {
     "KB-1": {"sku": "KB-1", "unit_price_minor": 8999, "currency": "EUR", "weight_grams": 920},
@@ -64,22 +64,20 @@ class FakeParticipants:
     def labels(self) -> list[str]:
         return [c.label for c in self.calls]
 
-    async def call(self, app: str, method: str, path: str, body: dict[str, Any] | None, *,
-                   idempotency_key: str | None, trace: dict[str, str], deadline_secs: float, label: str,
-                   params: dict[str, str] | None = None) -> CallResult:
+    async def call(self, request: Request, trace: dict[str, str], deadline_secs: float) -> CallResult:
         """The catalogue (the orchestrator's one request outside the saga's steps)."""
-        assert label == "catalogue", label
-        self.calls.append(Call(label, method, path, body, idempotency_key))
-        override = self.failures.get(label)
+        assert request.label == "catalogue", request.label
+        self.calls.append(Call(request.label, request.method, request.path, request.body, request.idempotency_key))
+        override = self.failures.get(request.label)
         if isinstance(override, Answer):
             return call_result(override)
-        wanted = (params or {}).get("skus", "").split(",")
+        wanted = (request.params or {}).get("skus", "").split(",")
         return CallResult(True, False, 200, {"items": [CATALOGUE[s] for s in wanted if s in CATALOGUE]}, None, 1)
 
-    async def attempt(self, app: str, method: str, path: str, body: dict[str, Any] | None, *,
-                      idempotency_key: str | None, trace: dict[str, str], timeout_secs: float, label: str,
+    async def attempt(self, request: Request, trace: dict[str, str], timeout_secs: float,
                       not_found_is_done: bool = False) -> Answer:
-        call = Call(label, method, path, body, idempotency_key)
+        label, body, idempotency_key = request.label, request.body, request.idempotency_key
+        call = Call(label, request.method, request.path, body, idempotency_key)
         self.calls.append(call)
         if self.delay:
             await asyncio.sleep(self.delay)

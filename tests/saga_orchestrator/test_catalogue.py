@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from saga_orchestrator.catalogue import Catalogue
 from saga_orchestrator.settings import Settings
-from saga_orchestrator.step_client import CallResult
+from saga_orchestrator.step_client import CallResult, Request
 from shared.errors import InvalidRequest, ServiceUnavailable
 from tests.clock import Clock
 from tests.saga_orchestrator.fakes import CATALOGUE, call_result, ok, refused, transient
@@ -28,11 +28,10 @@ class Inventory:
         self.asked: list[list[str]] = []
         self.answer: CallResult | None = None  # overrides the answer (refused, unavailable)
 
-    async def call(self, app: str, method: str, path: str, body: dict[str, Any] | None, *,
-                   idempotency_key: str | None, trace: dict[str, str], deadline_secs: float, label: str,
-                   params: dict[str, str] | None = None) -> CallResult:
-        assert (app, method, path, label) == ("INVENTORY-SERVICE", "GET", "/api/inventory/products", "catalogue")
-        skus = (params or {})["skus"].split(",")
+    async def call(self, request: Request, trace: dict[str, str], deadline_secs: float) -> CallResult:
+        assert (request.app, request.method, request.path, request.label) == (
+            "INVENTORY-SERVICE", "GET", "/api/inventory/products", "catalogue")
+        skus = (request.params or {})["skus"].split(",")
         self.asked.append(skus)
         if self.answer is not None:
             return self.answer
