@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import random
 import uuid
+from collections import Counter
 from typing import Any
 
 import aiohttp
@@ -32,13 +33,20 @@ def new_session(connections: int) -> aiohttp.ClientSession:
                                  timeout=aiohttp.ClientTimeout(total=60))
 
 
-class GatewaySagas:
+class _Placements:
+    """What each way of placing counts: its attempts, and their outcomes (COMPLETED, a status, a failed step)."""
+
     def __init__(self, stack: Stack, session: aiohttp.ClientSession) -> None:
         self.stack = stack
         self.session = session
-        self.url = f"{stack.gateway_url}/api/customer-orders"
         self.attempts = 0
-        self.outcomes: dict[str, int] = {}
+        self.outcomes: Counter[str] = Counter()
+
+
+class GatewaySagas(_Placements):
+    def __init__(self, stack: Stack, session: aiohttp.ClientSession) -> None:
+        super().__init__(stack, session)
+        self.url = f"{stack.gateway_url}/api/customer-orders"
 
     async def one(self, client: int) -> bool:
         customer = self.stack.customers[client % len(self.stack.customers)]
@@ -51,7 +59,7 @@ class GatewaySagas:
             answer = await response.read()
             status = response.status
         outcome = json.loads(answer).get("status", str(status)) if status in (200, 202) else str(status)
-        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+        self.outcomes[outcome] += 1
         return status == 200 and outcome == "COMPLETED"
 
 
@@ -71,13 +79,10 @@ def saga_context(stack: Stack, client: int, payment_token: str = PAYMENT_TOKEN,
     }
 
 
-class BareSagas:
+class BareSagas(_Placements):
     def __init__(self, stack: Stack, session: aiohttp.ClientSession, token: str) -> None:
-        self.stack = stack
-        self.session = session
+        super().__init__(stack, session)
         self.token = token
-        self.attempts = 0
-        self.outcomes: dict[str, int] = {}
 
     async def one(self, client: int) -> bool:
         context = saga_context(self.stack, client)
@@ -93,23 +98,20 @@ class BareSagas:
                 status = response.status
             if not 200 <= status < 300:
                 outcome = f"{step.step} {status}"
-                self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+                self.outcomes[outcome] += 1
                 return False
             context.update(step.extract_results(json.loads(answer)))
-        self.outcomes["COMPLETED"] = self.outcomes.get("COMPLETED", 0) + 1
+        self.outcomes["COMPLETED"] += 1
         return True
 
 
-class DbosSagas:
+class DbosSagas(_Placements):
     """The peer: one `POST /sagas` to the DBOS peer (bench/dbos_peer.py), which makes the seven calls as durable
     steps of a DBOS workflow; success = COMPLETED."""
 
     def __init__(self, stack: Stack, session: aiohttp.ClientSession, peer_url: str) -> None:
-        self.stack = stack
-        self.session = session
+        super().__init__(stack, session)
         self.url = f"{peer_url}/sagas"
-        self.attempts = 0
-        self.outcomes: dict[str, int] = {}
 
     async def one(self, client: int) -> bool:
         context = saga_context(self.stack, client)
@@ -118,7 +120,7 @@ class DbosSagas:
             answer = await response.read()
             status = response.status
         outcome = json.loads(answer).get("status", str(status)) if status == 200 else str(status)
-        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+        self.outcomes[outcome] += 1
         return outcome == "COMPLETED"
 
 

@@ -13,6 +13,8 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -148,6 +150,14 @@ class ComposeStack:
                      "--scale", f"{service}={replicas}", service, timeout=timeout + 30)
         self.wait_registered(service, replicas)
         return self.replicas(service)
+
+    @contextmanager
+    def scaled(self, service: str, replicas: int) -> Iterator[list[Container]]:
+        """`replicas` of the service while the block runs (see `scale`), one again after it."""
+        try:
+            yield self.scale(service, replicas)
+        finally:
+            self.scale(service, 1)
 
     def wait_registered(self, service: str, count: int, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout

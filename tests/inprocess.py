@@ -52,6 +52,12 @@ def bearer(subject: str = "customer-1", roles: tuple[str, ...] = ("customer",)) 
 
 
 PROBLEM = PROBLEM_JSON  # the content type of every refusal
+
+
+def changed(body: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a valid request body with fields changed, or dropped where the change says None."""
+    result = {**body, **change}
+    return {key: value for key, value in result.items() if change.get(key, ...) is not None}
 ADMIN = bearer("admin-1", ("admin",))
 SERVICE = bearer("service:saga-orchestrator", ("service",))
 

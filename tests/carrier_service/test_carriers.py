@@ -20,7 +20,7 @@ from carrier_service.schemas import AssignmentRequest
 from carrier_service.seed import DEMO_CARRIERS, seed
 from carrier_service.settings import Settings
 from tests.fleet import free_port
-from tests.inprocess import ADMIN, SERVICE, bearer, service_fixtures
+from tests.inprocess import ADMIN, SERVICE, bearer, changed, service_fixtures
 
 CUSTOMER = bearer("alice")
 DB_NAME = "cs_unit_carrier"
@@ -101,12 +101,7 @@ async def test_bad_patch_is_422(client: httpx.AsyncClient, body: dict) -> None:
 async def test_bad_carrier_bodies_are_422(client: httpx.AsyncClient, drop_or_change: dict) -> None:
     body = {"code": unique_code(), "name": "X", "countries": ["DE"], "max_weight_grams": 1000, "daily_capacity": 1,
             "base_price_minor": 1, "price_per_kg_minor": 1}
-    for key, value in drop_or_change.items():
-        if value is None:
-            body.pop(key)
-        else:
-            body[key] = value
-    response = await client.post("/api/carriers", json=body, headers=ADMIN)
+    response = await client.post("/api/carriers", json=changed(body, drop_or_change), headers=ADMIN)
     assert response.status_code == 422, response.text
     assert response.headers["content-type"] == "application/problem+json"
 

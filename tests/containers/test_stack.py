@@ -71,10 +71,8 @@ def get_orders(api: httpx.Client, user: User, request_id: str) -> None:
 
 @pytest.fixture
 def three_order_replicas(compose: ComposeStack) -> Iterator[list[Container]]:
-    try:
-        yield compose.scale("order_service", 3)
-    finally:
-        compose.scale("order_service", 1)
+    with compose.scaled("order_service", 3) as replicas:
+        yield replicas
 
 
 def test_three_order_replicas_share_the_gateways_requests(
@@ -120,10 +118,8 @@ def place_until_accepted(gateway_url: str, user: User, body: dict[str, object], 
 
 @pytest.fixture
 def two_orchestrators(compose: ComposeStack) -> Iterator[list[Container]]:
-    try:
-        yield compose.scale("saga_orchestrator", 2)
-    finally:
-        compose.scale("saga_orchestrator", 1)
+    with compose.scaled("saga_orchestrator", 2) as replicas:
+        yield replicas
 
 
 def test_an_orchestrator_container_killed_mid_load_and_every_saga_finishes_once(

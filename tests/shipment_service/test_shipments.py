@@ -13,7 +13,7 @@ import pytest
 from shipment_service import service
 from shipment_service.app import create_app
 from shipment_service.settings import Settings
-from tests.inprocess import ADMIN, SERVICE, bearer, service_fixtures
+from tests.inprocess import ADMIN, SERVICE, bearer, changed, service_fixtures
 
 ADDRESS = {"name": "Ada", "line1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "DE"}
 ALICE = bearer("alice")
@@ -296,12 +296,7 @@ async def test_idempotent_status_change_is_replayed_not_reapplied(client: httpx.
 ])
 async def test_bad_create_bodies_are_422(client: httpx.AsyncClient, change: dict) -> None:
     body: dict = {"order_id": str(uuid.uuid4()), "customer_id": "c", "carrier_code": "DHL", "address": ADDRESS}
-    for key, value in change.items():
-        if value is None:
-            body.pop(key)
-        else:
-            body[key] = value
-    response = await client.post("/api/shipments", json=body, headers=SERVICE)
+    response = await client.post("/api/shipments", json=changed(body, change), headers=SERVICE)
     assert response.status_code == 422, response.text
     assert response.headers["content-type"] == "application/problem+json"
 
