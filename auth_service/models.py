@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.db import UTCDateTime, new_id, new_metadata, utc_now
+from shared.db import CreatedAt, UTCDateTime, UUIDKey, new_metadata, utc_now
 
 
 class Base(DeclarativeBase):
@@ -24,13 +24,13 @@ class Role:
 class User(Base):
     __tablename__ = "users"
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    id: Mapped[UUIDKey]
     # Stored lower-cased, so the unique constraint makes addresses unique case-insensitively.
     email: Mapped[str] = mapped_column(String(320), unique=True)
     password_hash: Mapped[str] = mapped_column(String(500))
     full_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
     roles: Mapped[list[str]] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+    created_at: Mapped[CreatedAt]
 
 
 class SigningKey(Base):
@@ -41,7 +41,7 @@ class SigningKey(Base):
     kid: Mapped[str] = mapped_column(String(64), primary_key=True)
     private_pem: Mapped[str] = mapped_column(Text)
     public_jwk: Mapped[dict[str, Any]] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+    created_at: Mapped[CreatedAt]
     retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
@@ -50,9 +50,9 @@ class RefreshFamily(Base):
 
     __tablename__ = "refresh_families"
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    id: Mapped[UUIDKey]
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+    created_at: Mapped[CreatedAt]
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     revoked_reason: Mapped[str | None] = mapped_column(String(100), nullable=True)
 
@@ -62,12 +62,12 @@ class RefreshToken(Base):
 
     __tablename__ = "refresh_tokens"
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    id: Mapped[UUIDKey]
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     family_id: Mapped[str] = mapped_column(ForeignKey("refresh_families.id", ondelete="CASCADE"), index=True)
     # The access token issued together with this one, so logout without a refresh token finds the family.
     access_jti: Mapped[str] = mapped_column(String(64), index=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+    created_at: Mapped[CreatedAt]
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 

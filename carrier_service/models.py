@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, Boolean, CheckConstraint, Date, ForeignKey, Index, Integer, String, text
+from sqlalchemy import Boolean, CheckConstraint, Date, ForeignKey, Index, Integer, String, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from shared.db import UTCDateTime, new_id, utc_now
+from shared.db import CreatedAt, CurrencyCode, ForeignRef, Money, UpdatedAt, UTCDateTime, UUIDKey
 from shared.fence import participant_metadata
 
 
@@ -32,17 +32,17 @@ class ReleaseStatus(StrEnum):
 class Carrier(Base):
     __tablename__ = "carriers"
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    id: Mapped[UUIDKey]
     code: Mapped[str] = mapped_column(String(32), unique=True)
     name: Mapped[str] = mapped_column(String(200))
     max_weight_grams: Mapped[int] = mapped_column(Integer)
     daily_capacity: Mapped[int] = mapped_column(Integer)
-    base_price_minor: Mapped[int] = mapped_column(BigInteger)
-    price_per_kg_minor: Mapped[int] = mapped_column(BigInteger)
-    currency: Mapped[str] = mapped_column(String(3))
+    base_price_minor: Mapped[Money]
+    price_per_kg_minor: Mapped[Money]
+    currency: Mapped[CurrencyCode]
     active: Mapped[bool] = mapped_column(Boolean, default=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now, onupdate=utc_now)
+    created_at: Mapped[CreatedAt]
+    updated_at: Mapped[UpdatedAt]
     country_rows: Mapped[list[CarrierCountry]] = relationship(
         back_populates="carrier", cascade="all, delete-orphan", lazy="selectin", order_by="CarrierCountry.country"
     )
@@ -73,18 +73,18 @@ class CarrierAssignment(Base):
         ),
     )
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    order_id: Mapped[str] = mapped_column(String(64), index=True)
+    id: Mapped[UUIDKey]
+    order_id: Mapped[ForeignRef]
     carrier_id: Mapped[str] = mapped_column(ForeignKey("carriers.id"))
     carrier_code: Mapped[str] = mapped_column(String(32))
     country: Mapped[str] = mapped_column(String(2))
     weight_grams: Mapped[int] = mapped_column(Integer)
-    price_minor: Mapped[int] = mapped_column(BigInteger)
-    currency: Mapped[str] = mapped_column(String(3))
+    price_minor: Mapped[Money]
+    currency: Mapped[CurrencyCode]
     status: Mapped[str] = mapped_column(String(16), default=AssignmentStatus.ASSIGNED)
     # The UTC day whose capacity this assignment uses.
     service_day: Mapped[date] = mapped_column(Date)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+    created_at: Mapped[CreatedAt]
     released_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 

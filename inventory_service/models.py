@@ -9,7 +9,7 @@ from enum import StrEnum
 from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from shared.db import UTCDateTime, new_id, utc_now
+from shared.db import CreatedAt, CurrencyCode, Money, UpdatedAt, UTCDateTime, UUIDKey
 from shared.fence import participant_metadata
 
 
@@ -30,13 +30,13 @@ class Product(Base):
 
     sku: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
-    unit_price_minor: Mapped[int] = mapped_column(BigInteger)
-    currency: Mapped[str] = mapped_column(String(3))
+    unit_price_minor: Mapped[Money]
+    currency: Mapped[CurrencyCode]
     weight_grams: Mapped[int] = mapped_column(Integer)
     on_hand: Mapped[int] = mapped_column(BigInteger, default=0)
     reserved: Mapped[int] = mapped_column(BigInteger, default=0)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now, onupdate=utc_now)
+    created_at: Mapped[CreatedAt]
+    updated_at: Mapped[UpdatedAt]
 
 
 class AllocationStatus(StrEnum):
@@ -56,11 +56,11 @@ class Allocation(Base):
 
     __tablename__ = "allocations"
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    id: Mapped[UUIDKey]
     order_id: Mapped[str] = mapped_column(String(64), unique=True)
     status: Mapped[str] = mapped_column(String(16), default=AllocationStatus.ALLOCATED)
     currency: Mapped[str | None] = mapped_column(String(3), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+    created_at: Mapped[CreatedAt]
     released_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     lines: Mapped[list[AllocationLine]] = relationship(
         back_populates="allocation", cascade="all, delete-orphan", lazy="selectin", order_by="AllocationLine.sku"
@@ -72,11 +72,11 @@ class AllocationLine(Base):
 
     __tablename__ = "allocation_lines"
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    id: Mapped[UUIDKey]
     allocation_id: Mapped[str] = mapped_column(ForeignKey("allocations.id", ondelete="CASCADE"), index=True)
     sku: Mapped[str] = mapped_column(String(64))
     quantity: Mapped[int] = mapped_column(Integer)
-    unit_price_minor: Mapped[int] = mapped_column(BigInteger)
+    unit_price_minor: Mapped[Money]
     weight_grams: Mapped[int] = mapped_column(Integer)
     allocation: Mapped[Allocation] = relationship(back_populates="lines")
 

@@ -7,10 +7,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String
+from sqlalchemy import JSON, ForeignKey, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from shared.db import UTCDateTime, new_id, utc_now
+from shared.db import CreatedAt, CurrencyCode, ForeignRef, Money, UpdatedAt, UUIDKey
 from shared.fence import participant_metadata
 
 
@@ -27,14 +27,14 @@ class OrderStatus(StrEnum):
 class Order(Base):
     __tablename__ = "orders"
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    customer_id: Mapped[str] = mapped_column(String(64), index=True)
+    id: Mapped[UUIDKey]
+    customer_id: Mapped[ForeignRef]
     status: Mapped[str] = mapped_column(String(16), index=True, default=OrderStatus.PENDING)
-    currency: Mapped[str] = mapped_column(String(3))
+    currency: Mapped[CurrencyCode]
     shipping_address: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
     cancel_reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now, onupdate=utc_now)
+    created_at: Mapped[CreatedAt]
+    updated_at: Mapped[UpdatedAt]
     lines: Mapped[list[OrderLine]] = relationship(
         back_populates="order", cascade="all, delete-orphan", lazy="selectin", order_by="OrderLine.position"
     )
@@ -43,12 +43,12 @@ class Order(Base):
 class OrderLine(Base):
     __tablename__ = "order_lines"
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    id: Mapped[UUIDKey]
     order_id: Mapped[str] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True)
     position: Mapped[int] = mapped_column(Integer)
     sku: Mapped[str] = mapped_column(String(64))
     quantity: Mapped[int] = mapped_column(Integer)
-    unit_price_minor: Mapped[int] = mapped_column(BigInteger)
+    unit_price_minor: Mapped[Money]
     order: Mapped[Order] = relationship(back_populates="lines")
 
 

@@ -9,7 +9,7 @@ from enum import StrEnum
 from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from shared.db import UTCDateTime, new_id, utc_now
+from shared.db import CreatedAt, CurrencyCode, ForeignRef, Money, UpdatedAt, UUIDKey
 from shared.fence import participant_metadata
 
 
@@ -48,17 +48,17 @@ class Payment(Base):
         CheckConstraint("refunded_minor <= amount_minor", name="refunded_within_amount"),
     )
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    id: Mapped[UUIDKey]
     order_id: Mapped[str] = mapped_column(String(64), unique=True)
-    customer_id: Mapped[str] = mapped_column(String(64), index=True)
-    amount_minor: Mapped[int] = mapped_column(BigInteger)
-    currency: Mapped[str] = mapped_column(String(3))
+    customer_id: Mapped[ForeignRef]
+    amount_minor: Mapped[Money]
+    currency: Mapped[CurrencyCode]
     status: Mapped[str] = mapped_column(String(24), index=True, default=PaymentStatus.CAPTURED)
     refunded_minor: Mapped[int] = mapped_column(BigInteger, default=0)
     processor_reference: Mapped[str] = mapped_column(String(64))
     card_brand: Mapped[str] = mapped_column(String(16))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now, onupdate=utc_now)
+    created_at: Mapped[CreatedAt]
+    updated_at: Mapped[UpdatedAt]
     refunds: Mapped[list[Refund]] = relationship(
         back_populates="payment", cascade="all, delete-orphan", lazy="selectin", order_by="Refund.created_at"
     )
@@ -68,11 +68,11 @@ class Refund(Base):
     __tablename__ = "refunds"
     __table_args__ = (CheckConstraint("amount_minor > 0", name="amount_positive"),)
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    id: Mapped[UUIDKey]
     payment_id: Mapped[str] = mapped_column(ForeignKey("payments.id", ondelete="CASCADE"), index=True)
-    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    amount_minor: Mapped[Money]
     reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+    created_at: Mapped[CreatedAt]
     payment: Mapped[Payment] = relationship(back_populates="refunds")
 
     @property
@@ -90,15 +90,15 @@ class ChargeAttempt(Base):
 
     __tablename__ = "charge_attempts"
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    order_id: Mapped[str] = mapped_column(String(64), index=True)
+    id: Mapped[UUIDKey]
+    order_id: Mapped[ForeignRef]
     customer_id: Mapped[str] = mapped_column(String(64))
-    amount_minor: Mapped[int] = mapped_column(BigInteger)
-    currency: Mapped[str] = mapped_column(String(3))
+    amount_minor: Mapped[Money]
+    currency: Mapped[CurrencyCode]
     payment_token: Mapped[str] = mapped_column(String(64))
     outcome: Mapped[str] = mapped_column(String(16))
     code: Mapped[str | None] = mapped_column(String(40), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+    created_at: Mapped[CreatedAt]
 
 
 # --- what the service layer returns -------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import JSON, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.db import UTCDateTime, new_metadata, utc_now
+from shared.db import CurrencyCode, UpdatedAt, UTCDateTime, new_metadata, utc_now
 
 
 class Base(DeclarativeBase):
@@ -40,12 +40,12 @@ class SagaIndex(Base):
     status: Mapped[str] = mapped_column(String(24))
     order_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     total_minor: Mapped[int] = mapped_column(Integer)
-    currency: Mapped[str] = mapped_column(String(3))
+    currency: Mapped[CurrencyCode]
     start_request: Mapped[dict[str, Any]] = mapped_column(JSON)
     owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now, index=True)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now, onupdate=utc_now)
+    updated_at: Mapped[UpdatedAt]
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,14 +17,15 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
 import asyncpg
-from sqlalchemy import DateTime, Delete, Insert, MetaData, Table, Update, event, exc, select
+from sqlalchemy import BigInteger, DateTime, Delete, Insert, MetaData, String, Table, Update, event, exc, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import mapped_column
 from sqlalchemy.sql import ClauseElement, Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.types import TypeDecorator
@@ -76,6 +77,17 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# The columns every service declares alike, once: SQLAlchemy's annotated declarative types (`id: Mapped[UUIDKey]`).
+UUIDKey = Annotated[str, mapped_column(String(36), primary_key=True, default=new_id)]
+CreatedAt = Annotated[datetime, mapped_column(UTCDateTime(), default=utc_now)]
+UpdatedAt = Annotated[datetime, mapped_column(UTCDateTime(), default=utc_now, onupdate=utc_now)]
+# Money is an integer count of the currency's minor unit, with its ISO 4217 code beside it.
+Money = Annotated[int, mapped_column(BigInteger)]
+CurrencyCode = Annotated[str, mapped_column(String(3))]
+# An id another service issued (an order's, a customer's), looked up by.
+ForeignRef = Annotated[str, mapped_column(String(64), index=True)]
 
 
 def conflict_insert(table: Table) -> postgresql.Insert:

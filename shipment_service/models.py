@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import JSON, ForeignKey, Index, Integer, String, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from shared.db import UTCDateTime, new_id, utc_now
+from shared.db import CreatedAt, ForeignRef, UpdatedAt, UUIDKey
 from shared.fence import participant_metadata
 
 
@@ -56,15 +56,15 @@ class Shipment(Base):
         ),
     )
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    order_id: Mapped[str] = mapped_column(String(64), index=True)
-    customer_id: Mapped[str] = mapped_column(String(64), index=True)
+    id: Mapped[UUIDKey]
+    order_id: Mapped[ForeignRef]
+    customer_id: Mapped[ForeignRef]
     carrier_code: Mapped[str] = mapped_column(String(32))
     address: Mapped[dict[str, Any]] = mapped_column(JSON)
     tracking_number: Mapped[str] = mapped_column(String(32), unique=True)
     status: Mapped[str] = mapped_column(String(16), index=True, default=ShipmentStatus.CREATED)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now, onupdate=utc_now)
+    created_at: Mapped[CreatedAt]
+    updated_at: Mapped[UpdatedAt]
     history: Mapped[list[ShipmentStatusChange]] = relationship(
         back_populates="shipment", cascade="all, delete-orphan", lazy="selectin",
         order_by="ShipmentStatusChange.position",
@@ -74,11 +74,11 @@ class Shipment(Base):
 class ShipmentStatusChange(Base):
     __tablename__ = "shipment_status_history"
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    id: Mapped[UUIDKey]
     shipment_id: Mapped[str] = mapped_column(ForeignKey("shipments.id", ondelete="CASCADE"), index=True)
     position: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16))
-    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+    at: Mapped[CreatedAt]
     note: Mapped[str | None] = mapped_column(String(500), nullable=True)
     shipment: Mapped[Shipment] = relationship(back_populates="history")
 
