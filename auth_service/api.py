@@ -29,6 +29,7 @@ from auth_service.service import AuthService, TokenPair, VerifiedToken
 from shared.auth import bearer_token
 from shared.errors import Forbidden, InvalidRequest
 from shared.forwarded import TrustedProxies
+from shared.schemas import model_response
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 # Paths outside /api/auth: the JWKS other services fetch and the gateway's forward-auth call.
@@ -87,9 +88,9 @@ async def _client_address(request: Request, auth: AuthService) -> str:
     return trusted.resolve(entries[-1], entries[:-1]).client or peer
 
 
-def _pair_response(pair: TokenPair) -> JSONResponse:
+def _pair_response(pair: TokenPair) -> Response:
     body = TokenPairOut(access_token=pair.access_token, refresh_token=pair.refresh_token, expires_in=pair.expires_in)
-    return JSONResponse(body.model_dump(), headers=NO_STORE)
+    return model_response(body, headers=NO_STORE)
 
 
 @router.post("/register", status_code=201, response_model=UserOut)
@@ -99,12 +100,12 @@ async def register(body: RegisterIn, request: Request, auth: Auth) -> UserOut:
 
 
 @router.post("/login", response_model=TokenPairOut)
-async def login(body: LoginIn, request: Request, auth: Auth) -> JSONResponse:
+async def login(body: LoginIn, request: Request, auth: Auth) -> Response:
     return _pair_response(await auth.login(body.email, body.password, await _client_address(request, auth)))
 
 
 @router.post("/refresh", response_model=TokenPairOut)
-async def refresh(body: RefreshIn, auth: Auth) -> JSONResponse:
+async def refresh(body: RefreshIn, auth: Auth) -> Response:
     return _pair_response(await auth.refresh(body.refresh_token))
 
 
@@ -136,7 +137,7 @@ _FORM_BODY = {
 
 
 @router.post("/token", response_model=ServiceTokenOut, openapi_extra=_FORM_BODY)
-async def service_token(request: Request, auth: Auth) -> JSONResponse:
+async def service_token(request: Request, auth: Auth) -> Response:
     """Client credentials grant for the fleet's services (form-encoded, as OAuth 2.0 specifies)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/x-www-form-urlencoded":
@@ -150,7 +151,7 @@ async def service_token(request: Request, auth: Auth) -> JSONResponse:
         raise RequestValidationError(exc.errors(include_input=False)) from exc
     token, expires_in = await auth.issue_service_token(credentials.client_id, credentials.client_secret,
                                                        await _client_address(request, auth))
-    return JSONResponse(ServiceTokenOut(access_token=token, expires_in=expires_in).model_dump(), headers=NO_STORE)
+    return model_response(ServiceTokenOut(access_token=token, expires_in=expires_in), headers=NO_STORE)
 
 
 @router.post("/keys/rotate", status_code=201, response_model=SigningKeyOut)
@@ -185,20 +186,20 @@ async def jwks(auth: Auth) -> JSONResponse:
 
 
 @public_router.get("/revocations", response_model=RevocationsOut)
-async def revocations(auth: Auth) -> JSONResponse:
+async def revocations(auth: Auth) -> Response:
     """The revoked, unexpired access tokens, fresh from the table: what every service polls (never routed)."""
     revoked = await auth.revoked_tokens()
     body = RevocationsOut(revoked=[RevokedTokenOut(jti=jti, exp=int(exp)) for jti, exp in revoked.items()])
-    return JSONResponse(body.model_dump(), headers={"Cache-Control": "no-store"})
+    return model_response(body, headers={"Cache-Control": "no-store"})
 
 
 @public_router.get("/validate", response_model=IdentityOut, operation_id="validate_get")
 @public_router.post("/validate", response_model=IdentityOut, operation_id="validate_post")
-async def validate(caller: Caller) -> JSONResponse:
+async def validate(caller: Caller) -> Response:
     """Forward-auth: 200 with the identity (body and X-User-* headers) for a good token, 401 otherwise."""
     identity = caller.identity
     roles = sorted(identity.roles)
     body = IdentityOut(user_id=identity.subject, roles=roles, email=identity.email)
     headers = {"X-User-Id": identity.subject, "X-User-Roles": ",".join(roles), "X-User-Email": identity.email,
                "Cache-Control": "no-store"}
-    return JSONResponse(body.model_dump(), headers=headers)
+    return model_response(body, headers=headers)

@@ -7,7 +7,7 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Header, Query, Request
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 
 from saga_orchestrator import service
 from saga_orchestrator.domain import SagaStatus, saga_uuid
@@ -25,7 +25,7 @@ from shared.dependencies import Paging
 from shared.errors import DomainError, InvalidRequest, NotFound
 from shared.idempotency import HEADER as IDEMPOTENCY_HEADER
 from shared.idempotency import REPLAYED_HEADER
-from shared.schemas import Page
+from shared.schemas import Page, model_response
 
 router = APIRouter(prefix=service.BASE_PATH, tags=["customer-orders"])
 MAX_WAIT_SECS = 30
@@ -70,7 +70,7 @@ async def place_customer_order(
     identity: Caller,
     idempotency_key: Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)] = None,
     prefer: Annotated[str | None, Header()] = None,
-) -> JSONResponse:
+) -> Response:
     key = (idempotency_key or "").strip().strip('"')
     if not key:
         raise MissingIdempotencyKey(f"The {IDEMPOTENCY_HEADER} header is required: a retried request must "
@@ -89,10 +89,10 @@ async def place_customer_order(
         saga_id = UUID(row.saga_id)
         if await orch.runner.wait(saga_id, wait):
             view = await service.get_saga(orch, identity, saga_id, just_finished=True)
-            return JSONResponse(view.model_dump(mode="json", by_alias=True), status_code=200, headers=headers)
+            return model_response(view, 200, headers)
         row = await service.get_row(orch, identity, saga_id)
     accepted = SagaAccepted(saga_id=row.saga_id, status=row.status, status_url=service.status_url(row.saga_id))
-    return JSONResponse(accepted.model_dump(mode="json", by_alias=True), status_code=202, headers=headers)
+    return model_response(accepted, 202, headers)
 
 
 @router.get("", response_model=Page[SagaSummary])
@@ -140,8 +140,7 @@ async def get_customer_order(saga_id: str, request: Request, identity: Caller) -
 
 
 @router.post("/{saga_id}/retry", status_code=202, response_model=SagaAccepted)
-async def retry_customer_order(saga_id: str, request: Request, identity: Admin) -> JSONResponse:
+async def retry_customer_order(saga_id: str, request: Request, identity: Admin) -> Response:
     row = await service.retry_saga(_orchestrator(request), identity, _saga_id(saga_id))
     accepted = SagaAccepted(saga_id=row.saga_id, status=row.status, status_url=service.status_url(row.saga_id))
-    return JSONResponse(accepted.model_dump(mode="json", by_alias=True), status_code=202,
-                        headers={"Location": service.status_url(row.saga_id)})
+    return model_response(accepted, 202, {"Location": service.status_url(row.saga_id)})
