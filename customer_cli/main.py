@@ -50,6 +50,9 @@ Country = Annotated[str, typer.Option("--country", help="Shipping country (ISO c
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 Since = Annotated[str | None, typer.Option(
     "--since", help="Only sagas created since: an ISO time, or 90s / 15m / 2h / 1d ago.")]
+SagaState = Annotated[str | None, typer.Option(
+    "--status", help=f"Only sagas in this state: {', '.join(SAGA_STATES)}.", case_sensitive=False)]
+SagaLimit = Annotated[int, typer.Option(min=1, max=500, help="How many (newest first).")]
 DEFAULT_GATEWAY = "http://127.0.0.1:8080"
 
 
@@ -259,9 +262,8 @@ def load(
 @sagas_app.callback(invoke_without_command=True)
 def sagas(
     ctx: typer.Context,
-    status: Annotated[str | None, typer.Option("--status", help=f"Only sagas in this state: {', '.join(SAGA_STATES)}.",
-                                               case_sensitive=False)] = None,
-    limit: Annotated[int, typer.Option(min=1, max=500, help="How many (newest first).")] = 20,
+    status: SagaState = None,
+    limit: SagaLimit = 20,
     since: Since = None,
     gateway: Gateway = DEFAULT_GATEWAY,
     admin_email: AdminEmail = DEMO_ADMIN_EMAIL,
@@ -276,9 +278,8 @@ def sagas(
 
 @sagas_app.command("list")
 def list_sagas(
-    status: Annotated[str | None, typer.Option("--status", help=f"Only sagas in this state: {', '.join(SAGA_STATES)}.",
-                                               case_sensitive=False)] = None,
-    limit: Annotated[int, typer.Option(min=1, max=500, help="How many (newest first).")] = 20,
+    status: SagaState = None,
+    limit: SagaLimit = 20,
     since: Since = None,
     gateway: Gateway = DEFAULT_GATEWAY,
     admin_email: AdminEmail = DEMO_ADMIN_EMAIL,
