@@ -130,8 +130,7 @@ async def saga_event_feed(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> EventFeed:
     items = await service.event_feed(_orchestrator(request), after, limit)
-    next_after = items[-1]["id"] if items else after
-    return EventFeed.model_validate({"items": items, "after": after, "next_after": next_after, "limit": limit})
+    return EventFeed(items=items, after=after, next_after=items[-1].id if items else after, limit=limit)
 
 
 @router.get("/{saga_id}", response_model=SagaView)

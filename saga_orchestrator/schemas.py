@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, Field
 
+from saga_orchestrator.event_store import FeedItem
 from shared.schemas import Address, PaymentToken, Quantity, Sku, StrictModel
 
 _ISO_DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
@@ -125,18 +126,8 @@ class SagaView(BaseModel):
     status_url: str
 
 
-class FeedEvent(BaseModel):
-    id: int
-    originator_id: str
-    originator_version: int
-    topic: str
-    type: str
-    timestamp: datetime | None
-    state: dict[str, Any]
-
-
 class EventFeed(BaseModel):
-    items: list[FeedEvent]
+    items: list[FeedItem]  # as the event store reads them, the payment token redacted
     after: int
     next_after: int
     limit: int

@@ -6,7 +6,7 @@ import hashlib
 import json
 import secrets
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -324,13 +324,8 @@ async def retry_saga(orch: Orchestrator, identity: Identity, saga_id: UUID) -> I
     return row
 
 
-def feed_item(item: FeedItem) -> dict[str, Any]:
-    return {"id": item.id, "originator_id": item.originator_id, "originator_version": item.originator_version,
-            "topic": item.topic, "type": item.type, "timestamp": item.timestamp, "state": _redact(item.state)}
-
-
-async def event_feed(orch: Orchestrator, after: int, limit: int) -> list[dict[str, Any]]:
-    return [feed_item(i) for i in await orch.store.feed(after, limit)]
+async def event_feed(orch: Orchestrator, after: int, limit: int) -> list[FeedItem]:
+    return [replace(item, state=_redact(item.state)) for item in await orch.store.feed(after, limit)]
 
 
 def new_trace(request_id: str, traceparent: str) -> dict[str, str]:

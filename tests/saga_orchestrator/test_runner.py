@@ -312,11 +312,11 @@ async def test_the_event_feed_is_ordered_with_a_cursor(replicas: ReplicaFactory)
     replica = await replicas()
     await finished(replica, await replica.place(key="feed"))
     first = await service.event_feed(replica.orch, 0, 3)
-    assert [i["id"] for i in first] == sorted(i["id"] for i in first) and len(first) == 3
-    assert first[0]["type"] == "SagaStarted" and first[0]["state"]["payment_token"] == "***"
-    more = await service.event_feed(replica.orch, first[-1]["id"], 1000)
-    assert more and more[0]["id"] > first[-1]["id"]
-    assert "SagaCompleted" in {i["type"] for i in more}
+    assert [i.id for i in first] == sorted(i.id for i in first) and len(first) == 3
+    assert first[0].type == "SagaStarted" and first[0].state["payment_token"] == "***"
+    more = await service.event_feed(replica.orch, first[-1].id, 1000)
+    assert more and more[0].id > first[-1].id
+    assert "SagaCompleted" in {i.type for i in more}
 
 
 async def test_the_saga_view_shows_steps_timings_and_history(replicas: ReplicaFactory) -> None:
