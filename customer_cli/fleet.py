@@ -486,7 +486,7 @@ def postgres_fleet(workdir: Path, server: PostgresServer, db_prefix: str,
         database_url=lambda package: server.url(f"{db_prefix}_{package}"),
         db_prefix=db_prefix,
         env={**POSTGRES_FLEET_ENV, **(env or {})},
-        # The load balancers in front of a gateway (tests/integration/test_login_throttling.py plays one on
+        # The load balancers in front of a gateway (tests/integration/test_attacks.py plays one on
         # 127.0.0.1). auth_service believes X-Forwarded-For only from the gateway's own service token.
         package_env={"auth_service": {"TRUSTED_PROXIES": "127.0.0.1"}},
         registry_env={"EVICTION_INTERVAL_SECS": "1"},

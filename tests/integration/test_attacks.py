@@ -277,7 +277,8 @@ def test_one_customer_cannot_hoard_stock(bounded_orchestrator: ServiceProcess, a
 
 # ---------------------------------------------------------------- items 7, 2 and 14: throttles at auth_service
 
-ATTACKER, OWNER_ADDRESS = "198.51.100.66", "198.51.100.99"  # test_login_throttling has its own
+ATTACKER, OWNER_ADDRESS = "198.51.100.66", "198.51.100.99"
+SPRAYER, NEIGHBOUR = "203.0.113.66", "203.0.113.77"  # a client of its own: one throttled address each
 
 
 @pytest.fixture(scope="module")
@@ -291,6 +292,23 @@ def login_as(client: httpx.Client, user: User, address: str, password: str | Non
     response = client.post("/api/auth/login", headers={"X-Forwarded-For": address},
                            json={"email": user.email, "password": password or user.password})
     return response.status_code
+
+
+def test_one_clients_failed_logins_do_not_lock_out_another_client(
+        gateway_behind_lb: ServiceProcess, api: httpx.Client, customer: User) -> None:
+    with httpx.Client(base_url=gateway_behind_lb.url, timeout=30) as balancer:
+        # Wrong passwords for many accounts, one each: only the per-address limit (20 in the fleet) stops them.
+        for _ in range(50):
+            wrong = balancer.post("/api/auth/login", headers={"X-Forwarded-For": SPRAYER},
+                                  json={"email": f"spray-{uuid.uuid4().hex[:8]}@example.com", "password": "guess"})
+            if wrong.status_code == 429:
+                break
+            assert wrong.status_code == 401, wrong.text
+        assert wrong.status_code == 429, "the sprayer's address was never throttled"
+        assert login_as(balancer, customer, SPRAYER) == 429
+        assert login_as(balancer, customer, NEIGHBOUR) == 200
+    # And the clients of the fleet's own gateway (all of them 127.0.0.1 here) were never the sprayer.
+    assert login(api, customer.email, customer.password)
 
 
 def test_wrong_passwords_from_an_attacker_never_lock_the_owner_out(
