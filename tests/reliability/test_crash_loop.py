@@ -129,6 +129,7 @@ def _assert_payments_give_up_in_time_and_every_attempt_is_counted(fleet: Fleet, 
                                        for e in v["history"])]
     assert failing, "no order with a failing card reached its payment"
     charged = _charge_attempts(fleet, [v["order_id"] for v in failing])
+    answered = 0
     for view in failing:
         history = view["history"]
         attempts = [i for i, e in enumerate(history) if e["type"] == "AttemptStarted"
@@ -145,11 +146,15 @@ def _assert_payments_give_up_in_time_and_every_attempt_is_counted(fleet: Fleet, 
         resumes = [_at(e) for e in history if e["type"] == "SagaResumed" and first < _at(e) <= _at(failed)]
         limit = max([first + DEADLINE + RETRY_INTERVAL, *(r + RESUME_SLACK for r in resumes)]) + LOOP_LATENESS
         assert _at(failed) <= limit, (view["saga_id"], failed["timestamp"], first, resumes)
-        # Every charge the payment service received is in the history; an attempt it never saw is one whose
-        # driver was killed before its request left (its answer recorded as lost by the next driver).
+        # Every charge the payment service received is in the history, and every answer of its card processor
+        # is a charge it kept on file. An attempt without one never got that far: its driver was killed before
+        # the request left (recorded as lost by the next driver), or the service refused it before charging.
         step = next(s for s in view["steps"] if s["step"] == "make_payment")
-        lost = sum(1 for e in history if e["type"] == "AttemptFailed" and e["data"]["step"] == "make_payment"
-                   and e["data"]["error"] == LOST_ANSWER)
-        counted = (step["attempts"], len(attempts), charged[view["order_id"]], lost)
-        assert counted[0] == counted[1] >= counted[2] >= counted[1] - lost, (view["saga_id"], counted)
+        errors = [e["data"]["error"] for e in history
+                  if e["type"] == "AttemptFailed" and e["data"]["step"] == "make_payment"]
+        processed = sum(1 for error in errors if "card processor" in error)
+        counted = (step["attempts"], len(attempts), charged[view["order_id"]], processed)
+        assert counted[0] == counted[1] >= counted[2] >= counted[3], (view["saga_id"], counted, errors)
+        answered += processed
+    assert answered, "no failing charge reached the card processor"
     say(f"failing payments: {len(failing)}, {sum(charged.values())} charge attempts, all in their sagas' histories")
