@@ -46,6 +46,8 @@ _JAVA_MAP_CLASS_KEY = "@class"
 _EMPTY_MAP_JSON = {"@class": "java.util.Collections$EmptyMap"}
 
 NonBlank = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+# An optional text field that clients send as null, "" or a value: null reads as "".
+Text = Annotated[str, BeforeValidator(lambda value: "" if value is None else value)]
 
 
 class FieldError(BaseModel):
@@ -137,14 +139,14 @@ class InstanceIn(_EurekaModel):
     data_center_info: DataCenterInfoIn
     lease_info: LeaseInfoIn = Field(default_factory=LeaseInfoIn)
     metadata: MetadataMap = Field(default_factory=dict)
-    home_page_url: str = ""
-    status_page_url: str = ""
-    health_check_url: str = ""
-    secure_health_check_url: str = ""
-    vip_address: str = ""
-    secure_vip_address: str = ""
-    app_group_name: str = ""
-    asg_name: str = ""
+    home_page_url: Text = ""
+    status_page_url: Text = ""
+    health_check_url: Text = ""
+    secure_health_check_url: Text = ""
+    vip_address: Text = ""
+    secure_vip_address: Text = ""
+    app_group_name: Text = ""
+    asg_name: Text = ""
     is_coordinating_discovery_server: bool = False
     last_dirty_timestamp: int = 0
 
@@ -152,21 +154,6 @@ class InstanceIn(_EurekaModel):
     @classmethod
     def _upper_status(cls, value: Any) -> Any:
         return value.strip().upper() if isinstance(value, str) else value
-
-    @field_validator(
-        "home_page_url",
-        "status_page_url",
-        "health_check_url",
-        "secure_health_check_url",
-        "vip_address",
-        "secure_vip_address",
-        "app_group_name",
-        "asg_name",
-        mode="before",
-    )
-    @classmethod
-    def _null_is_empty(cls, value: Any) -> Any:
-        return "" if value is None else value
 
     def to_instance_info(self) -> InstanceInfo:
         """The domain record: the fields of the same name as they are, the nested wire objects flattened."""
