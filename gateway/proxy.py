@@ -329,11 +329,7 @@ class Gateway:
         response_headers = client_response_headers(upstream.raw_headers, str(upstream.url.origin()))
         length = upstream.content_length
         if length is not None and length <= _SMALL_BODY:
-            try:
-                content = await upstream.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                upstream.close()
-                raise BadGateway(f"{route.app} broke off its answer.", service=route.app) from exc
+            content = await upstream.read()  # in memory already (_send)
             upstream.release()
             response: Response = Response(content, status_code=upstream.status)
         else:
@@ -448,6 +444,20 @@ class Gateway:
                 resent += 1
                 metrics.UPSTREAM_RETRIES.labels(app, f"status_{status}").inc()
                 continue
+            length = upstream.content_length
+            if length is not None and length <= _SMALL_BODY:
+                # A small answer is read here, inside the loop (the callers read it from memory): an instance
+                # that dies between its head and its body is one more failure, not the client's 502.
+                try:
+                    await upstream.read()
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    upstream.close()
+                    self._attempt_failed(app, instance.instance_id, "broken_answer", started, exc)
+                    if replayable and self._has_another(app, tried):
+                        resent += 1
+                        metrics.UPSTREAM_RETRIES.labels(app, "broken_answer").inc()
+                        continue
+                    raise BadGateway(f"{app} broke off its answer.", service=app) from exc
             return upstream
 
     def _attempt_failed(self, app: str, instance_id: str, outcome: str, started: float, exc: Exception) -> None:

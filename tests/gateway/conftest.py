@@ -241,6 +241,8 @@ def gateway_settings(auth_url: str, echo_url: str, dead_url: str, broken_url: st
             Route(prefix="/api/flaky", app="FLAKY-SERVICE"),
             Route(prefix="/api/dead", app="DEAD-SERVICE", public=True),
             Route(prefix="/api/broken", app="BROKEN-SERVICE", public=True),
+            # One instance that breaks off its answers beside one that works.
+            Route(prefix="/api/halfbroken", app="HALFBROKEN-SERVICE", public=True),
         ],
         static_instances={
             "AUTH-SERVICE": [auth_url],
@@ -251,6 +253,7 @@ def gateway_settings(auth_url: str, echo_url: str, dead_url: str, broken_url: st
             "FLAKY-SERVICE": [dead_url, echo_url],
             "DEAD-SERVICE": [dead_url],
             "BROKEN-SERVICE": [broken_url or dead_url],
+            "HALFBROKEN-SERVICE": [broken_url or dead_url, echo_url],
         },
     )
 

@@ -200,6 +200,18 @@ async def test_upstream_hanging_up_or_cutting_a_small_body_short_is_502(gw: Gate
     assert_problem(short, 502)
 
 
+async def test_an_answer_broken_off_after_its_head_is_sent_again_to_another_instance(gw: GatewayUnderTest) -> None:
+    # Round robin over [breaks off after its head, works]: a request that may be repeated gets the working
+    # instance's answer whichever came first (an instance dying mid-answer is not the client's 502).
+    async with gw.client() as client:
+        answers = [await client.get("/api/halfbroken/short") for _ in range(4)]
+    assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
+    assert gw.seen.echo_calls == ["/api/halfbroken/short"] * 4
+    async with gw.client() as client:  # one that may not be repeated: the broken answer is the client's 502
+        posts = [await client.post("/api/halfbroken/short") for _ in range(2)]
+    assert sorted(p.status_code for p in posts) == [200, 502]
+
+
 async def test_streamed_body_cut_short_aborts_the_client_connection(gw: GatewayUnderTest) -> None:
     # The status line is gone already: the client must see a broken transfer, never a clean short body.
     async with gw.client() as client, client.stream("GET", "/api/broken/truncated") as response:
