@@ -17,6 +17,7 @@ from jose.backends.base import Key
 from jose.exceptions import JOSEError, JWTError
 
 from shared.errors import Forbidden, ServiceUnavailable, Unauthorized
+from shared.http_client import new_client
 from shared.registry_client import RegistryClient
 from shared.settings import AUTH_APP, ServiceSettings
 
@@ -120,7 +121,7 @@ def remote_revocations(settings: ServiceSettings, registry: RegistryClient) -> R
 
     async def fetch() -> RevokedSet:
         base = registry.choose(AUTH_APP).base_url
-        async with httpx.AsyncClient(timeout=5) as client:
+        async with new_client(timeout=5) as client:
             response = await client.get(f"{base}/revocations")
             response.raise_for_status()
             return {str(item["jti"]): float(item["exp"]) for item in response.json()["revoked"]}
@@ -176,7 +177,7 @@ class TokenVerifier:
             if force:
                 self._forced_at = now
             try:
-                async with httpx.AsyncClient(timeout=5) as client:
+                async with new_client(timeout=5) as client:
                     response = await client.get(self._jwks_url())
                     response.raise_for_status()
                     keys = response.json().get("keys", [])
@@ -334,7 +335,7 @@ class ServiceTokens:
             if self._token and time.time() < self._expires_at - 30:
                 return self._token
             base = self.registry.choose(AUTH_APP).base_url
-            async with httpx.AsyncClient(timeout=10) as client:
+            async with new_client(timeout=10) as client:
                 response = await client.post(
                     f"{base}/api/auth/token",
                     data={

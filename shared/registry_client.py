@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
-import ssl
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from py_eureka_client import http_client as eureka_http
 from py_eureka_client.eureka_client import EurekaClient
 
 from shared.errors import ServiceUnavailable
+from shared.http_client import new_client
 from shared.settings import AUTH_APP, ServiceSettings
 
 log = structlog.get_logger(__name__)
@@ -85,10 +85,9 @@ class _EurekaHttpClient(eureka_http.HttpClient):
 
     The library opens a new httpx client for every heartbeat and registry fetch, and each one built a
     fresh TLS context (the CA bundle parsed again): measured at ~15 % of a service's CPU under load with
-    1 s heartbeats. The context is built once here; the rest of the library's behaviour is kept.
+    1 s heartbeats. The clients share the process's one context (shared/http_client.py); the rest of the
+    library's behaviour is kept.
     """
-
-    _tls: ssl.SSLContext | None = None
 
     async def urlopen(self, request: str | eureka_http.HttpRequest | None = None, data: bytes | None = None,
                       timeout: float | None = None) -> eureka_http.HttpResponse:  # noqa: ASYNC109 (the library's signature)
@@ -102,11 +101,8 @@ class _EurekaHttpClient(eureka_http.HttpClient):
             req.content = data
         req.add_header("Connection", "close")
         req.add_header("Accept-Encoding", "gzip, deflate")
-        tls = _EurekaHttpClient._tls
-        if tls is None:
-            tls = _EurekaHttpClient._tls = httpx.create_ssl_context()
         try:
-            async with httpx.AsyncClient(timeout=timeout, follow_redirects=True, verify=tls) as client:
+            async with new_client(timeout=timeout, follow_redirects=True) as client:
                 response = await client.send(req._to_httpx_request())
                 response.raise_for_status()
                 return eureka_http.HttpResponse(response)
