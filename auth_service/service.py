@@ -344,8 +344,10 @@ class AuthService:
         async with self.db.session() as session:
             await self._refuse_if_throttled(session, ((client_key, self.settings.login_max_failures_per_account),))
         known = client_id in self.settings.service_client_ids
-        configured = self.settings.service_client_secret
-        # No SERVICE_CLIENT_SECRET configured: no service tokens at all (there is no default secret).
+        # The gateway's client id has a secret of its own (its token makes auth_service believe X-Forwarded-For);
+        # every other service shares SERVICE_CLIENT_SECRET. None configured: no such token (no default secret).
+        is_gateway = client_id == self.settings.gateway_client_id
+        configured = self.settings.gateway_client_secret if is_gateway else self.settings.service_client_secret
         secret_ok = bool(configured) and hmac.compare_digest(client_secret.encode(), configured.encode())
         if not (known and secret_ok):
             async with self.db.session() as session:

@@ -7,7 +7,7 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
-from shared.settings import ServiceSettings
+from shared.settings import MIN_SERVICE_SECRET_LENGTH, ServiceSettings
 
 # The local runner's demo admin password: fine on a laptop, refused in production.
 DEV_ADMIN_PASSWORD = "admin-password-dev"
@@ -37,6 +37,9 @@ class Settings(ServiceSettings):
     # The client id whose service token, sent by the gateway in X-Gateway-Authorization, makes its
     # X-Forwarded-For believed (login throttling per client).
     gateway_client_id: str = "gateway"
+    # That client's own secret (the gateway's SERVICE_CLIENT_SECRET), not the one the other services share: a
+    # service that holds theirs cannot mint the gateway's token. Empty: no token for the gateway's client id.
+    gateway_client_secret: str = ""
 
     bootstrap_admin_email: str = ""
     bootstrap_admin_password: str = ""
@@ -66,4 +69,8 @@ class Settings(ServiceSettings):
     def _auth_defaults(self) -> Settings:
         if self.env == "production" and self.bootstrap_admin_password == DEV_ADMIN_PASSWORD:
             raise ValueError("BOOTSTRAP_ADMIN_PASSWORD must not be the development demo password when ENV=production")
+        if self.env == "production" and (len(self.gateway_client_secret) < MIN_SERVICE_SECRET_LENGTH
+                                          or self.gateway_client_secret == self.service_client_secret):
+            raise ValueError(f"GATEWAY_CLIENT_SECRET must be configured (at least {MIN_SERVICE_SECRET_LENGTH} "
+                             "characters, not SERVICE_CLIENT_SECRET) when ENV=production")
         return self

@@ -187,9 +187,11 @@ class Fleet:
     package_env: dict[str, dict[str, str]] = field(default_factory=dict)  # package → settings of it alone
     registry_env: dict[str, str] = field(default_factory=dict)
     port_offset: int | None = None  # None: a free port for every process; else default port + offset
-    # Secrets made for this fleet alone (no published default works anywhere): the services' client secret and
-    # the registry's password. auth_service keeps one port: every service is configured with its address.
+    # Secrets made for this fleet alone (no published default works anywhere): the services' client secret, the
+    # gateway's own one and the registry's password. auth_service keeps one port: every service is configured
+    # with its address.
     service_secret: str = field(default_factory=lambda: secrets.token_hex(24))
+    gateway_secret: str = field(default_factory=lambda: secrets.token_hex(24))
     registry_password: str = field(default_factory=lambda: secrets.token_hex(16))
     auth_port: int = 0  # 0: its default port (+ offset), or a free one
     welcome: str = ""  # said once the fleet is up (run_until_interrupted)
@@ -227,7 +229,8 @@ class Fleet:
             "PYTHONUNBUFFERED": "1",
             "EUREKA_SERVER_URL": self.registry_url,
             "AUTH_URLS": self.auth_url,
-            "SERVICE_CLIENT_SECRET": self.service_secret,
+            "SERVICE_CLIENT_SECRET": self.gateway_secret if package == "gateway" else self.service_secret,
+            **({"GATEWAY_CLIENT_SECRET": self.gateway_secret} if package == "auth_service" else {}),
             **self.env,
             **self.package_env.get(package, {}),
         }
@@ -323,8 +326,9 @@ class Fleet:
 
     def service_token(self, client_id: str = "saga-orchestrator") -> str:
         """A service token from auth_service's own port, as the services get theirs (the gateway routes none)."""
+        secret = self.gateway_secret if client_id == "gateway" else self.service_secret
         response = httpx.post(f"{self.auth_url}/api/auth/token", data={
-            "grant_type": "client_credentials", "client_id": client_id, "client_secret": self.service_secret})
+            "grant_type": "client_credentials", "client_id": client_id, "client_secret": secret})
         if response.status_code != 200:
             raise RuntimeError(f"no service token for {client_id}: {response.status_code} {response.text}")
         return str(response.json()["access_token"])
@@ -422,6 +426,7 @@ def local_fleet(var: Path, port_offset: int = 0) -> Fleet:
         env={name: os.environ.get(name, value) for name, value in defaults.items()},
         port_offset=port_offset,
         service_secret=os.environ.get("SERVICE_CLIENT_SECRET") or made.service_client_secret,
+        gateway_secret=os.environ.get("GATEWAY_CLIENT_SECRET") or made.gateway_client_secret,
         registry_password=os.environ.get("EUREKA_PASSWORD") or made.registry_password,
         welcome=f"Demo admin: {DEMO_ADMIN_EMAIL} with the password in {var / local_secrets.FILE_NAME} "
                 "(made at the first run; the CLI's commands read it from there).",

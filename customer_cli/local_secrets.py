@@ -1,7 +1,8 @@
 """The local fleet's secrets: generated at its first run, kept in var/secrets.json (owner-only), reused after.
 
-No secret of the local fleet is printed in the repository: the services' client secret, the registry's
-password and the demo admin's password are random per checkout. The environment's values win when set.
+No secret of the local fleet is printed in the repository: the services' client secret, the gateway's own,
+the registry's password and the demo admin's password are random per checkout. The environment's values win
+when set. A secret a file of an earlier version lacks is made and added to it.
 """
 
 from __future__ import annotations
@@ -20,21 +21,29 @@ class LocalSecrets:
     service_client_secret: str
     registry_password: str
     admin_password: str
+    gateway_client_secret: str
 
 
 def _generate() -> LocalSecrets:
     # Hex only: py-eureka-client reads the registry's password out of its URL with a narrow pattern.
     return LocalSecrets(service_client_secret=secrets.token_hex(24), registry_password=secrets.token_hex(16),
-                        admin_password=secrets.token_hex(8))
+                        admin_password=secrets.token_hex(8), gateway_client_secret=secrets.token_hex(24))
 
 
 def read(var: Path) -> LocalSecrets | None:
-    """The secrets the local runner made in `var`, or None before its first run."""
+    """The secrets the local runner made in `var`, or None before its first run. A secret the file lacks (it was
+    written before that secret existed) is made now and written back; the others are kept."""
+    path = var / FILE_NAME
     try:
-        values = json.loads((var / FILE_NAME).read_text())
-        return LocalSecrets(**{name: str(values[name]) for name in LocalSecrets.__dataclass_fields__})
+        values = json.loads(path.read_text())
+        made = asdict(_generate())
+        missing = [name for name in LocalSecrets.__dataclass_fields__ if name not in values]
+        found = LocalSecrets(**{name: str(values.get(name, made[name])) for name in LocalSecrets.__dataclass_fields__})
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    if missing:
+        path.write_text(json.dumps(asdict(found), indent=2))
+    return found
 
 
 def load_or_create(var: Path) -> LocalSecrets:

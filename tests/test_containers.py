@@ -18,7 +18,8 @@ def test_no_secret_has_a_published_default() -> None:
     """Issue 15 item 2: compose refuses to start until each secret is set (`${VAR:?…}`), none has a fallback."""
     text = (ROOT / "docker-compose.yml").read_text()
     assert "dev-only-service-secret" not in text and "admin-password-dev" not in text
-    for variable in ("SERVICE_CLIENT_SECRET", "EUREKA_PASSWORD", "BOOTSTRAP_ADMIN_PASSWORD"):
+    for variable in ("SERVICE_CLIENT_SECRET", "GATEWAY_CLIENT_SECRET", "EUREKA_PASSWORD", "POSTGRES_PASSWORD",
+                     "BOOTSTRAP_ADMIN_PASSWORD"):
         uses = re.findall(r"\$\{" + variable + r"(:?[-?])", text)
         assert uses and set(uses) == {":?"}, (variable, uses)
     eureka = COMPOSE["services"]["eureka"]["environment"]

@@ -31,6 +31,7 @@ ADMIN_EMAIL = "admin@auth.test"
 ADMIN_PASSWORD = "auth-admin-password"
 PASSWORD = "correct horse battery"
 SERVICE_SECRET = "auth-test-service-secret-0123456789abcdef"
+GATEWAY_SECRET = "auth-test-gateway-secret-0123456789abcdef"
 
 
 def auth_settings(database_url: str, **overrides: Any) -> Settings:
@@ -41,6 +42,7 @@ def auth_settings(database_url: str, **overrides: Any) -> Settings:
         "bootstrap_admin_email": ADMIN_EMAIL,
         "bootstrap_admin_password": ADMIN_PASSWORD,
         "service_client_secret": SERVICE_SECRET,
+        "gateway_client_secret": GATEWAY_SECRET,
         "login_failure_delay_secs": 0,
         "log_json": False,
         "log_level": "WARNING",

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from tests.auth_service.conftest import PASSWORD, SERVICE_SECRET, auth_settings, new_account, running
+from tests.auth_service.conftest import GATEWAY_SECRET, PASSWORD, SERVICE_SECRET, auth_settings, new_account, running
 
 GATEWAY = "10.1.0.1"  # where the gateway connects from
 STRANGER = "192.0.2.50"  # not the gateway: whatever it writes in X-Forwarded-For proves nothing
@@ -28,11 +28,24 @@ async def app(database_url: str) -> AsyncIterator[FastAPI]:
 
 
 async def service_token(app: FastAPI, client_id: str) -> str:
+    secret = GATEWAY_SECRET if client_id == "gateway" else SERVICE_SECRET
     async with peer(app, GATEWAY) as client:
         response = await client.post("/api/auth/token", data={
-            "grant_type": "client_credentials", "client_id": client_id, "client_secret": SERVICE_SECRET})
+            "grant_type": "client_credentials", "client_id": client_id, "client_secret": secret})
         assert response.status_code == 200, response.text
         return str(response.json()["access_token"])
+
+
+async def test_the_gateways_token_needs_the_gateways_own_secret(app: FastAPI) -> None:
+    """A service holding the shared secret cannot mint the token whose X-Forwarded-For auth_service believes."""
+    async with peer(app, "10.1.0.20") as client:
+        forged = await client.post("/api/auth/token", data={
+            "grant_type": "client_credentials", "client_id": "gateway", "client_secret": SERVICE_SECRET})
+        assert forged.status_code == 401, forged.text
+        crossed = await client.post("/api/auth/token", data={
+            "grant_type": "client_credentials", "client_id": "order-service", "client_secret": GATEWAY_SECRET})
+        assert crossed.status_code == 401, crossed.text
+    assert await service_token(app, "gateway")
 
 
 def peer(app: FastAPI, address: str, token: str | None = None) -> httpx.AsyncClient:
@@ -99,5 +112,6 @@ def test_trusted_proxies_is_a_setting_of_every_service_and_trusts_nobody_by_defa
     assert auth_settings(database_url).trusted_proxies == ()
     production = auth_settings(database_url, env="production",
                                service_client_secret="s3cret-of-at-least-32-characters-0123",
+                               gateway_client_secret="another-s3cret-of-at-least-32-characters",
                                bootstrap_admin_password="not-the-demo-one")
     assert production.trusted_proxies == ()
