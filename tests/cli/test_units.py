@@ -4,6 +4,7 @@ fleet supervisor's environment for each component."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import httpx
 import pytest
 import typer
 
-from customer_cli import invariants
+from customer_cli import invariants, local_secrets
 from customer_cli.fleet import COMPONENTS, SERVICES, PostgresServer, ServiceProcess, local_fleet, postgres_fleet
 from customer_cli.gateway_client import GatewayClient, GatewayError
 from customer_cli.load import ERROR, LoadReport, OrderResult, percentile
@@ -205,3 +206,15 @@ def test_the_local_and_the_postgres_fleet_differ_by_data_only(tmp_path: Path, mo
     assert server.dsn("cs_t_order_service") == "postgresql://pg@127.0.0.1:1/cs_t_order_service_x"
     assert type(local) is type(tests) and tests.port_offset is None
     assert env["AUTH_URLS"] == f"http://127.0.0.1:{tests.auth_port}" and tests.service_secret != local.service_secret
+
+
+def test_local_secrets_are_made_once_and_a_secret_an_older_file_lacks_is_added(tmp_path: Path) -> None:
+    made = local_secrets.load_or_create(tmp_path)
+    assert local_secrets.load_or_create(tmp_path) == made
+    path = tmp_path / local_secrets.FILE_NAME
+    older = {k: v for k, v in json.loads(path.read_text()).items() if k != "gateway_client_secret"}
+    path.write_text(json.dumps(older))  # as a runner before GATEWAY_CLIENT_SECRET wrote it
+    read = local_secrets.read(tmp_path)
+    assert read is not None and read.service_client_secret == made.service_client_secret
+    assert read.admin_password == made.admin_password and len(read.gateway_client_secret) == 48
+    assert local_secrets.read(tmp_path) == read  # written back: the same on the next run
