@@ -154,7 +154,7 @@ class Bench:
             figures.extra["statements_per_saga"] = _statements_per(statements, statement_counts(self.stack),
                                                                    driver.attempts)
         started = _delta(after, before, "saga_started_total")
-        figures.extra["outcomes"] = driver.outcomes
+        figures.extra["outcomes"] = dict(driver.outcomes)
         figures.extra["saves_per_saga"] = _per(_delta(after, before, "saga_event_store_saves_total"), started or 0)
         figures.extra["events_per_saga"] = _per(_delta(after, before, "saga_event_store_events_total"), started or 0)
         figures.extra["store_writes_per_saga"] = _per(_delta(after, before, "saga_event_store_writes_total"),
@@ -170,7 +170,7 @@ class Bench:
             figures = await self.phase("bare client (7 direct calls)", driver.one, level, _secs(level))
             figures.extra["statements_per_saga"] = _statements_per(statements, statement_counts(self.stack),
                                                                    driver.attempts)
-        figures.extra["outcomes"] = driver.outcomes
+        figures.extra["outcomes"] = dict(driver.outcomes)
         figures.extra["attempts"] = driver.attempts
         return figures
 
@@ -178,7 +178,7 @@ class Bench:
         async with new_session(level + 8) as session:
             driver = DbosSagas(self.stack, session, peer.url)
             figures = await self.phase("DBOS Transact peer", driver.one, level, _secs(level))
-        figures.extra["outcomes"] = driver.outcomes
+        figures.extra["outcomes"] = dict(driver.outcomes)
         figures.extra["attempts"] = driver.attempts
         return figures
 
