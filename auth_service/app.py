@@ -20,8 +20,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     async def on_startup(app: FastAPI) -> None:
         db = app.state.db
-        async with db.session() as session:
-            await ensure_signing_key(session, settings)
+        async with db.transaction() as tx:
+            await ensure_signing_key(tx, settings)
         # auth_service verifies tokens with its own keys, straight from its database, never over HTTP.
         keyring = KeyRing(db, settings, app.state.verifier)
         await keyring.load()

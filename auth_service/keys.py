@@ -9,7 +9,7 @@ import json
 import time
 import uuid
 import zlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -18,13 +18,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jose import jwk, jwt
 from jose.exceptions import JWTError
-from sqlalchemy import or_, select, text, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import bindparam, func, insert, select, update
 
-from auth_service.models import SigningKey
+from auth_service.models import KeyRecord, SigningKey
 from auth_service.settings import Settings
 from shared.auth import TokenVerifier
-from shared.db import Database, utc_now
+from shared.db import Database, Tx, table_of, utc_now
 from shared.errors import ServiceUnavailable
 from shared.migrations import upgrade_to_head
 
@@ -65,44 +64,51 @@ def public_jwk(private_pem: str) -> dict[str, str]:
     return {"kty": "RSA", "kid": kid, "use": "sig", "alg": ALGORITHM, "n": members["n"], "e": members["e"]}
 
 
-def new_signing_key(private_pem: str) -> SigningKey:
+def new_signing_key(private_pem: str) -> KeyRecord:
     public = public_jwk(private_pem)
-    return SigningKey(kid=public["kid"], private_pem=private_pem, public_jwk=public, created_at=utc_now())
+    return KeyRecord(kid=public["kid"], private_pem=private_pem, public_jwk=public, created_at=utc_now(),
+                     retired_at=None)
 
 
-async def _lock_key_table(session: AsyncSession) -> None:
+keys = table_of(SigningKey)
+_LOCK_KEYS = select(func.pg_advisory_xact_lock(_KEYS_LOCK_ID))
+_NEWEST_FIRST = (keys.c.created_at.desc(),)
+_SIGNING = select(keys.c.kid).where(keys.c.retired_at.is_(None)).limit(1)
+_KEY = select(keys.c.kid).where(keys.c.kid == bindparam("w_kid"))
+_INSERT_KEY = insert(keys)
+_RETIRE_OTHERS = (update(keys).where(keys.c.retired_at.is_(None), keys.c.kid != bindparam("w_kid"))
+                  .values(retired_at=bindparam("w_retire_at")))
+_ALL_KEYS = select(*keys.c).order_by(*_NEWEST_FIRST)
+_PUBLISHED = (keys.c.retired_at.is_(None)) | (keys.c.retired_at > bindparam("w_now"))
+_PUBLISHED_KEYS = select(*keys.c).where(_PUBLISHED).order_by(*_NEWEST_FIRST)
+_PUBLISHED_KID = select(keys.c.kid).where(keys.c.kid == bindparam("w_kid"), _PUBLISHED)
+
+
+async def _lock_key_table(tx: Tx) -> None:
     """Serialize key creation across instances (SQLite's BEGIN IMMEDIATE already does)."""
-    if session.get_bind().dialect.name == "postgresql":
-        await session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _KEYS_LOCK_ID})
+    if tx.dialect == "postgresql":
+        await tx.fetchval(_LOCK_KEYS)
 
 
-async def _signing_key(session: AsyncSession) -> SigningKey | None:
-    query = select(SigningKey).where(SigningKey.retired_at.is_(None)).order_by(SigningKey.created_at.desc()).limit(1)
-    return (await session.execute(query)).scalar_one_or_none()
-
-
-async def _retire_all(session: AsyncSession, settings: Settings, except_kid: str) -> None:
-    """Take the current keys out of signing; they stay published until every token they signed has expired."""
+async def _add_taking_over(tx: Tx, settings: Settings, key: KeyRecord) -> None:
+    """Store `key` as the signing key. The current keys stop signing; they stay published until every token they
+    signed has expired."""
     retire_at = utc_now() + timedelta(seconds=settings.access_token_ttl_secs) + RETIREMENT_GRACE
-    await session.execute(
-        update(SigningKey)
-        .where(SigningKey.retired_at.is_(None), SigningKey.kid != except_kid)
-        .values(retired_at=retire_at)
-    )
+    await tx.execute(_RETIRE_OTHERS, {"w_kid": key.kid, "w_retire_at": retire_at})
+    await tx.execute(_INSERT_KEY, asdict(key))
 
 
-async def ensure_signing_key(session: AsyncSession, settings: Settings) -> None:
+async def ensure_signing_key(tx: Tx, settings: Settings) -> None:
     """At startup: the configured PEM becomes a key row once; otherwise create a key in non-production only."""
-    await _lock_key_table(session)
+    await _lock_key_table(tx)
     if settings.jwt_private_key_pem:
         configured = new_signing_key(settings.jwt_private_key_pem.strip() + "\n")
-        if await session.get(SigningKey, configured.kid) is None:
+        if await tx.fetchval(_KEY, {"w_kid": configured.kid}) is None:
             # A new configured key (first start, or the operator replaced it) takes over signing.
-            await _retire_all(session, settings, except_kid=configured.kid)
-            session.add(configured)
+            await _add_taking_over(tx, settings, configured)
             log.info("signing key installed from JWT_PRIVATE_KEY_PEM", kid=configured.kid)
         return
-    if await _signing_key(session) is not None:
+    if await tx.fetchval(_SIGNING) is not None:
         return
     if settings.env == "production":
         raise SigningKeyMissing(
@@ -110,23 +116,20 @@ async def ensure_signing_key(session: AsyncSession, settings: Settings) -> None:
             "or create one with `python -m auth_service create-signing-key`."
         )
     key = new_signing_key(generate_private_pem())
-    session.add(key)
+    await tx.execute(_INSERT_KEY, asdict(key))
     log.info("signing key generated", kid=key.kid)
 
 
-async def rotate_signing_key(session: AsyncSession, settings: Settings) -> SigningKey:
-    await _lock_key_table(session)
+async def rotate_signing_key(tx: Tx, settings: Settings) -> KeyRecord:
+    await _lock_key_table(tx)
     key = new_signing_key(await asyncio.to_thread(generate_private_pem))
-    await _retire_all(session, settings, except_kid=key.kid)
-    session.add(key)
-    await session.flush()
+    await _add_taking_over(tx, settings, key)
     log.info("signing key rotated", kid=key.kid)
     return key
 
 
-async def list_signing_keys(session: AsyncSession) -> list[SigningKey]:
-    rows = await session.execute(select(SigningKey).order_by(SigningKey.created_at.desc()))
-    return list(rows.scalars())
+async def list_signing_keys(tx: Tx) -> list[KeyRecord]:
+    return [KeyRecord(**row) for row in await tx.fetch(_ALL_KEYS)]
 
 
 async def create_signing_key_command(settings: Settings) -> str:
@@ -136,9 +139,9 @@ async def create_signing_key_command(settings: Settings) -> str:
     await asyncio.to_thread(upgrade_to_head, Path(__file__).parent, settings.database_url)
     db = Database(settings.database_url, pool_size=1)
     try:
-        async with db.session() as session:
-            key = await rotate_signing_key(session, settings)
-            return key.kid
+        async with db.transaction() as tx:
+            key = await rotate_signing_key(tx, settings)
+        return key.kid
     finally:
         await db.dispose()
 
@@ -174,13 +177,8 @@ class KeyRing:
         return any(key["kid"] == kid for key in self.jwks["keys"])
 
     async def load(self) -> None:
-        async with self.db.session() as session:
-            rows = await session.execute(
-                select(SigningKey)
-                .where(or_(SigningKey.retired_at.is_(None), SigningKey.retired_at > utc_now()))
-                .order_by(SigningKey.created_at.desc())
-            )
-            keys = list(rows.scalars())
+        async with self.db.autocommit() as tx:
+            keys = [KeyRecord(**row) for row in await tx.fetch(_PUBLISHED_KEYS, {"w_now": utc_now()})]
         signing = next((key for key in keys if key.retired_at is None), None)
         if signing is not None and signing.kid != self._kid:
             self._signer = jwk.construct(signing.private_pem, ALGORITHM)
@@ -209,9 +207,8 @@ class KeyRing:
             return  # the verifier reports the malformed token
         if not kid or self.knows(kid):
             return
-        async with self.db.session(autocommit=True) as session:
-            published = await session.scalar(select(SigningKey.kid).where(
-                SigningKey.kid == kid, or_(SigningKey.retired_at.is_(None), SigningKey.retired_at > utc_now())))
+        async with self.db.autocommit() as tx:
+            published = await tx.fetchval(_PUBLISHED_KID, {"w_kid": kid, "w_now": utc_now()})
         if published is not None:
             async with self._lock:
                 if not self.knows(kid):

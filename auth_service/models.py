@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -90,3 +91,29 @@ class LoginFailure(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     key: Mapped[str] = mapped_column(String(400))
     failed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now, index=True)
+
+
+# --- what the service layer returns -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """A user account."""
+
+    id: str
+    email: str
+    password_hash: str
+    full_name: str | None
+    roles: list[str]
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """An RSA key pair as stored: the newest one without `retired_at` signs."""
+
+    kid: str
+    private_pem: str
+    public_jwk: dict[str, Any]
+    created_at: datetime
+    retired_at: datetime | None

@@ -18,11 +18,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from fastapi import FastAPI
 from jose import jwt
-from sqlalchemy import select
 
 from auth_service.app import create_app
-from auth_service.keys import generate_private_pem
-from auth_service.models import SigningKey
+from auth_service.keys import generate_private_pem, list_signing_keys
+from auth_service.models import KeyRecord
 from auth_service.settings import Settings
 from tests.inprocess import fresh_database_url
 
@@ -166,7 +165,6 @@ def public_pem_of(private_pem: str) -> bytes:
     )
 
 
-async def current_signing_key(app: FastAPI) -> SigningKey:
-    async with app.state.db.session() as session:
-        query = select(SigningKey).where(SigningKey.retired_at.is_(None)).order_by(SigningKey.created_at.desc())
-        return (await session.execute(query)).scalars().first()
+async def current_signing_key(app: FastAPI) -> KeyRecord:
+    async with app.state.db.autocommit() as tx:
+        return next(key for key in await list_signing_keys(tx) if key.retired_at is None)
