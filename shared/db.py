@@ -1,5 +1,5 @@
 """The data path of every service, from DATABASE_URL: SQLAlchemy Core statements written once and executed on
-asyncpg directly (PostgreSQL) or through SQLAlchemy Core (SQLite); ORM sessions for the code that keeps them.
+asyncpg directly (PostgreSQL) or through SQLAlchemy Core (SQLite); ORM sessions for the bench's floor (bench/floor.py).
 
 Each service layer (`<service>/service.py`) builds its statements once, at import, and executes them with
 parameters on the route's transaction (`Tx`); its results leave as the domain types of its models.py.
@@ -468,7 +468,7 @@ class Database:
 
     @asynccontextmanager
     async def session(self, autocommit: bool = False) -> AsyncIterator[AsyncSession]:
-        """An ORM session in one transaction, for the code that keeps the ORM (accounts, signing keys).
+        """An ORM session in one transaction: the bench's floor measures the data path against it (bench/floor.py).
 
         `autocommit=True`: for ONE statement, which commits by itself (on PostgreSQL no BEGIN and COMMIT).
         """
