@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text
@@ -16,7 +17,7 @@ class Base(DeclarativeBase):
     metadata = new_metadata()
 
 
-class Role:
+class Role(StrEnum):
     CUSTOMER = "customer"
     ADMIN = "admin"
     SERVICE = "service"
