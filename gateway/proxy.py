@@ -250,6 +250,11 @@ def _content_length(request: Request) -> int | None:
 Body = bytes | RequestBody | None
 
 
+def _small(upstream: aiohttp.ClientResponse) -> bool:
+    """An answer read whole before it is passed on (larger or unsized ones are streamed)."""
+    return upstream.content_length is not None and upstream.content_length <= _SMALL_BODY
+
+
 class Gateway:
     """The request path: forward-auth against AUTH-SERVICE, then the call to an instance of the owning app.
 
@@ -327,8 +332,7 @@ class Gateway:
         upstream = await self._send(route.app, request.method, ctx.path_qs, headers, body, route.timeout_secs,
                                     resend=resend)
         response_headers = client_response_headers(upstream.raw_headers, str(upstream.url.origin()))
-        length = upstream.content_length
-        if length is not None and length <= _SMALL_BODY:
+        if _small(upstream):
             content = await upstream.read()  # in memory already (_send)
             upstream.release()
             response: Response = Response(content, status_code=upstream.status)
@@ -444,8 +448,7 @@ class Gateway:
                 resent += 1
                 metrics.UPSTREAM_RETRIES.labels(app, f"status_{status}").inc()
                 continue
-            length = upstream.content_length
-            if length is not None and length <= _SMALL_BODY:
+            if _small(upstream):
                 # A small answer is read here, inside the loop (the callers read it from memory): an instance
                 # that dies between its head and its body is one more failure, not the client's 502.
                 try:

@@ -111,8 +111,10 @@ async def price_order(orch: Orchestrator, order: CustomerOrderCreate, trace: dic
                        total_weight_grams=total_weight)
 
 
-def _same_request(row: IndexedSaga, fp: str, key: str) -> IndexedSaga:
-    if row.fingerprint != fp:
+async def _already_placed(orch: Orchestrator, identity: Identity, key: str, fp: str) -> IndexedSaga | None:
+    """The saga this customer's key already started (None: none yet); refused if it was another request."""
+    row = await orch.index.find_by_key(identity.subject, key)
+    if row is not None and row.fingerprint != fp:
         raise InvalidRequest(f"The Idempotency-Key {key!r} was already used with a different request.")
     return row
 
@@ -139,9 +141,8 @@ async def _place(orch: Orchestrator, identity: Identity, idempotency_key: str, o
     try:
         priced = await price_order(orch, order, trace)
     except (InvalidRequest, ServiceUnavailable):
-        existing = await orch.index.find_by_key(identity.subject, idempotency_key)
-        if existing is not None:
-            return _same_request(existing, fp, idempotency_key), False
+        if (existing := await _already_placed(orch, identity, idempotency_key, fp)) is not None:
+            return existing, False
         raise
     start_request: dict[str, Any] = {
         "definition_version": CURRENT.version,
@@ -167,16 +168,14 @@ async def _place(orch: Orchestrator, identity: Identity, idempotency_key: str, o
         try:
             row = await orch.index.insert(saga, start_request, max_unfinished)
         except TooManyUnfinished:
-            existing = await orch.index.find_by_key(identity.subject, idempotency_key)
-            if existing is not None:  # the request that made one of them, again
-                return _same_request(existing, fp, idempotency_key), False
+            if (existing := await _already_placed(orch, identity, idempotency_key, fp)) is not None:
+                return existing, False  # the request that made one of them, again
             raise TooManyRequests(f"At most {max_unfinished} orders may be in progress at once; wait for one to "
                                   "finish.", retry_after=1, max_unfinished=max_unfinished) from None
-        if row is None:
-            raced = await orch.index.find_by_key(identity.subject, idempotency_key)
-            if raced is None:
+        if row is None:  # the key is taken
+            if (raced := await _already_placed(orch, identity, idempotency_key, fp)) is None:
                 raise RequestInProgress("The request with this Idempotency-Key is being processed; try again.")
-            return _same_request(raced, fp, idempotency_key), False
+            return raced, False
         started: Saga | None = saga
         try:
             await orch.store.save(saga)

@@ -18,12 +18,14 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.errors import PayloadTooLarge, domain_problem, problem
+from shared.errors import BodyTimeout, PayloadTooLarge, domain_problem
 
 
 def too_slow(read_timeout_secs: float) -> JSONResponse:
-    return problem(408, "Request timeout", f"The request body stalled for {read_timeout_secs:g} s.",
-                   "body-timeout", headers={"Connection": "close"})
+    # Closed after the answer: the rest of a stalled body is not waited for.
+    response = domain_problem(BodyTimeout.after(read_timeout_secs))
+    response.headers["Connection"] = "close"
+    return response
 
 
 def too_large(max_bytes: int) -> JSONResponse:

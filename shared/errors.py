@@ -94,6 +94,15 @@ class PayloadTooLarge(DomainError):
         return cls(f"The request body is larger than {max_bytes} bytes.", max_bytes=max_bytes)
 
 
+class BodyTimeout(DomainError):
+    status, title, type_slug = 408, "Request timeout", "body-timeout"
+
+    @classmethod
+    def after(cls, read_timeout_secs: float) -> BodyTimeout:
+        """The refusal of a body whose next piece did not come within `read_timeout_secs`."""
+        return cls(f"The request body stalled for {read_timeout_secs:g} s.", read_timeout_secs=read_timeout_secs)
+
+
 def problem(
     status: int,
     title: str,
