@@ -23,7 +23,7 @@ import pytest
 from saga_orchestrator.core import LOST_ANSWER
 from tests.fleet import DB_SUFFIX, PG_ADMIN_DSN, Fleet, ServiceProcess
 from tests.reliability.conftest import SAGA_ENV, SCALE, Admin, Shoppers, say
-from tests.reliability.drive import ADDRESS, running_load, settle_and_check
+from tests.reliability.drive import ADDRESS, LoadRun, running_load, settle_and_check
 
 pytestmark = pytest.mark.integration
 
@@ -35,6 +35,7 @@ RESUME_SLACK = timedelta(seconds=1)
 # How late the orchestrator's event loop may be on this machine (2 cores shared by the fleet and PostgreSQL, and
 # the load's clients): an attempt's timeout fires, and its answer is recorded, that much after the deadline.
 LOOP_LATENESS = timedelta(seconds=2)
+MIN_KILLS, MAX_WAVES = 3, 8
 
 
 def _bodies(n: int, sku: str, rng: random.Random) -> list[dict[str, Any]]:
@@ -95,8 +96,14 @@ def test_a_crash_looping_replica_beside_a_healthy_one(chaos_orchestrator: Servic
     looping = fleet.start("saga_orchestrator", name="saga_orchestrator_looping", env=SAGA_ENV)
     try:
         with CrashLoop(looping, rng) as chaos:
-            with running_load(gateway_url, shoppers.tokens, _bodies(orders, sku, rng), concurrency=10) as run:
-                pass
+            # Waves of orders until the replica has died at least MIN_KILLS times under load: a fast machine
+            # places a wave sooner than the loop kills (by time, as a crash loop does), a slow one needs one wave.
+            waves: list[LoadRun] = []
+            while not waves or (chaos.kills < MIN_KILLS and len(waves) < MAX_WAVES):
+                with running_load(gateway_url, shoppers.tokens, _bodies(orders, sku, rng), concurrency=10) as wave:
+                    pass
+                waves.append(wave)
+            run = LoadRun([p for w in waves for p in w.placements], started_at=waves[0].started_at)
             # The healthy replica must finish everything while the other keeps dying.
             report = settle_and_check(gateway_url, rel_admin.token, run, initial_stock={sku: orders})
         kills = chaos.kills
@@ -110,17 +117,18 @@ def test_a_crash_looping_replica_beside_a_healthy_one(chaos_orchestrator: Servic
     slowest = max(_at(v["history"][-1]) - _at(v["history"][0]) for v in views)
     resumed_by = Counter("healthy" if e["data"]["by"].startswith(healthy) else "crash-looping"
                          for v in views for e in v["history"] if e["type"] == "SagaResumed")
-    say(f"tried: {orders} orders, two replicas, one SIGKILLed {kills} times (every 1-3 s, seed-chosen)")
+    say(f"tried: {len(run.placements)} orders in {len(waves)} waves of {orders}, two replicas, one SIGKILLed"
+        f" {kills} times (every 1-3 s, seed-chosen)")
     say(f"found: {run.summary()}; slowest saga {slowest.total_seconds():.1f} s; client 5xx answers {len(refused)};"
         f" resumes {dict(resumed_by)}")
     failing = {p.saga_id for p in run.placements if p.body["payment_token"] == FAILING}
     _assert_payments_give_up_in_time_and_every_attempt_is_counted(fleet, [v for v in views if v["saga_id"] in failing])
     assert report.ok, report.render()
-    assert kills >= 3, "the replica was not crash-looping"
+    assert kills >= MIN_KILLS, "the replica was not crash-looping"
     assert resumed_by["healthy"] > 0, "the healthy replica took over none of the crash-looping replica's sagas"
     assert not refused, refused[:5]  # a replica was ready all along: no client was turned away
     assert not run.server_errors(), run.server_errors()[:5]
-    assert len(set(run.saga_ids)) == orders
+    assert len(set(run.saga_ids)) == len(run.placements)
 
 
 def _assert_payments_give_up_in_time_and_every_attempt_is_counted(fleet: Fleet, views: list[dict[str, Any]]) -> None:
