@@ -193,7 +193,9 @@ class SagaStore:
 
     async def _write(self, batch: list[_PendingSave]) -> None:
         try:
-            await self._run(self.app.save, *(e for pending in batch for e in pending.events))
+            # The events straight into the event store: Application.save would test each of them against two
+            # runtime-checkable Protocols first (~2 % of the orchestrator's CPU), to find events it is handed.
+            await self._run(self.app.events.put, [e for pending in batch for e in pending.events])
         except IntegrityError:
             if len(batch) == 1:
                 self._settle(batch[0], ConcurrentSagaUpdate(f"saga {batch[0].saga_id} was saved by another writer"))

@@ -67,8 +67,11 @@ class Revocations:
     """
 
     def __init__(self, fetch: Callable[[], Awaitable[RevokedSet]], poll_secs: float, max_staleness_secs: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 close: Callable[[], Awaitable[None]] | None = None) -> None:
+        """`close`: what `run()` calls when it is stopped (the fetch's HTTP client)."""
         self._fetch = fetch
+        self._close = close
         self.poll_secs = poll_secs
         self.max_staleness_secs = max_staleness_secs
         self._clock = clock
@@ -103,30 +106,38 @@ class Revocations:
 
     async def run(self) -> None:
         """Refresh every poll interval until cancelled; a failed refresh keeps the set (until it is too old)."""
-        while True:
-            try:
-                await self.refresh()
-                if self._failing:
-                    log.info("revocation list refreshed again")
-                self._failing = False
-            except Exception as exc:  # any failure: keep polling, the staleness bound decides
-                if not self._failing:
-                    log.warning("revocation list refresh failed", error=repr(exc))
-                self._failing = True
-            await asyncio.sleep(self.poll_secs)
+        try:
+            while True:
+                try:
+                    await self.refresh()
+                    if self._failing:
+                        log.info("revocation list refreshed again")
+                    self._failing = False
+                except Exception as exc:  # any failure: keep polling, the staleness bound decides
+                    if not self._failing:
+                        log.warning("revocation list refresh failed", error=repr(exc))
+                    self._failing = True
+                await asyncio.sleep(self.poll_secs)
+        finally:
+            if self._close is not None:
+                await self._close()
 
 
 def remote_revocations(settings: ServiceSettings, registry: RegistryClient) -> Revocations:
-    """The revocation list of auth_service at AUTH_URLS (GET /revocations), as every other service polls it."""
+    """The revocation list of auth_service at AUTH_URLS (GET /revocations), as every other service polls it.
+
+    One client for every poll: its connection is kept alive between them (a client and a connection made anew
+    every 2 s in every service cost ~0.3 ms per saga in the bench)."""
+    client = new_client(timeout=5)
 
     async def fetch() -> RevokedSet:
         base = registry.choose(AUTH_APP).base_url
-        async with new_client(timeout=5) as client:
-            response = await client.get(f"{base}/revocations")
-            response.raise_for_status()
-            return {str(item["jti"]): float(item["exp"]) for item in response.json()["revoked"]}
+        response = await client.get(f"{base}/revocations")
+        response.raise_for_status()
+        return {str(item["jti"]): float(item["exp"]) for item in response.json()["revoked"]}
 
-    return Revocations(fetch, settings.revocation_poll_secs, settings.revocation_max_staleness_secs)
+    return Revocations(fetch, settings.revocation_poll_secs, settings.revocation_max_staleness_secs,
+                       close=client.aclose)
 
 
 class TokenVerifier:
