@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from enum import StrEnum
 
-from sqlalchemy import Boolean, CheckConstraint, Date, ForeignKey, Index, Integer, String, text
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy import Boolean, CheckConstraint, Date, ForeignKey, Index, Integer, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.db import CreatedAt, CurrencyCode, ForeignRef, Money, UpdatedAt, UTCDateTime, UUIDKey
+from shared.db import CreatedAt, CurrencyCode, ForeignRef, Money, UpdatedAt, UTCDateTime, UUIDKey, unique_where
 from shared.fence import participant_metadata
 
 
@@ -43,9 +43,6 @@ class Carrier(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[CreatedAt]
     updated_at: Mapped[UpdatedAt]
-    country_rows: Mapped[list[CarrierCountry]] = relationship(
-        back_populates="carrier", cascade="all, delete-orphan", lazy="selectin", order_by="CarrierCountry.country"
-    )
 
 
 class CarrierCountry(Base):
@@ -55,7 +52,6 @@ class CarrierCountry(Base):
 
     carrier_id: Mapped[str] = mapped_column(ForeignKey("carriers.id", ondelete="CASCADE"), primary_key=True)
     country: Mapped[str] = mapped_column(String(2), primary_key=True, index=True)
-    carrier: Mapped[Carrier] = relationship(back_populates="country_rows")
 
 
 class CarrierAssignment(Base):
@@ -64,13 +60,7 @@ class CarrierAssignment(Base):
         # Capacity is counted per carrier, per UTC day, among live assignments.
         Index("ix_carrier_assignments_load", "carrier_id", "service_day", "status"),
         # An order has at most one live assignment; released ones may pile up.
-        Index(
-            "uq_carrier_assignments_live_order",
-            "order_id",
-            unique=True,
-            postgresql_where=text("status = 'ASSIGNED'"),
-            sqlite_where=text("status = 'ASSIGNED'"),
-        ),
+        unique_where("uq_carrier_assignments_live_order", "order_id", "status = 'ASSIGNED'"),
     )
 
     id: Mapped[UUIDKey]

@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Integer, String
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.db import CreatedAt, CurrencyCode, Money, UpdatedAt, UTCDateTime, UUIDKey
 from shared.fence import participant_metadata
@@ -62,9 +62,6 @@ class Allocation(Base):
     currency: Mapped[str | None] = mapped_column(String(3), nullable=True)
     created_at: Mapped[CreatedAt]
     released_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
-    lines: Mapped[list[AllocationLine]] = relationship(
-        back_populates="allocation", cascade="all, delete-orphan", lazy="selectin", order_by="AllocationLine.sku"
-    )
 
 
 class AllocationLine(Base):
@@ -78,7 +75,6 @@ class AllocationLine(Base):
     quantity: Mapped[int] = mapped_column(Integer)
     unit_price_minor: Mapped[Money]
     weight_grams: Mapped[int] = mapped_column(Integer)
-    allocation: Mapped[Allocation] = relationship(back_populates="lines")
 
 
 # --- what the service layer returns -------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, ForeignKey, Integer, String
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.db import CreatedAt, CurrencyCode, ForeignRef, Money, UpdatedAt, UUIDKey
 from shared.fence import participant_metadata
@@ -35,9 +35,6 @@ class Order(Base):
     cancel_reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
     created_at: Mapped[CreatedAt]
     updated_at: Mapped[UpdatedAt]
-    lines: Mapped[list[OrderLine]] = relationship(
-        back_populates="order", cascade="all, delete-orphan", lazy="selectin", order_by="OrderLine.position"
-    )
 
 
 class OrderLine(Base):
@@ -49,7 +46,6 @@ class OrderLine(Base):
     sku: Mapped[str] = mapped_column(String(64))
     quantity: Mapped[int] = mapped_column(Integer)
     unit_price_minor: Mapped[Money]
-    order: Mapped[Order] = relationship(back_populates="lines")
 
 
 # --- what the service layer returns -------------------------------------------------------------------------

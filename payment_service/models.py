@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, String
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.db import CreatedAt, CurrencyCode, ForeignRef, Money, UpdatedAt, UUIDKey
 from shared.fence import participant_metadata
@@ -59,9 +59,6 @@ class Payment(Base):
     card_brand: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[CreatedAt]
     updated_at: Mapped[UpdatedAt]
-    refunds: Mapped[list[Refund]] = relationship(
-        back_populates="payment", cascade="all, delete-orphan", lazy="selectin", order_by="Refund.created_at"
-    )
 
 
 class Refund(Base):
@@ -73,16 +70,6 @@ class Refund(Base):
     amount_minor: Mapped[Money]
     reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
     created_at: Mapped[CreatedAt]
-    payment: Mapped[Payment] = relationship(back_populates="refunds")
-
-    @property
-    def payment_status(self) -> str:
-        """The refunded payment's status after this refund (a RefundReceipt field)."""
-        return self.payment.status
-
-    @property
-    def payment_refunded_minor(self) -> int:
-        return self.payment.refunded_minor
 
 
 class ChargeAttempt(Base):

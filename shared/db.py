@@ -20,7 +20,21 @@ from pathlib import Path
 from typing import Annotated, Any, cast
 
 import asyncpg
-from sqlalchemy import BigInteger, DateTime, Delete, Insert, MetaData, String, Table, Update, event, exc, select
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Delete,
+    Index,
+    Insert,
+    MetaData,
+    String,
+    Table,
+    Update,
+    event,
+    exc,
+    select,
+    text,
+)
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.engine import Dialect, make_url
@@ -88,6 +102,12 @@ Money = Annotated[int, mapped_column(BigInteger)]
 CurrencyCode = Annotated[str, mapped_column(String(3))]
 # An id another service issued (an order's, a customer's), looked up by.
 ForeignRef = Annotated[str, mapped_column(String(64), index=True)]
+
+
+def unique_where(name: str, column: str, condition: str) -> Index:
+    """A partial unique index: `column` unique among the rows matching `condition` (SQL), on both databases."""
+    where = text(condition)
+    return Index(name, column, unique=True, postgresql_where=where, sqlite_where=where)
 
 
 def conflict_insert(table: Table) -> postgresql.Insert:

@@ -7,10 +7,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, Integer, String, text
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy import JSON, ForeignKey, Integer, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.db import CreatedAt, ForeignRef, UpdatedAt, UUIDKey
+from shared.db import CreatedAt, ForeignRef, UpdatedAt, UUIDKey, unique_where
 from shared.fence import participant_metadata
 
 
@@ -45,16 +45,8 @@ NEXT_STATUSES: dict[ShipmentStatus, frozenset[ShipmentStatus]] = {
 
 class Shipment(Base):
     __tablename__ = "shipments"
-    __table_args__ = (
-        # At most one live shipment per order; cancelled ones may pile up.
-        Index(
-            "uq_shipments_live_order",
-            "order_id",
-            unique=True,
-            postgresql_where=text("status <> 'CANCELLED'"),
-            sqlite_where=text("status <> 'CANCELLED'"),
-        ),
-    )
+    # At most one live shipment per order; cancelled ones may pile up.
+    __table_args__ = (unique_where("uq_shipments_live_order", "order_id", "status <> 'CANCELLED'"),)
 
     id: Mapped[UUIDKey]
     order_id: Mapped[ForeignRef]
@@ -65,10 +57,6 @@ class Shipment(Base):
     status: Mapped[str] = mapped_column(String(16), index=True, default=ShipmentStatus.CREATED)
     created_at: Mapped[CreatedAt]
     updated_at: Mapped[UpdatedAt]
-    history: Mapped[list[ShipmentStatusChange]] = relationship(
-        back_populates="shipment", cascade="all, delete-orphan", lazy="selectin",
-        order_by="ShipmentStatusChange.position",
-    )
 
 
 class ShipmentStatusChange(Base):
@@ -80,7 +68,6 @@ class ShipmentStatusChange(Base):
     status: Mapped[str] = mapped_column(String(16))
     at: Mapped[CreatedAt]
     note: Mapped[str | None] = mapped_column(String(500), nullable=True)
-    shipment: Mapped[Shipment] = relationship(back_populates="history")
 
 
 # --- what the service layer returns -------------------------------------------------------------------------
