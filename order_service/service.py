@@ -18,7 +18,7 @@ from shared.auth import Identity
 from shared.db import Row, Tx, new_id, table_of
 from shared.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from shared.fence import compensate, enter_step
-from shared.paging import visible_page
+from shared.paging import children_of, matching, visible_page
 
 orders = table_of(Order)
 order_lines = table_of(OrderLine)
@@ -46,7 +46,7 @@ def _missing(order_id: str) -> NotFound:
 
 def _visible_to(identity: Identity) -> dict[str, Any]:
     """Identity.may_access as the parameters of the statements' visibility clause (None: everyone's)."""
-    return {"w_customer": None if identity.is_privileged else identity.subject}
+    return {"w_customer": identity.customer_scope()}
 
 
 # Built once and executed with parameters: compiled once, prepared once per connection.
@@ -114,17 +114,9 @@ async def get_order(tx: Tx, identity: Identity, order_id: str) -> PlacedOrder:
 async def list_orders(
     tx: Tx, identity: Identity, customer_id: str | None, status: OrderStatus | None, limit: int, offset: int
 ) -> tuple[list[PlacedOrder], int]:
-    if not identity.is_privileged:
-        customer_id = identity.subject
-    match = [orders.c.customer_id == customer_id] if customer_id else []
-    if status:
-        match.append(orders.c.status == status)
+    match = matching(orders, customer_id=identity.customer_scope(customer_id), status=status)
     page, total = await visible_page(tx, orders, match, (orders.c.created_at.desc(), orders.c.id), limit, offset)
-    lines_of: dict[str, list[Row]] = {order["id"]: [] for order in page}
-    if page:
-        for line in await tx.fetch(select(order_lines.c.order_id, *_LINE_COLUMNS)
-                                   .where(order_lines.c.order_id.in_(lines_of)).order_by(order_lines.c.position)):
-            lines_of[line["order_id"]].append(line)
+    lines_of = await children_of(tx, page, order_lines.c.order_id, _LINE_COLUMNS, order_lines.c.position)
     return [_order(order, lines_of[order["id"]]) for order in page], total
 
 

@@ -24,9 +24,9 @@ from payment_service.models import (
 from payment_service.schemas import PaymentCreate
 from shared.auth import Identity
 from shared.db import Row, Tx, new_id, table_of, utc_now
-from shared.errors import Conflict, NotFound, PaymentRequired, ServiceUnavailable
+from shared.errors import Conflict, PaymentRequired, ServiceUnavailable
 from shared.fence import compensate, enter_step
-from shared.paging import visible_page
+from shared.paging import children_of, matching, visible_page, visible_row
 
 payments = table_of(Payment)
 refunds = table_of(Refund)
@@ -127,42 +127,31 @@ async def make_payment(tx: Tx, data: PaymentCreate) -> CapturedPayment:
     return _payment(payment)
 
 
-def _visible(payment: Row | None, identity: Identity, payment_id: str) -> Row:
-    # Another customer's payment is reported as missing, so ids cannot be probed.
-    if payment is None or not identity.may_access(payment["customer_id"]):
-        raise NotFound(f"Payment {payment_id} does not exist.")
-    return payment
+def _missing(payment_id: str) -> str:
+    """The 404's detail for a payment that is not there, or not the caller's (shared.paging.visible_row)."""
+    return f"Payment {payment_id} does not exist."
 
 
 async def get_payment(tx: Tx, identity: Identity, payment_id: str) -> CapturedPayment:
     rows = await tx.fetch(_PAYMENT, {"w_id": payment_id})
-    return _payment(_visible(rows[0] if rows else None, identity, payment_id), rows)
+    return _payment(visible_row(rows[0] if rows else None, identity, _missing(payment_id)), rows)
 
 
 async def list_payments(
     tx: Tx, identity: Identity, order_id: str | None, customer_id: str | None, status: PaymentStatus | None,
     limit: int, offset: int,
 ) -> tuple[list[CapturedPayment], int]:
-    if not identity.is_privileged:
-        customer_id = identity.subject
-    match = [payments.c.customer_id == customer_id] if customer_id else []
-    if order_id:
-        match.append(payments.c.order_id == order_id)
-    if status:
-        match.append(payments.c.status == status)
+    match = matching(payments, customer_id=identity.customer_scope(customer_id), order_id=order_id, status=status)
     page, total = await visible_page(tx, payments, match, (payments.c.created_at.desc(), payments.c.id), limit,
                                      offset)
-    refunds_of: dict[str, list[Row]] = {payment["id"]: [] for payment in page}
-    if page:
-        for refund in await tx.fetch(select(refunds.c.payment_id.label("id"), *_REFUND_COLUMNS)
-                                     .where(refunds.c.payment_id.in_(refunds_of)).order_by(refunds.c.created_at)):
-            refunds_of[refund["id"]].append(refund)
+    # A refund row has its payment's id as "id", as in the payment-and-refunds join _refund reads.
+    refunds_of = await children_of(tx, page, refunds.c.payment_id.label("id"), _REFUND_COLUMNS, refunds.c.created_at)
     return [_payment(payment, refunds_of[payment["id"]]) for payment in page], total
 
 
 async def refund_payment(tx: Tx, identity: Identity, payment_id: str, amount_minor: int, reason: str | None
                          ) -> IssuedRefund:
-    payment = _visible(await tx.fetchrow(_LOCK_PAYMENT, {"w_id": payment_id}), identity, payment_id)
+    payment = visible_row(await tx.fetchrow(_LOCK_PAYMENT, {"w_id": payment_id}), identity, _missing(payment_id))
     if payment["status"] == PaymentStatus.REFUNDED:
         raise Conflict(f"Payment {payment_id} is already fully refunded.", payment_status=payment["status"],
                        refundable_minor=0)

@@ -210,7 +210,7 @@ async def list_sagas(orch: Orchestrator, identity: Identity, status: str | None,
                      created_before: datetime | None = None) -> tuple[list[SagaSummary], int]:
     """A page of the sagas the caller may see (a customer: their own), newest first, and how many match."""
     _check_window(created_after, created_before)
-    customer_id = None if identity.is_privileged else identity.subject
+    customer_id = identity.customer_scope()
     rows, total = await orch.index.page(customer_id, status, limit, offset, created_after, created_before)
     return [summary(r) for r in rows], total
 
@@ -219,7 +219,7 @@ async def saga_stats(orch: Orchestrator, identity: Identity, created_after: date
                      created_before: datetime | None = None) -> SagaStats:
     """How many of the sagas the caller may see are in each status."""
     _check_window(created_after, created_before)
-    customer_id = None if identity.is_privileged else identity.subject
+    customer_id = identity.customer_scope()
     found = await orch.index.count_by_status(customer_id, created_after, created_before)
     counts = SagaStatusCounts.model_validate({str(s): found.get(str(s), 0) for s in SagaStatus})
     return SagaStats(counts=counts, total=sum(found.values()), created_after=created_after,

@@ -51,6 +51,11 @@ class Identity:
     def may_access(self, owner_id: str) -> bool:
         return self.is_privileged or self.subject == owner_id
 
+    def customer_scope(self, customer_id: str | None = None) -> str | None:
+        """The customer whose records this caller sees: a customer their own whatever they ask for; admins and
+        services the customer asked for (None: everyone's)."""
+        return customer_id if self.is_privileged else self.subject
+
 
 # jti → the revoked token's expiry (epoch seconds): after it the token is refused for being expired anyway.
 RevokedSet = dict[str, float]

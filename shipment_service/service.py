@@ -11,9 +11,9 @@ from sqlalchemy import ColumnElement, bindparam, insert, select, update
 
 from shared.auth import Identity
 from shared.db import Row, Tx, conflict_insert, table_of
-from shared.errors import Conflict, NotFound, ServiceUnavailable
+from shared.errors import Conflict, ServiceUnavailable
 from shared.fence import compensate, enter_step
-from shared.paging import visible_page
+from shared.paging import children_of, matching, visible_page, visible_row
 from shipment_service.models import (
     NEXT_STATUSES,
     OrderCancelStatus,
@@ -118,10 +118,8 @@ async def create_shipment(tx: Tx, data: ShipmentCreate) -> Parcel:
 
 
 def _visible(shipment: Row | None, identity: Identity, what: str) -> Row:
-    # Another customer's shipment is reported as missing, so ids and tracking numbers cannot be probed.
-    if shipment is None or not identity.may_access(shipment["customer_id"]):
-        raise NotFound(f"Shipment {what} does not exist.")
-    return shipment
+    """By id or by tracking number: another customer's shipment is missing, so neither can be probed."""
+    return visible_row(shipment, identity, f"Shipment {what} does not exist.")
 
 
 async def get_shipment(tx: Tx, identity: Identity, shipment_id: str) -> Parcel:
@@ -143,20 +141,10 @@ async def list_shipments(
     limit: int,
     offset: int,
 ) -> tuple[list[Parcel], int]:
-    if not identity.is_privileged:
-        customer_id = identity.subject
-    match = [shipments.c.customer_id == customer_id] if customer_id else []
-    if order_id:
-        match.append(shipments.c.order_id == order_id)
-    if status:
-        match.append(shipments.c.status == status)
+    match = matching(shipments, customer_id=identity.customer_scope(customer_id), order_id=order_id, status=status)
     page, total = await visible_page(tx, shipments, match, (shipments.c.created_at.desc(), shipments.c.id), limit,
                                      offset)
-    history_of: dict[str, list[Row]] = {shipment["id"]: [] for shipment in page}
-    if page:
-        for change in await tx.fetch(select(history.c.shipment_id, *_CHANGE_COLUMNS)
-                                     .where(history.c.shipment_id.in_(history_of)).order_by(history.c.position)):
-            history_of[change["shipment_id"]].append(change)
+    history_of = await children_of(tx, page, history.c.shipment_id, _CHANGE_COLUMNS, history.c.position)
     return [_parcel(shipment, history_of[shipment["id"]]) for shipment in page], total
 
 
