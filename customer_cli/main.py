@@ -259,8 +259,11 @@ def load(
     raise typer.Exit(1 if report.counts[ERROR] else 0)
 
 
+# `sagas` and `sagas list` are one command: the group's callback runs first, and lists only when no subcommand
+# follows (`sagas show ID` shows; `sagas list` lists in the subcommand's own call).
 @sagas_app.callback(invoke_without_command=True)
-def sagas(
+@sagas_app.command("list")
+def list_sagas(
     ctx: typer.Context,
     status: SagaState = None,
     limit: SagaLimit = 20,
@@ -273,20 +276,6 @@ def sagas(
     """List sagas, newest first (as the admin: everyone's)."""
     if ctx.invoked_subcommand is not None:
         return
-    list_sagas(status, limit, since, gateway, admin_email, admin_password, as_json)
-
-
-@sagas_app.command("list")
-def list_sagas(
-    status: SagaState = None,
-    limit: SagaLimit = 20,
-    since: Since = None,
-    gateway: Gateway = DEFAULT_GATEWAY,
-    admin_email: AdminEmail = DEMO_ADMIN_EMAIL,
-    admin_password: AdminPassword = "",
-    as_json: AsJson = False,
-) -> None:
-    """List sagas, newest first (as the admin: everyone's)."""
     if status is not None and status.upper() not in SAGA_STATES:
         raise typer.BadParameter(f"one of {', '.join(SAGA_STATES)}", param_hint="--status")
     moment = parse_since(since)
