@@ -7,10 +7,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.db import CreatedAt, UTCDateTime, UUIDKey, new_metadata, utc_now
+from shared.db import CreatedAt, UTCDateTime, UUIDKey, new_metadata, parent_key, utc_now
 
 
 class Base(DeclarativeBase):
@@ -53,7 +53,7 @@ class RefreshFamily(Base):
     __tablename__ = "refresh_families"
 
     id: Mapped[UUIDKey]
-    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[str] = parent_key("users.id")
     created_at: Mapped[CreatedAt]
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     revoked_reason: Mapped[str | None] = mapped_column(String(100), nullable=True)
@@ -66,7 +66,7 @@ class RefreshToken(Base):
 
     id: Mapped[UUIDKey]
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    family_id: Mapped[str] = mapped_column(ForeignKey("refresh_families.id", ondelete="CASCADE"), index=True)
+    family_id: Mapped[str] = parent_key("refresh_families.id")
     # The access token issued together with this one, so logout without a refresh token finds the family.
     access_jti: Mapped[str] = mapped_column(String(64), index=True)
     created_at: Mapped[CreatedAt]

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Integer, String
+from sqlalchemy import BigInteger, CheckConstraint, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.db import CreatedAt, CurrencyCode, Money, UpdatedAt, UTCDateTime, UUIDKey
+from shared.db import CreatedAt, CurrencyCode, Money, UpdatedAt, UTCDateTime, UUIDKey, parent_key
 from shared.fence import participant_metadata
 
 
@@ -70,7 +70,7 @@ class AllocationLine(Base):
     __tablename__ = "allocation_lines"
 
     id: Mapped[UUIDKey]
-    allocation_id: Mapped[str] = mapped_column(ForeignKey("allocations.id", ondelete="CASCADE"), index=True)
+    allocation_id: Mapped[str] = parent_key("allocations.id")
     sku: Mapped[str] = mapped_column(String(64))
     quantity: Mapped[int] = mapped_column(Integer)
     unit_price_minor: Mapped[Money]

@@ -24,6 +24,7 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     Delete,
+    ForeignKey,
     Index,
     Insert,
     MetaData,
@@ -39,7 +40,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.orm import mapped_column
+from sqlalchemy.orm import MappedColumn, mapped_column
 from sqlalchemy.sql import ClauseElement, Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.types import TypeDecorator
@@ -102,6 +103,12 @@ Money = Annotated[int, mapped_column(BigInteger)]
 CurrencyCode = Annotated[str, mapped_column(String(3))]
 # An id another service issued (an order's, a customer's), looked up by.
 ForeignRef = Annotated[str, mapped_column(String(64), index=True)]
+
+
+def parent_key(parent_id: str) -> MappedColumn[Any]:
+    """A row's reference to the row it belongs to (`parent_key("orders.id")`: an order's line): deleted with its
+    parent, indexed for the parent's look-up of its rows."""
+    return mapped_column(ForeignKey(parent_id, ondelete="CASCADE"), index=True)
 
 
 def unique_where(name: str, column: str, condition: str) -> Index:

@@ -7,10 +7,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Integer, String
+from sqlalchemy import JSON, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.db import CreatedAt, ForeignRef, UpdatedAt, UUIDKey, unique_where
+from shared.db import CreatedAt, ForeignRef, UpdatedAt, UUIDKey, parent_key, unique_where
 from shared.fence import participant_metadata
 
 
@@ -63,7 +63,7 @@ class ShipmentStatusChange(Base):
     __tablename__ = "shipment_status_history"
 
     id: Mapped[UUIDKey]
-    shipment_id: Mapped[str] = mapped_column(ForeignKey("shipments.id", ondelete="CASCADE"), index=True)
+    shipment_id: Mapped[str] = parent_key("shipments.id")
     position: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16))
     at: Mapped[CreatedAt]
