@@ -21,6 +21,8 @@ class Role(StrEnum):
     CUSTOMER = "customer"
     ADMIN = "admin"
     SERVICE = "service"
+    # The gateway's own token: believed by auth_service for X-Forwarded-For, privileged nowhere (not a `service`).
+    GATEWAY = "gateway"
 
 
 class User(Base):

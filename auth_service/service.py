@@ -334,7 +334,7 @@ class AuthService:
             identity = await self.verifier.verify(token.strip())
         except DomainError:
             return False
-        return identity.is_service and identity.subject == f"service:{self.settings.gateway_client_id}"
+        return Role.GATEWAY in identity.roles and identity.subject == f"service:{self.settings.gateway_client_id}"
 
     async def issue_service_token(self, client_id: str, client_secret: str, address: str) -> tuple[str, int]:
         """Client credentials; wrong secrets are throttled as wrong passwords are, per client id and address."""
@@ -353,7 +353,8 @@ class AuthService:
             await self._slow_down(failures_now)
             raise Unauthorized("The client credentials are not valid.")
         await self.keyring.reload_if_stale()
-        minted = await self.keyring.mint(f"service:{client_id}", [Role.SERVICE], "",
+        # The gateway's token only vouches for its X-Forwarded-For here: it opens no service's internal endpoints.
+        minted = await self.keyring.mint(f"service:{client_id}", [Role.GATEWAY if is_gateway else Role.SERVICE], "",
                                          self.settings.access_token_ttl_secs)
         return minted.token, minted.expires_in
 

@@ -12,16 +12,16 @@ from shared.settings import MIN_SERVICE_SECRET_LENGTH, ServiceSettings
 # The local runner's demo admin password: fine on a laptop, refused in production.
 DEV_ADMIN_PASSWORD = "admin-password-dev"
 
-DEFAULT_SERVICE_CLIENT_IDS = [
-    "saga-orchestrator", "gateway", "inventory-service", "order-service", "payment-service",
-    "carrier-service", "shipment-service",
-]
+# The clients that get service tokens: the orchestrator (the saga's calls) and the gateway (its own secret). The
+# saga's participants call nobody with a token and hold no client secret.
+DEFAULT_SERVICE_CLIENT_IDS = ["saga-orchestrator", "gateway"]
 
 
 class Settings(ServiceSettings):
     app_name: str = "AUTH-SERVICE"
     port: int = 8001
     sqlite_database = "auth_service"
+    holds_service_secret = True  # it checks SERVICE_CLIENT_SECRET at /api/auth/token
 
     access_token_ttl_secs: int = 900
     refresh_token_ttl_secs: int = 14 * 24 * 3600

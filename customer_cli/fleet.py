@@ -229,11 +229,18 @@ class Fleet:
             "PYTHONUNBUFFERED": "1",
             "EUREKA_SERVER_URL": self.registry_url,
             "AUTH_URLS": self.auth_url,
-            "SERVICE_CLIENT_SECRET": self.gateway_secret if package == "gateway" else self.service_secret,
             **({"GATEWAY_CLIENT_SECRET": self.gateway_secret} if package == "auth_service" else {}),
             **self.env,
             **self.package_env.get(package, {}),
         }
+        # The client secret only where it is used (as compose and Kubernetes give it): the orchestrator's, checked by
+        # auth_service; the gateway's own. The saga's participants get none, whatever this shell exports.
+        secret = {"gateway": self.gateway_secret, "saga_orchestrator": self.service_secret,
+                  "auth_service": self.service_secret}.get(package)
+        if secret is None:
+            env.pop("SERVICE_CLIENT_SECRET", None)
+        else:
+            env["SERVICE_CLIENT_SECRET"] = secret
         if COMPONENTS[package].database:
             env["DATABASE_URL"] = self.database_url(package)
         env.update(overrides)

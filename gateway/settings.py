@@ -14,6 +14,7 @@ class Settings(ServiceSettings):
 
     app_name: str = "GATEWAY"
     port: int = 8080
+    holds_service_secret = True  # its own (GATEWAY_CLIENT_SECRET at auth_service), for its X-Forwarded-For
 
     routes: list[Route] = Field(
         default_factory=lambda: list(DEFAULT_ROUTES),

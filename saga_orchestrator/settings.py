@@ -12,6 +12,7 @@ class Settings(ServiceSettings):
     port: int = 8007
     sqlite_database = "saga_orchestrator"
     service_client_id: str = "saga-orchestrator"
+    holds_service_secret = True  # its calls to the participants carry its service token
 
     # A step's transient failures (timeout, connection error, 5xx, no UP instance) are retried
     # with exponential backoff and jitter until this deadline, counted from the step's first attempt

@@ -79,6 +79,10 @@ class ServiceSettings(ServerBounds):
     # empty means no service tokens (auth_service grants none, a service needing one fails its call).
     service_client_id: str = ""
     service_client_secret: str = ""
+    # Whether this service holds a client secret at all: the saga orchestrator and the gateway mint service tokens,
+    # auth_service checks them. The saga's participants call nobody with a token, so they are given none: a
+    # participant an attacker takes over cannot mint the token that calls the others' steps and compensations.
+    holds_service_secret: ClassVar[bool] = False
 
     idempotency_ttl_secs: int = 24 * 3600
 
@@ -117,7 +121,7 @@ class ServiceSettings(ServerBounds):
     @model_validator(mode="after")
     def _refuse_dev_defaults_in_production(self) -> ServiceSettings:
         if self.env == "production":
-            if len(self.service_client_secret) < MIN_SERVICE_SECRET_LENGTH:
+            if self.holds_service_secret and len(self.service_client_secret) < MIN_SERVICE_SECRET_LENGTH:
                 raise ValueError(f"SERVICE_CLIENT_SECRET must be configured (at least {MIN_SERVICE_SECRET_LENGTH} "
                                  "characters) when ENV=production")
             if self.eureka_server_url and not urlsplit(self.eureka_server_url).password:

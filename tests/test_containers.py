@@ -125,3 +125,16 @@ def test_dockerfile_is_multistage_and_non_root() -> None:
     users = re.findall(r"^USER\s+(\S+)", dockerfile, re.M)
     assert users and users[-1] not in ("root", "0")
     assert (ROOT / ".dockerignore").exists()
+
+
+def test_only_the_orchestrator_and_auth_service_hold_the_client_secret() -> None:
+    """The saga's participants call nobody with a token: compose gives them no client secret (least privilege)."""
+    for name, service in COMPOSE["services"].items():
+        environment = service.get("environment", {})
+        secret = environment.get("SERVICE_CLIENT_SECRET")
+        if name in ("saga_orchestrator", "auth_service"):
+            assert secret is not None and secret.startswith("${SERVICE_CLIENT_SECRET:?"), name
+        elif name == "gateway":
+            assert secret is not None and secret.startswith("${GATEWAY_CLIENT_SECRET:?"), name
+        else:
+            assert secret is None, name

@@ -234,5 +234,8 @@ def test_production_accepts_the_users_secrets_and_refuses_the_placeholders(
         if COMPONENTS[package].database:
             assert settings.database_url == (f"postgresql+asyncpg://postgres:{secret['PG_PASSWORD']}@postgres:5432/"
                                              f"{package}")
-        with pytest.raises(ValueError, match="SERVICE_CLIENT_SECRET"):
+        # The client secret goes to the orchestrator, auth_service and (its own) the gateway; never to a participant.
+        holds_secret = "SERVICE_CLIENT_SECRET" in _environment(deployment, config["data"], secret)
+        assert holds_secret == type(settings).holds_service_secret, package
+        with pytest.raises(ValueError, match="SERVICE_CLIENT_SECRET" if holds_secret else "EUREKA_SERVER_URL"):
             _settings(package, _environment(deployment, config["data"], placeholders), monkeypatch)

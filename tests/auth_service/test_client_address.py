@@ -43,9 +43,30 @@ async def test_the_gateways_token_needs_the_gateways_own_secret(app: FastAPI) ->
             "grant_type": "client_credentials", "client_id": "gateway", "client_secret": SERVICE_SECRET})
         assert forged.status_code == 401, forged.text
         crossed = await client.post("/api/auth/token", data={
-            "grant_type": "client_credentials", "client_id": "order-service", "client_secret": GATEWAY_SECRET})
+            "grant_type": "client_credentials", "client_id": "saga-orchestrator", "client_secret": GATEWAY_SECRET})
         assert crossed.status_code == 401, crossed.text
     assert await service_token(app, "gateway")
+
+
+@pytest.mark.parametrize("client_id", ["order-service", "inventory-service", "payment-service", "carrier-service",
+                                       "shipment-service"])
+async def test_the_sagas_participants_get_no_service_token(app: FastAPI, client_id: str) -> None:
+    """Only the orchestrator and the gateway are clients: a participant's id is unknown, even with the secret."""
+    async with peer(app, "10.1.0.21") as client:
+        refused = await client.post("/api/auth/token", data={
+            "grant_type": "client_credentials", "client_id": client_id, "client_secret": SERVICE_SECRET})
+    assert refused.status_code == 401, refused.text
+
+
+async def test_the_gateways_token_is_privileged_nowhere(app: FastAPI) -> None:
+    """It vouches for the gateway's X-Forwarded-For at auth_service and carries no `service` role, so it opens no
+    service's internal endpoints (the orchestrator's token does: it is the saga's)."""
+    async with peer(app, GATEWAY) as client:
+        gateway, orchestrator = [
+            await client.post("/validate", headers={"Authorization": f"Bearer {await service_token(app, client_id)}"})
+            for client_id in ("gateway", "saga-orchestrator")]
+    assert gateway.status_code == 200 and gateway.json()["roles"] == ["gateway"], gateway.text
+    assert orchestrator.status_code == 200 and orchestrator.json()["roles"] == ["service"], orchestrator.text
 
 
 def peer(app: FastAPI, address: str, token: str | None = None) -> httpx.AsyncClient:
@@ -88,7 +109,7 @@ async def test_a_process_at_a_trusted_address_does_not_pick_its_throttle_identit
                                                                                  address: str) -> None:
     """The attack of item 8: a local process at the gateway's own (trusted) address, forging X-Forwarded-For
     on every login, is still counted as itself."""
-    token = {"none": None, "another service's token": await service_token(app, "order-service"),
+    token = {"none": None, "another service's token": await service_token(app, "saga-orchestrator"),
              "a forged header": "not-a-token"}[credential]
     async with peer(app, address, token) as impostor, peer(app, GATEWAY, await service_token(app, "gateway")) as gw:
         account = await new_account(gw)

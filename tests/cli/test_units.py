@@ -193,7 +193,9 @@ def test_the_local_and_the_postgres_fleet_differ_by_data_only(tmp_path: Path, mo
     env = local.service_env("order_service", local.port("order_service"))
     assert env["DATABASE_URL"] == f"sqlite+aiosqlite:///{tmp_path / 'var' / 'order_service.db'}"
     assert env["EUREKA_SERVER_URL"] == f"http://eureka:{local.registry_password}@127.0.0.1:8861/eureka"
-    assert env["AUTH_URLS"] == "http://127.0.0.1:8101" and env["SERVICE_CLIENT_SECRET"] == local.service_secret
+    assert env["AUTH_URLS"] == "http://127.0.0.1:8101" and "SERVICE_CLIENT_SECRET" not in env
+    orchestrator = local.service_env("saga_orchestrator", local.port("saga_orchestrator"))
+    assert orchestrator["SERVICE_CLIENT_SECRET"] == local.service_secret
     assert env["BOOTSTRAP_ADMIN_EMAIL"] == "admin@example.com" and "FAULT_INJECTION" not in env
     assert "DATABASE_URL" not in local.service_env("gateway", 8180)
 

@@ -366,3 +366,23 @@ def test_wrong_client_secrets_are_throttled_like_wrong_passwords(fleet: Fleet) -
             "client_secret": "guess"}
     statuses = [httpx.post(f"{auth}/api/auth/token", data=form, timeout=30).status_code for _ in range(7)]
     assert statuses[:5] == [401] * 5 and statuses[5:] == [429, 429], statuses
+
+
+@pytest.mark.parametrize(("package", "path"), [
+    ("order_service", "/api/orders/{order}/confirm"),
+    ("inventory_service", "/api/inventory/allocations/{order}/release"),
+    ("payment_service", "/api/payments/orders/{order}/refund"),
+    ("carrier_service", "/api/carriers/assignments/{order}/release"),
+    ("shipment_service", "/api/shipments/orders/{order}/cancel"),
+])
+def test_the_gateways_service_token_opens_no_participants_steps(fleet: Fleet, package: str, path: str) -> None:
+    """A gateway taken over holds its own client secret: the token it mints is refused by every saga step and
+    compensation (403), which the orchestrator's token reaches (anything but 401/403)."""
+    url = fleet.processes[package].url + path.format(order=uuid.uuid4())
+    gateway = httpx.post(url, headers={"Authorization": f"Bearer {fleet.service_token('gateway')}",
+                                       "Idempotency-Key": uuid.uuid4().hex}, timeout=30)
+    assert gateway.status_code == 403, gateway.text
+    assert gateway.headers["content-type"].startswith("application/problem+json")
+    orchestrator = httpx.post(url, headers={"Authorization": f"Bearer {fleet.service_token()}",
+                                            "Idempotency-Key": uuid.uuid4().hex}, timeout=30)
+    assert orchestrator.status_code not in (401, 403), orchestrator.text
