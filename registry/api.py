@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
 from registry import schemas
-from registry.service import InstanceNotFound, InstanceRegistry, InstanceStatus
+from registry.service import InstanceNotFound, InstanceRegistry, InstanceStatus, RegisteredInstance, RegistryView
 from shared.errors import problem
 
 _basic = HTTPBasic(realm="eureka", auto_error=False)
@@ -79,12 +79,21 @@ def negotiated(request: Request, xml: Element, as_json: dict[str, Any]) -> Respo
     return Response(schemas.to_xml(xml), media_type=schemas.XML_MEDIA_TYPE)
 
 
-def parse_status(value: str | None, parameter: str) -> InstanceStatus | Response:
+def applications_answer(request: Request, view: RegistryView) -> Response:
+    """A full registry, a delta or a VIP query, as `<applications>`."""
+    return negotiated(request, schemas.applications_element(view), schemas.applications_json(view))
+
+
+def instance_answer(request: Request, instance: RegisteredInstance) -> Response:
+    return negotiated(request, schemas.instance_element(instance), {"instance": schemas.instance_json(instance)})
+
+
+def parse_status(value: str | None, parameter: str) -> InstanceStatus:
     try:
         return InstanceStatus((value or "").strip().upper())
     except ValueError:
         allowed = ", ".join(status.value for status in InstanceStatus)
-        return bad_request(f"{parameter} must be one of {allowed}, not {value!r}")
+        raise schemas.BadRequest(f"{parameter} must be one of {allowed}, not {value!r}") from None
 
 
 # ---------- health ----------
@@ -104,12 +113,8 @@ async def register_instance(app: str, request: Request, registry: RegistryDep) -
     try:
         body = json.loads(await request.body())
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # nested past the parser's depth too
-        return bad_request('the body must be JSON: {"instance": {...}}')
-    try:
-        info = schemas.parse_registration(body, path_app=app)
-    except schemas.RegistrationError as exc:
-        return bad_request(exc.detail, exc.errors)
-    registry.register(info)
+        raise schemas.BadRequest('the body must be JSON: {"instance": {...}}') from None
+    registry.register(schemas.parse_registration(body, path_app=app))
     return Response(status_code=204)
 
 
@@ -141,10 +146,8 @@ async def override_status(
     last_dirty_timestamp: LastDirtyTimestamp = None,
 ) -> Response:
     status = parse_status(value, "value")
-    if isinstance(status, Response):
-        return status
     if status == InstanceStatus.UNKNOWN:
-        return bad_request("to remove an override, DELETE it")
+        raise schemas.BadRequest("to remove an override, DELETE it")
     registry.override_status(app, instance_id, status, last_dirty_timestamp=last_dirty_timestamp)
     return Response(status_code=200)
 
@@ -157,12 +160,7 @@ async def remove_status_override(
     value: str | None = None,
     last_dirty_timestamp: LastDirtyTimestamp = None,
 ) -> Response:
-    new_status = None
-    if value is not None:
-        parsed = parse_status(value, "value")
-        if isinstance(parsed, Response):
-            return parsed
-        new_status = parsed
+    new_status = None if value is None else parse_status(value, "value")
     registry.remove_status_override(app, instance_id, new_status, last_dirty_timestamp=last_dirty_timestamp)
     return Response(status_code=200)
 
@@ -174,14 +172,12 @@ async def remove_status_override(
 @eureka.get("/apps")
 @eureka.get("/apps/", include_in_schema=False)
 async def get_applications(request: Request, registry: RegistryDep) -> Response:
-    view = registry.applications()
-    return negotiated(request, schemas.applications_element(view), schemas.applications_json(view))
+    return applications_answer(request, registry.applications())
 
 
 @eureka.get("/apps/delta")
 async def get_delta(request: Request, registry: RegistryDep) -> Response:
-    view = registry.delta()
-    return negotiated(request, schemas.applications_element(view), schemas.applications_json(view))
+    return applications_answer(request, registry.delta())
 
 
 @eureka.get("/apps/{app}")
@@ -198,26 +194,22 @@ async def get_application(app: str, request: Request, registry: RegistryDep) -> 
 
 @eureka.get("/apps/{app}/{instance_id}")
 async def get_app_instance(app: str, instance_id: str, request: Request, registry: RegistryDep) -> Response:
-    instance = registry.instance(app, instance_id)
-    return negotiated(request, schemas.instance_element(instance), {"instance": schemas.instance_json(instance)})
+    return instance_answer(request, registry.instance(app, instance_id))
 
 
 @eureka.get("/instances/{instance_id}")
 async def get_instance(instance_id: str, request: Request, registry: RegistryDep) -> Response:
-    instance = registry.find_instance(instance_id)
-    return negotiated(request, schemas.instance_element(instance), {"instance": schemas.instance_json(instance)})
+    return instance_answer(request, registry.find_instance(instance_id))
 
 
 @eureka.get("/vips/{vip}")
 async def get_vip(vip: str, request: Request, registry: RegistryDep) -> Response:
-    view = registry.by_vip(vip)
-    return negotiated(request, schemas.applications_element(view), schemas.applications_json(view))
+    return applications_answer(request, registry.by_vip(vip))
 
 
 @eureka.get("/svips/{vip}")
 async def get_secure_vip(vip: str, request: Request, registry: RegistryDep) -> Response:
-    view = registry.by_vip(vip, secure=True)
-    return negotiated(request, schemas.applications_element(view), schemas.applications_json(view))
+    return applications_answer(request, registry.by_vip(vip, secure=True))
 
 
 router.include_router(eureka)

@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from registry import api
+from registry import api, schemas
 from registry.schemas import FieldError
 from registry.service import InstanceNotFound, InstanceRegistry
 from registry.settings import RegistrySettings
@@ -72,6 +72,10 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
             for error in exc.errors()
         ]
         return api.bad_request("invalid request parameters", errors)
+
+    @app.exception_handler(schemas.BadRequest)
+    async def bad_request(request: Request, exc: schemas.BadRequest) -> Response:
+        return api.bad_request(exc.detail, exc.errors)
 
     @app.exception_handler(InstanceNotFound)
     async def unknown_instance(request: Request, exc: InstanceNotFound) -> Response:

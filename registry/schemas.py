@@ -55,13 +55,17 @@ class FieldError(BaseModel):
     message: str
 
 
-class RegistrationError(ValueError):
-    """The POST body is not a registration the registry can accept (the real server answers 400)."""
+class BadRequest(ValueError):
+    """Input the registry refuses: answered 400 problem+json, the protocol's answer (not FastAPI's 422)."""
 
     def __init__(self, detail: str, errors: list[FieldError] | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
         self.errors = errors or []
+
+
+class RegistrationError(BadRequest):
+    """The POST body is not a registration the registry can accept (the real server answers 400)."""
 
 
 class _EurekaModel(BaseModel):
