@@ -9,7 +9,8 @@ GATEWAY_URL is set, then measures in one run:
      the invariant checker
   5. each process's RSS after the run, and CPU per saga per process
   6. event-store saves per saga in the run, and the store's own ceiling (saves/s)
-  7. the ruler (bench/floor.py): the saga's shape of issue 17 priced at this run's floor, and the ratios to it
+  7. the ruler (bench/floor.py): the saga's shape of issue 17 priced at this run's floor (measured before and
+     after the phases, the mean of the two), and the ratios to it
 It prints a table and writes bench/results/latest.json. BENCH_SCALE (default 1) stretches every phase;
 BENCH_REPEAT (default 1) repeats the 64-client saga, bare and DBOS phases, interleaved; BENCH_PHASES picks
 parts (floor,store,sagas,bare,dbos,overhead); BENCH_FLEET_ENV="NAME=value ..." sets the fleet's environment.
@@ -226,6 +227,16 @@ def check_peer(stack: Stack, peer: PeerProcess, since: datetime) -> dict[str, An
             "checked_secs": round(report.elapsed_secs, 1)}
 
 
+async def _floor() -> dict[str, Any]:
+    fl = await floor.run(max(LEVELS), 6 * SCALE)
+    print(f"  HTTP hop: {fl['http']['requests_per_sec']:.0f} requests/s, CPU ms per request: server "
+          f"{fl['http']['server_cpu_ms']}, client {fl['http']['client_cpu_ms']}", flush=True)
+    print(f"  SQL through SQLAlchemy's asyncpg engine, CPU ms (client and PostgreSQL): a statement "
+          f"{fl['sql']['statement_cpu_ms']}, the transaction around statements {fl['sql']['transaction_cpu_ms']}",
+          flush=True)
+    return fl
+
+
 async def run(stack: Stack) -> dict[str, Any]:
     bench = Bench(stack)
     report: dict[str, Any] = {
@@ -238,13 +249,7 @@ async def run(stack: Stack) -> dict[str, Any]:
 
     if "floor" in PHASES:
         print("the floor: one HTTP hop and one SQL statement with none of the project's code ...", flush=True)
-        report["floor"] = await floor.run(max(LEVELS), 6 * SCALE)
-        fl = report["floor"]
-        print(f"  HTTP hop: {fl['http']['requests_per_sec']:.0f} requests/s, CPU ms per request: server "
-              f"{fl['http']['server_cpu_ms']}, client {fl['http']['client_cpu_ms']}", flush=True)
-        print(f"  SQL through SQLAlchemy's asyncpg engine, CPU ms (client and PostgreSQL): a statement "
-              f"{fl['sql']['statement_cpu_ms']}, the transaction around statements {fl['sql']['transaction_cpu_ms']}",
-              flush=True)
+        report["floor"] = await _floor()
     if "store" in PHASES:
         print("event store ceiling (SagaStore saves, no HTTP) ...", flush=True)
         report["event_store"] = await event_store.run([1, 64], 5 * SCALE)
@@ -320,6 +325,9 @@ async def run(stack: Stack) -> dict[str, Any]:
                 for key in [k for k in bench.cpu.pids if k.startswith("nginx")]:
                     del bench.cpu.pids[key]
 
+    if "floor" in PHASES:
+        print("the floor again, after the phases (the ruler prices the mean of the two) ...", flush=True)
+        report["floor"] = floor.averaged(report["floor"], await _floor())
     report["rss_mb"] = {name: rss_mb(pid) for name, pid in sorted(stack.pids.items())}
     report["phases"] = [f.as_dict() for f in bench.results]
     report["errors"] = bench.errors
@@ -444,6 +452,11 @@ def print_table(report: dict[str, Any]) -> None:
             print(f"| {key} | {t['value']} | {t['target']} | {t['of_target']}{' ✓' if t['met'] else ''} |")
     if report.get("floor", {}).get("ruler"):
         print(f"ruler (issue 17's shape at this run's floor): {report['floor']['ruler']}")
+        for when in ("before", "after"):
+            if when in report["floor"]:
+                fl = report["floor"][when]
+                print(f"  the floor {when} the phases: hop {fl['hop_cpu_ms']}, statement "
+                      f"{fl['sql']['statement_cpu_ms']}, transaction {fl['sql']['transaction_cpu_ms']} ms")
     for f in report["phases"]:
         if f["concurrency"] == max(LEVELS) and f["extra"].get("statements_per_saga"):
             per = f["extra"]["statements_per_saga"]
