@@ -56,6 +56,11 @@ class FakeParticipants:
     calls: list[Call] = field(default_factory=list)
     delay: float = 0.0
     applied: dict[str, Answer] = field(default_factory=dict)  # idempotency key → first answer
+    # A step label whose attempts wait until `release` is set: a call in flight for as long as a test wants;
+    # `holding` is set once one waits there.
+    hold: str | None = None
+    holding: asyncio.Event = field(default_factory=asyncio.Event)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def ready(self) -> bool:
@@ -79,6 +84,9 @@ class FakeParticipants:
         label, body, idempotency_key = request.label, request.body, request.idempotency_key
         call = Call(label, request.method, request.path, body, idempotency_key)
         self.calls.append(call)
+        if label == self.hold:
+            self.holding.set()
+            await self.release.wait()
         if self.delay:
             await asyncio.sleep(self.delay)
         override = self.failures.get(label)

@@ -261,11 +261,12 @@ async def test_a_saga_indexed_but_never_saved_is_started_by_recovery(replicas: R
 
 async def test_a_restarted_replica_resumes_its_own_sagas_at_once(replicas: ReplicaFactory) -> None:
     before = await replicas("host:8007", lease_secs=60)
-    before.participants.delay = 0.3
+    before.participants.hold = "allocate_inventory"
     saga_id = await before.place(key="resume")
-    await asyncio.sleep(0.5)
-    before.runner._tasks[UUID(saga_id)].cancel()  # SIGKILL-like: the lease stays, the step is in flight
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(before.participants.holding.wait(), 30)  # the third step is in flight ...
+    driver = before.runner._tasks[UUID(saga_id)]
+    driver.cancel()  # ... when its driver stops: its answer never arrives
+    await asyncio.gather(driver, return_exceptions=True)
     row = await before.orch.index.get(UUID(saga_id))
     assert row is not None and row.status in ("STARTED", "RUNNING")
     after = await replicas("host:8007", lease_secs=60)
