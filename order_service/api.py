@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from order_service import schemas, service
 from order_service.models import OrderStatus
-from shared.auth import Caller, Privileged
+from shared.auth import Admin, Caller, Privileged
 from shared.dependencies import Paging, SessionDep
 from shared.idempotency import Idempotent
 from shared.schemas import Page
@@ -50,7 +50,8 @@ async def remove_all_lines(order_id: str, identity: Privileged, idempotent: Idem
 
 
 @router.delete("/{order_id}/lines/{line_id}", response_model=schemas.OrderOut)
-async def remove_line(order_id: str, line_id: str, identity: Privileged, idempotent: Idempotent) -> Response:
+async def remove_line(order_id: str, line_id: str, identity: Admin, idempotent: Idempotent) -> Response:
+    """An operator removes one line (the saga's compensation removes them all: DELETE /{order_id}/lines)."""
     return await idempotent.run(service.remove_lines, identity, order_id, line_id)
 
 

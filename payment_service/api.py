@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from payment_service import schemas, service
 from payment_service.models import PaymentStatus
-from shared.auth import Caller, Privileged
+from shared.auth import Admin, Caller, Privileged
 from shared.contracts import CUSTOMER_ID_PATTERN
 from shared.dependencies import Paging, SessionDep
 from shared.idempotency import Idempotent
@@ -46,8 +46,9 @@ async def get_payment(payment_id: PaymentIdPath, identity: Caller, session: Sess
 
 
 @router.post("/{payment_id}/refunds", status_code=201, response_model=schemas.RefundReceipt)
-async def refund_payment(payment_id: PaymentIdPath, body: schemas.RefundCreate, identity: Privileged,
+async def refund_payment(payment_id: PaymentIdPath, body: schemas.RefundCreate, identity: Admin,
                          idempotent: Idempotent) -> Response:
+    """An operator's refund of part or all of a payment (the saga refunds through /orders/{order_id}/refund)."""
     return await idempotent.run(service.refund_payment, identity, payment_id, body.amount_minor, body.reason)
 
 

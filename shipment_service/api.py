@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 from starlette.responses import Response
 
-from shared.auth import Caller, Privileged
+from shared.auth import Admin, Caller, Privileged
 from shared.dependencies import Paging, SessionDep
 from shared.idempotency import Idempotent
 from shared.schemas import Page
@@ -60,6 +60,7 @@ async def cancel_shipment(shipment_id: IdPath, identity: Caller, idempotent: Ide
 
 
 @router.post("/{shipment_id}/status", response_model=schemas.ShipmentOut)
-async def change_status(shipment_id: IdPath, body: schemas.StatusChange, identity: Privileged,
+async def change_status(shipment_id: IdPath, body: schemas.StatusChange, identity: Admin,
                         idempotent: Idempotent) -> Response:
+    """An operator records the parcel's progress (no step of the saga moves a shipment)."""
     return await idempotent.run(service.change_status, identity, shipment_id, body.status, body.note)

@@ -55,7 +55,10 @@ async def test_remove_lines_then_cancel(client: httpx.AsyncClient) -> None:
     added = await client.post(f"/api/orders/{order['id']}/lines", headers=SERVICE,
                               json={"lines": [{"sku": "SKU-1", "quantity": 3, "unit_price_minor": 10}]})
     line_id = added.json()["lines"][0]["id"]
-    removed = await client.delete(f"/api/orders/{order['id']}/lines/{line_id}", headers=SERVICE)
+    # One line is an operator's to remove (the saga's service token removes all of them, as its compensation).
+    refused = await client.delete(f"/api/orders/{order['id']}/lines/{line_id}", headers=SERVICE)
+    assert refused.status_code == 403, refused.text
+    removed = await client.delete(f"/api/orders/{order['id']}/lines/{line_id}", headers=ADMIN)
     assert removed.status_code == 200 and removed.json()["lines"] == []
     assert (await client.delete(f"/api/orders/{order['id']}/lines", headers=SERVICE)).status_code == 200
 

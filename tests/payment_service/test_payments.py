@@ -174,11 +174,13 @@ async def test_partial_then_full_refund(client: httpx.AsyncClient) -> None:
     partial = await client.post(url, json={"amount_minor": 300, "reason": "damaged box"}, headers=ADMIN)
     assert partial.status_code == 201, partial.text
     assert partial.json()["payment_status"] == "PARTIALLY_REFUNDED" and partial.json()["payment_refunded_minor"] == 300
-    over = await client.post(url, json={"amount_minor": 701}, headers=SERVICE)
+    # A partial refund is an operator's: the saga's service token refunds only through the compensation.
+    assert (await client.post(url, json={"amount_minor": 1}, headers=SERVICE)).status_code == 403
+    over = await client.post(url, json={"amount_minor": 701}, headers=ADMIN)
     assert over.status_code == 409 and over.json()["refundable_minor"] == 700
-    rest = await client.post(url, json={"amount_minor": 700}, headers=SERVICE)
+    rest = await client.post(url, json={"amount_minor": 700}, headers=ADMIN)
     assert rest.status_code == 201 and rest.json()["payment_status"] == "REFUNDED"
-    again = await client.post(url, json={"amount_minor": 1}, headers=SERVICE)
+    again = await client.post(url, json={"amount_minor": 1}, headers=ADMIN)
     assert again.status_code == 409 and again.headers["content-type"] == PROBLEM
     final = (await client.get(f"/api/payments/{payment['id']}", headers=ADMIN)).json()
     assert final["refunded_minor"] == 1000 and [r["amount_minor"] for r in final["refunds"]] == [300, 700]
@@ -192,7 +194,7 @@ async def test_refund_of_unknown_payment_is_404(client: httpx.AsyncClient) -> No
 async def test_concurrent_refunds_never_exceed_the_amount(client: httpx.AsyncClient) -> None:
     payment = await paid(client, amount=100)
     responses = await asyncio.gather(*(client.post(f"/api/payments/{payment['id']}/refunds",
-                                                   json={"amount_minor": 30}, headers=SERVICE) for _ in range(10)))
+                                                   json={"amount_minor": 30}, headers=ADMIN) for _ in range(10)))
     assert Counter(r.status_code for r in responses) == Counter({201: 3, 409: 7})
     final = (await client.get(f"/api/payments/{payment['id']}", headers=ADMIN)).json()
     assert (final["refunded_minor"], final["status"]) == (90, "PARTIALLY_REFUNDED")
@@ -200,7 +202,7 @@ async def test_concurrent_refunds_never_exceed_the_amount(client: httpx.AsyncCli
 
 async def test_refund_idempotency(client: httpx.AsyncClient) -> None:
     payment = await paid(client, amount=100)
-    headers = {**SERVICE, "Idempotency-Key": f"refund-{payment['id']}"}
+    headers = {**ADMIN, "Idempotency-Key": f"refund-{payment['id']}"}
     url = f"/api/payments/{payment['id']}/refunds"
     first = await client.post(url, json={"amount_minor": 40}, headers=headers)
     again = await client.post(url, json={"amount_minor": 40}, headers=headers)

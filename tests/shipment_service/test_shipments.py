@@ -34,7 +34,7 @@ async def new_shipment(client: httpx.AsyncClient, customer: str = "cust-1", orde
 
 
 async def set_status(client: httpx.AsyncClient, shipment_id: str, status: str, note: str | None = None,
-                     headers: dict[str, str] = SERVICE) -> httpx.Response:
+                     headers: dict[str, str] = ADMIN) -> httpx.Response:
     body = {"status": status} if note is None else {"status": status, "note": note}
     return await client.post(f"/api/shipments/{shipment_id}/status", json=body, headers=headers)
 
@@ -231,6 +231,8 @@ async def test_customers_cannot_create_or_move_shipments(client: httpx.AsyncClie
     assert (await client.post("/api/shipments", json=body, headers=ALICE)).status_code == 403
     mine = await new_shipment(client, customer="alice")
     assert (await set_status(client, mine["id"], "DISPATCHED", headers=ALICE)).status_code == 403
+    # Nor does the saga's service token: no step of the saga moves a parcel (an operator's action).
+    assert (await set_status(client, mine["id"], "DISPATCHED", headers=SERVICE)).status_code == 403
     assert (await client.post(f"/api/shipments/orders/{mine['order_id']}/cancel", headers=ALICE)).status_code == 403
     assert (await set_status(client, mine["id"], "DISPATCHED", headers=ADMIN)).status_code == 200
 
@@ -280,7 +282,7 @@ async def test_idempotency_replay_and_mismatch(client: httpx.AsyncClient) -> Non
 
 async def test_idempotent_status_change_is_replayed_not_reapplied(client: httpx.AsyncClient) -> None:
     shipment = await new_shipment(client)
-    headers = {**SERVICE, "Idempotency-Key": f"dispatch-{shipment['id']}"}
+    headers = {**ADMIN, "Idempotency-Key": f"dispatch-{shipment['id']}"}
     first = await set_status(client, shipment["id"], "DISPATCHED", headers=headers)
     again = await set_status(client, shipment["id"], "DISPATCHED", headers=headers)
     assert first.status_code == again.status_code == 200
@@ -306,7 +308,7 @@ async def test_bad_create_bodies_are_422(client: httpx.AsyncClient, change: dict
                                   {"status": "DISPATCHED", "extra": 1}])
 async def test_bad_status_bodies_are_422(client: httpx.AsyncClient, body: dict) -> None:
     shipment = await new_shipment(client)
-    response = await client.post(f"/api/shipments/{shipment['id']}/status", json=body, headers=SERVICE)
+    response = await client.post(f"/api/shipments/{shipment['id']}/status", json=body, headers=ADMIN)
     assert response.status_code == 422, response.text
 
 
