@@ -34,20 +34,23 @@ class Component:
     app: str  # its Eureka application name ("" for the registry itself)
     port: int  # its default port (the CLI's `up`; the tests and the bench take free ports)
     database: bool
+    # Given SERVICE_CLIENT_SECRET (its settings' holds_service_secret): the orchestrator's, which auth_service checks,
+    # and the gateway's own. The saga's participants get none, whatever the shell exports.
+    holds_secret: bool = False
 
 
 # The fleet, in the order it starts: the registry first, auth_service next (the others fetch its keys), the gateway
 # last.
 COMPONENTS: dict[str, Component] = {c.package: c for c in (
     Component("registry", "", 8761, False),
-    Component("auth_service", "AUTH-SERVICE", 8001, True),
+    Component("auth_service", "AUTH-SERVICE", 8001, True, holds_secret=True),
     Component("order_service", "ORDER-SERVICE", 8002, True),
     Component("inventory_service", "INVENTORY-SERVICE", 8003, True),
     Component("payment_service", "PAYMENT-SERVICE", 8004, True),
     Component("carrier_service", "CARRIER-SERVICE", 8005, True),
     Component("shipment_service", "SHIPMENT-SERVICE", 8006, True),
-    Component("saga_orchestrator", "SAGA-ORCHESTRATOR", 8007, True),
-    Component("gateway", "GATEWAY", 8080, False),
+    Component("saga_orchestrator", "SAGA-ORCHESTRATOR", 8007, True, holds_secret=True),
+    Component("gateway", "GATEWAY", 8080, False, holds_secret=True),
 )}
 # The services (every component but the registry): package → Eureka application name.
 SERVICES: dict[str, str] = {c.package: c.app for c in COMPONENTS.values() if c.app}
@@ -233,14 +236,10 @@ class Fleet:
             **self.env,
             **self.package_env.get(package, {}),
         }
-        # The client secret only where it is used (as compose and Kubernetes give it): the orchestrator's, checked by
-        # auth_service; the gateway's own. The saga's participants get none, whatever this shell exports.
-        secret = {"gateway": self.gateway_secret, "saga_orchestrator": self.service_secret,
-                  "auth_service": self.service_secret}.get(package)
-        if secret is None:
-            env.pop("SERVICE_CLIENT_SECRET", None)
+        if COMPONENTS[package].holds_secret:
+            env["SERVICE_CLIENT_SECRET"] = self.gateway_secret if package == "gateway" else self.service_secret
         else:
-            env["SERVICE_CLIENT_SECRET"] = secret
+            env.pop("SERVICE_CLIENT_SECRET", None)
         if COMPONENTS[package].database:
             env["DATABASE_URL"] = self.database_url(package)
         env.update(overrides)

@@ -4,6 +4,7 @@ fleet supervisor's environment for each component."""
 
 from __future__ import annotations
 
+import importlib
 import json
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -196,6 +197,10 @@ def test_the_local_and_the_postgres_fleet_differ_by_data_only(tmp_path: Path, mo
     assert env["AUTH_URLS"] == "http://127.0.0.1:8101" and "SERVICE_CLIENT_SECRET" not in env
     orchestrator = local.service_env("saga_orchestrator", local.port("saga_orchestrator"))
     assert orchestrator["SERVICE_CLIENT_SECRET"] == local.service_secret
+    # The runner's table says what each service's settings say: who holds a client secret.
+    for package in SERVICES:
+        settings = importlib.import_module(f"{package}.settings").Settings
+        assert COMPONENTS[package].holds_secret == settings.holds_service_secret, package
     assert env["BOOTSTRAP_ADMIN_EMAIL"] == "admin@example.com" and "FAULT_INJECTION" not in env
     assert "DATABASE_URL" not in local.service_env("gateway", 8180)
 
