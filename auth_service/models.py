@@ -10,11 +10,15 @@ from typing import Any
 from sqlalchemy import JSON, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from shared.bus import outbox_table
 from shared.db import CreatedAt, UTCDateTime, UUIDKey, new_metadata, parent_key, utc_now
 
 
 class Base(DeclarativeBase):
     metadata = new_metadata()
+
+
+outbox_table(Base.metadata)  # users registered, on the bus (shared/bus.py)
 
 
 class Role(StrEnum):

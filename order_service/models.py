@@ -10,18 +10,25 @@ from typing import Any
 from sqlalchemy import JSON, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.db import CreatedAt, CurrencyCode, ForeignRef, Money, UpdatedAt, UUIDKey, parent_key
+from shared.bus import inbox_table
+from shared.db import CreatedAt, CurrencyCode, ForeignRef, Money, UpdatedAt, UTCDateTime, UUIDKey, parent_key
 from shared.fence import participant_metadata
 
 
 class Base(DeclarativeBase):
-    metadata = participant_metadata()  # with the idempotency records and the compensation fence
+    metadata = participant_metadata()  # with the idempotency records, the compensation fence and the outbox
+
+
+inbox_table(Base.metadata)  # the events its consumers applied (shared/bus.py)
 
 
 class OrderStatus(StrEnum):
     PENDING = "PENDING"
     CONFIRMED = "CONFIRMED"
     CANCELLED = "CANCELLED"
+    # Moved by the parcel's events on the bus (service.follow_parcel), never by a request.
+    SHIPPED = "SHIPPED"
+    DELIVERED = "DELIVERED"
 
 
 class Order(Base):
@@ -46,6 +53,22 @@ class OrderLine(Base):
     sku: Mapped[str] = mapped_column(String(64))
     quantity: Mapped[int] = mapped_column(Integer)
     unit_price_minor: Mapped[Money]
+
+
+class TimelineEntry(Base):
+    """The order's timeline: every event on the bus about an order (its CloudEvent's `orderid`), from every service.
+
+    Kept as long as the order: a customer reads their order's history here."""
+
+    __tablename__ = "order_timeline"
+
+    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    order_id: Mapped[str] = mapped_column(String(64), index=True)
+    type: Mapped[str] = mapped_column(String(100))
+    source: Mapped[str] = mapped_column(String(200))
+    subject: Mapped[str] = mapped_column(String(200))
+    time: Mapped[datetime] = mapped_column(UTCDateTime())
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
 # --- what the service layer returns -------------------------------------------------------------------------

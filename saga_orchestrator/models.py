@@ -9,11 +9,15 @@ from typing import Any
 from sqlalchemy import JSON, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from shared.bus import relay_position_table
 from shared.db import CurrencyCode, UpdatedAt, UTCDateTime, new_metadata, utc_now
 
 
 class Base(DeclarativeBase):
     metadata = new_metadata()
+
+
+relay_position_table(Base.metadata)  # how far the event store's notifications were relayed onto the bus
 
 
 class SagaIndex(Base):

@@ -148,6 +148,13 @@ class Tx:
     """
 
     dialect: str
+    # Called once the transaction has committed (never after a rollback): the outbox relay's wake-up.
+    committed: list[Callable[[], None]]
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once this transaction has committed (not at all when it rolls back)."""
+        if callback not in self.committed:
+            self.committed.append(callback)
 
     async def fetch(self, statement: Executable, params: Params | None = None) -> list[Row]:
         """Every row the statement returns."""
@@ -275,6 +282,7 @@ class _PostgresTx(Tx):
 
     def __init__(self, connection: asyncpg.Connection) -> None:
         self._connection = connection
+        self.committed = []
 
     async def fetch(self, statement: Executable, params: Params | None = None) -> list[Row]:
         sql, args = _compiled_args(statement, params)
@@ -329,6 +337,7 @@ class _SqliteTx(Tx):
 
     def __init__(self, connection: AsyncConnection) -> None:
         self._connection = connection
+        self.committed = []
 
     async def fetch(self, statement: Executable, params: Params | None = None) -> list[Row]:
         result = await self._connection.execute(statement, dict(params) if params else None)
@@ -412,6 +421,11 @@ def _create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
 _PING = select(1)
 
 
+def _run_committed(tx: Tx) -> None:
+    for callback in tx.committed:
+        callback()
+
+
 class Database:
     """One per process. `transaction()` is the unit of work of the data path (commit on success, rollback on
     error); `session()` the same for an ORM session."""
@@ -465,15 +479,19 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
         if self.sqlite:
-            async with self.engine.connect() as connection, connection.begin():
-                yield _SqliteTx(connection)
+            async with self.engine.connect() as connection:
+                async with connection.begin():
+                    tx: Tx = _SqliteTx(connection)
+                    yield tx
+            _run_committed(tx)
             return
         async with self._connection() as connection:
             transaction = connection.transaction()
             with _driver_errors("BEGIN"):
                 await transaction.start()
+            tx = _PostgresTx(connection)
             try:
-                yield _PostgresTx(connection)
+                yield tx
             except BaseException:
                 if _usable(connection):
                     with _driver_errors("ROLLBACK"):
@@ -481,6 +499,7 @@ class Database:
                 raise
             with _driver_errors("COMMIT"):
                 await transaction.commit()
+        _run_committed(tx)
 
     @asynccontextmanager
     async def autocommit(self) -> AsyncIterator[Tx]:

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Column, MetaData, String, Table, bindparam
 from sqlalchemy.sql.expression import Executable
 
+from shared.bus import outbox_table
 from shared.db import Tx, UTCDateTime, conflict_insert, new_metadata, utc_now
 from shared.errors import Conflict
 from shared.idempotency import idempotency_table
@@ -43,11 +44,12 @@ fence = fence_table(MetaData())
 
 
 def participant_metadata() -> MetaData:
-    """A saga participant's metadata: its own tables (added by its models) plus the idempotency records and
-    the compensation fence, so its migrations create both."""
+    """A saga participant's metadata: its own tables (added by its models) plus the idempotency records, the
+    compensation fence and the event outbox (shared/bus.py), so its migrations create them."""
     metadata = new_metadata()
     idempotency_table(metadata)
     fence_table(metadata)
+    outbox_table(metadata)
     return metadata
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -13,9 +13,11 @@ from starlette.responses import JSONResponse
 
 from shared.auth import Revocations, TokenVerifier, remote_revocations
 from shared.body_limit import BodyLimitMiddleware
+from shared.bus import FAULTS, Bus, BusConfig, BusFaults, Consumer, Handler, OutboxRelay, OutboxSource
 from shared.db import Database
 from shared.docs import install_docs
 from shared.errors import install_error_handlers
+from shared.events import CONSUMERS
 from shared.faults import FaultInjector
 from shared.logging import RequestMiddleware, configure_logging
 from shared.metrics import metrics_endpoint
@@ -42,9 +44,15 @@ def create_service_app(
     docs_url: str | None = "/docs",
     redoc_url: str | None = "/redoc",
     title: str | None = None,
+    consumers: Sequence[tuple[str, Handler]] = (),
+    relay_source: Callable[[FastAPI], OutboxSource] | None = None,
 ) -> FastAPI:
     """Build a service. `package_dir` holds the service's `migrations/`; None means no database. The title
     (of the API docs) is the package's name unless given.
+
+    With NATS_URL set, a service with a database relays its outbox onto the bus (`relay_source`: another source
+    than the outbox table) and runs its `consumers` (name, handler; the subject each reads is in
+    shared.events.CONSUMERS).
 
     The docs pages at `docs_url`/`redoc_url` read the document at `openapi_url` and load their assets from the
     service itself (shared/docs.py). `own_openapi` False leaves `openapi_url` to the service's routers (the
@@ -64,6 +72,7 @@ def create_service_app(
         app.state.verifier = TokenVerifier(settings, registry, remote_revocations(settings, registry))
         if on_startup is not None:
             await on_startup(app)  # auth_service puts its own revocation list (its table) in place here
+        app.state.bus = _start_bus(app, settings, package_dir, consumers, relay_source)
         revocations: Revocations = app.state.verifier.revocations
         # Every service polls it, the gateway too: its own /metrics checks an admin's token (shared/metrics.py).
         polling = asyncio.create_task(revocations.run(), name="revocations-poll")
@@ -75,6 +84,8 @@ def create_service_app(
             polling.cancel()
             # Leave the registry first, so no new traffic arrives while the rest shuts down.
             await registry.stop()
+            if app.state.bus is not None:
+                await app.state.bus.stop()
             if on_shutdown is not None:
                 await on_shutdown(app)
             if package_dir is not None:
@@ -94,6 +105,12 @@ def create_service_app(
         faults = FaultInjector()
         app.middleware("http")(faults.middleware())
         app.include_router(faults.router())
+
+        # Tests and drills: kill the process between a relay's publish and its delete, or a consumer's commit and ack.
+        @app.post("/_faults/bus", status_code=204, include_in_schema=False)
+        async def bus_fault(fault: BusFaults) -> None:
+            FAULTS.crash_after_publish = fault.crash_after_publish
+            FAULTS.crash_before_ack = fault.crash_before_ack
 
         # Tests and drills: the revocation poll made now (tests trigger it instead of sleeping a poll interval).
         @app.post("/_revocations/refresh", status_code=204, include_in_schema=False)
@@ -124,3 +141,21 @@ def create_service_app(
     for router in routers:
         app.include_router(router)
     return app
+
+
+def _start_bus(app: FastAPI, settings: ServiceSettings, package_dir: Path | None,
+               consumers: Sequence[tuple[str, Handler]], relay_source: Callable[[FastAPI], OutboxSource] | None,
+               ) -> Bus | None:
+    """The bus's connection, the outbox relay and the consumers, each a task of their own (None: no NATS_URL)."""
+    if not settings.nats_url or package_dir is None:
+        return None
+    package = package_dir.name
+    bus = Bus(BusConfig(settings.nats_url, settings.nats_user, settings.nats_password, name=package))
+    runners: list[Callable[[Bus], Awaitable[None]]] = []
+    if settings.bus_relay:
+        runners.append(OutboxRelay(app.state.db, relay_source(app) if relay_source else None, settings.bus_poll_secs))
+    for name, handle in consumers:
+        runners.append(Consumer(app.state.db, package, name, CONSUMERS[package][name], handle,
+                                max_deliver=settings.bus_max_deliver))
+    bus.start(*runners)
+    return bus

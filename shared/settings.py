@@ -96,6 +96,18 @@ class ServiceSettings(ServerBounds):
     # request is the client at the other end of the socket — the default everywhere, production included.
     trusted_proxies: Annotated[tuple[Network, ...], NoDecode] = ()
 
+    # The event bus (NATS JetStream, shared/bus.py) and this service's own user on it (it may publish only its own
+    # subjects). Empty NATS_URL: events wait in the outbox and nothing is consumed (the in-process tests).
+    nats_url: str = ""
+    nats_user: str = ""
+    nats_password: str = ""
+    # How often a relay looks for events another replica wrote (its own it publishes at once after the commit).
+    bus_poll_secs: float = Field(default=1.0, gt=0)
+    # Deliveries of one event to a consumer whose handler fails, before it goes to the dead-letter stream.
+    bus_max_deliver: int = Field(default=5, ge=1, le=100)
+    # The bench's comparison only: the relay off (events stay in the outbox).
+    bus_relay: bool = True
+
     # Tests and drills only: POST /_faults makes matching requests fail or slow down.
     fault_injection: bool = False
 
@@ -127,6 +139,9 @@ class ServiceSettings(ServerBounds):
             if self.eureka_server_url and not urlsplit(self.eureka_server_url).password:
                 raise ValueError("EUREKA_SERVER_URL must carry the registry's credentials when ENV=production "
                                  "(http://user:password@host:8761/eureka)")
+            if self.nats_url and not self.nats_password:
+                raise ValueError("NATS_USER and NATS_PASSWORD must be configured when ENV=production (the bus "
+                                 "takes nobody anonymous)")
             if self.fault_injection:
                 raise ValueError("FAULT_INJECTION cannot be enabled when ENV=production")
             if not self.database_url and self.sqlite_database:  # the gateway keeps no database
