@@ -25,7 +25,7 @@ import contextlib
 import json
 import os
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -207,6 +207,9 @@ async def ensure_streams(js: JetStreamContext) -> None:
                 pass  # another service created it meanwhile
 
 
+Runner = Callable[["Bus"], Coroutine[Any, Any, None]]
+
+
 class Bus:
     """One per process: the connection (made in the background, retried until the server answers), the relay and
     the consumers. Nothing here blocks start-up or a request."""
@@ -246,7 +249,7 @@ class Bus:
         assert self.js is not None
         return self.js
 
-    def start(self, *runners: Callable[[Bus], Awaitable[None]]) -> None:
+    def start(self, *runners: Runner) -> None:
         self._tasks.append(asyncio.create_task(self._connect(), name="bus-connect"))
         for runner in runners:
             self._tasks.append(asyncio.create_task(runner(self), name=f"bus-{getattr(runner, 'name', 'runner')}"))

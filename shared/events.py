@@ -24,8 +24,6 @@ EVENTS_STREAM = "EVENTS"
 DEAD_LETTER_STREAM = "DEADLETTERS"
 SOURCE_PREFIX = "/customer-service/"
 
-E = TypeVar("E", bound="EventData")
-
 
 class CloudEvent(BaseModel):
     """The envelope of every message on the bus (CloudEvents 1.0, JSON format), with the extension `orderid`."""
@@ -46,12 +44,6 @@ class CloudEvent(BaseModel):
     def nats_subject(self) -> str:
         return f"{SUBJECT_ROOT}.{self.type}"
 
-    def payload(self, model: type[E]) -> E:
-        """The data as its catalogue model (ValueError when it is not one)."""
-        if self.type != model.event_type():
-            raise ValueError(f"a {self.type} event is not a {model.event_type()}")
-        return model.model_validate(self.data)
-
 
 class EventData(BaseModel):
     """The data of one event type. Subclasses say their name, version, producer and consumers (the catalogue)."""
@@ -71,6 +63,16 @@ class EventData(BaseModel):
     @classmethod
     def nats_subject(cls) -> str:
         return f"{SUBJECT_ROOT}.{cls.event_type()}"
+
+
+E = TypeVar("E", bound=EventData)
+
+
+def payload(event: CloudEvent, model: type[E]) -> E:
+    """The event's data as its catalogue model (ValueError when it is not one)."""
+    if event.type != model.event_type():
+        raise ValueError(f"a {event.type} event is not a {model.event_type()}")
+    return model.model_validate(event.data)
 
 
 def envelope(data: EventData, subject: str, *, time: datetime, order_id: str | None = None,

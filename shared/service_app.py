@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse
 
 from shared.auth import Revocations, TokenVerifier, remote_revocations
 from shared.body_limit import BodyLimitMiddleware
-from shared.bus import FAULTS, Bus, BusConfig, BusFaults, Consumer, Handler, OutboxRelay, OutboxSource
+from shared.bus import FAULTS, Bus, BusConfig, BusFaults, Consumer, Handler, OutboxRelay, OutboxSource, Runner
 from shared.db import Database
 from shared.docs import install_docs
 from shared.errors import install_error_handlers
@@ -151,7 +151,7 @@ def _start_bus(app: FastAPI, settings: ServiceSettings, package_dir: Path | None
         return None
     package = package_dir.name
     bus = Bus(BusConfig(settings.nats_url, settings.nats_user, settings.nats_password, name=package))
-    runners: list[Callable[[Bus], Awaitable[None]]] = []
+    runners: list[Runner] = []
     if settings.bus_relay:
         runners.append(OutboxRelay(app.state.db, relay_source(app) if relay_source else None, settings.bus_poll_secs))
     for name, handle in consumers:
