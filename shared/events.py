@@ -167,7 +167,18 @@ class ProductCreated(EventData):
     product_name: str
     unit_price_minor: int
     currency: str
+    weight_grams: int
     on_hand: int
+
+
+class ProductUpdated(EventData):
+    name, producer = "product.updated", "inventory_service"
+    summary: ClassVar[str] = "A product's catalogue fields changed (name, price, weight): their values now."
+    sku: str
+    product_name: str
+    unit_price_minor: int
+    currency: str
+    weight_grams: int
 
 
 class ProductRestocked(EventData):
@@ -192,12 +203,12 @@ class PaymentCaptured(EventData):
 
 class PaymentDeclined(EventData):
     name, producer, consumers = "payment.declined", "payment_service", _TIMELINE
-    summary: ClassVar[str] = "The processor declined an order's charge."
+    summary: ClassVar[str] = "The processor declined an order's charge (the attempt is kept; no payment exists)."
     order_id: str
-    payment_id: str
+    attempt_id: str  # the charge attempt on file: a declined charge is never a payment
     amount_minor: int
     currency: str
-    reason: str
+    code: str  # the processor's decline code (card_declined, insufficient_funds, invalid_token)
 
 
 class PaymentRefunded(EventData):
@@ -206,8 +217,11 @@ class PaymentRefunded(EventData):
     order_id: str
     payment_id: str
     refund_id: str
-    amount_minor: int
+    amount_minor: int  # this refund's
     currency: str
+    refunded_minor: int  # the payment's refunds so far, this one included
+    payment_status: str  # REFUNDED (in full) or PARTIALLY_REFUNDED
+    reason: str | None = None
 
 
 # --- carrier_service ----------------------------------------------------------------------------------------
@@ -267,6 +281,7 @@ class ShipmentDelivered(ShipmentEvent):
 class ShipmentCancelled(ShipmentEvent):
     name = "shipment.cancelled"
     summary: ClassVar[str] = "The shipment was cancelled (a compensation, or an operator)."
+    reason: str | None = None
 
 
 # --- auth_service -------------------------------------------------------------------------------------------
@@ -331,7 +346,7 @@ class SagaFailed(SagaEvent):
 
 CATALOGUE: dict[str, type[EventData]] = {model.event_type(): model for model in (
     OrderCreated, OrderLineAdded, OrderLineRemoved, OrderConfirmed, OrderCancelled, OrderShipped, OrderDelivered,
-    StockAllocated, StockReleased, ProductCreated, ProductRestocked,
+    StockAllocated, StockReleased, ProductCreated, ProductUpdated, ProductRestocked,
     PaymentCaptured, PaymentDeclined, PaymentRefunded,
     CarrierAssigned, CarrierReleased,
     ShipmentCreated, ShipmentDispatched, ShipmentInTransit, ShipmentDelivered, ShipmentCancelled,
