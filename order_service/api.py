@@ -39,6 +39,16 @@ async def get_order(order_id: str, identity: Caller, session: SessionDep) -> Any
     return await service.get_order(session, identity, order_id)
 
 
+@router.get("/{order_id}/timeline", response_model=schemas.Timeline)
+async def get_timeline(order_id: str, identity: Caller, session: SessionDep) -> schemas.Timeline:
+    """Every event of every service about the order, in the order they happened (a projection fed by the bus:
+    an event appears here moments after its service committed it)."""
+    rows = await service.order_timeline(session, identity, order_id)
+    return schemas.Timeline(order_id=order_id, events=[
+        schemas.TimelineEvent(id=row["event_id"], type=row["type"], source=row["source"], subject=row["subject"],
+                              time=row["time"], data=row["data"]) for row in rows])
+
+
 @router.post("/{order_id}/lines", response_model=schemas.OrderOut)
 async def add_lines(order_id: str, body: schemas.LinesAdd, identity: Privileged, idempotent: Idempotent) -> Response:
     return await idempotent.run(service.add_lines, identity, order_id, body.lines)

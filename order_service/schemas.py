@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -34,3 +35,21 @@ class OrderOut(BaseModel):
     lines: list[LineOut]
     created_at: datetime
     updated_at: datetime
+
+
+class TimelineEvent(BaseModel):
+    """One event of an order's timeline: the CloudEvent as the bus carried it (its data as the producer wrote it)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    type: str
+    source: str
+    subject: str
+    time: datetime
+    data: dict[str, Any]
+
+
+class Timeline(BaseModel):
+    order_id: str
+    events: list[TimelineEvent]

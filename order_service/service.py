@@ -7,21 +7,26 @@ lines at once would read them as they were before it waited for the lock.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from sqlalchemy import ColumnElement, bindparam, delete, insert, select, update
 
-from order_service.models import Line, Order, OrderLine, OrderStatus, PlacedOrder
+from order_service.models import Line, Order, OrderLine, OrderStatus, PlacedOrder, TimelineEntry
 from order_service.schemas import LineIn, OrderCreate
+from shared import events
 from shared.auth import Identity
-from shared.db import Row, Tx, new_id, table_of
+from shared.bus import emit
+from shared.db import Row, Tx, conflict_insert, new_id, table_of
 from shared.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from shared.fence import compensate, enter_step
 from shared.paging import children_of, matching, visible_page
 
 orders = table_of(Order)
 order_lines = table_of(OrderLine)
+timeline = table_of(TimelineEntry)
+# Where an order goes once confirmed, in order: its parcel's events move it forward (follow_parcel), never back.
+_FULFILMENT = (OrderStatus.CONFIRMED, OrderStatus.SHIPPED, OrderStatus.DELIVERED)
 _LINE_COLUMNS = (order_lines.c.id, order_lines.c.sku, order_lines.c.quantity, order_lines.c.unit_price_minor)
 
 
@@ -64,7 +69,8 @@ _ORDER_WITH_LINES = (
     .where(orders.c.id == bindparam("w_id"), _VISIBLE)
     .order_by(order_lines.c.position))
 _INSERT_LINES = insert(order_lines)
-_DELETE_LINES = delete(order_lines).where(order_lines.c.order_id == bindparam("w_id"))
+_DELETE_LINES = (delete(order_lines).where(order_lines.c.order_id == bindparam("w_id"))
+                 .returning(order_lines.c.id))
 _DELETE_LINE = (delete(order_lines)
                 .where(order_lines.c.id == bindparam("w_line_id"), order_lines.c.order_id == bindparam("w_id"))
                 .returning(order_lines.c.id))
@@ -100,6 +106,8 @@ async def create_order(tx: Tx, identity: Identity, data: OrderCreate) -> PlacedO
         "shipping_address": data.shipping_address.model_dump() if data.shipping_address else None,
     })
     assert order is not None  # an INSERT ... RETURNING returns its row
+    await emit(tx, events.OrderCreated(order_id=order["id"], customer_id=customer_id, currency=data.currency),
+               subject=order["id"], order_id=order["id"])
     return _order(order, [])
 
 
@@ -135,7 +143,11 @@ async def add_lines(tx: Tx, identity: Identity, order_id: str, lines: list[LineI
               "quantity": line.quantity, "unit_price_minor": line.unit_price_minor}
              for offset, line in enumerate(lines, start=1)]
     await tx.executemany(_INSERT_LINES, added)
-    return _order(order, [*existing, *added])
+    placed = _order(order, [*existing, *added])
+    await emit(tx, events.OrderLineAdded(order_id=order_id, line_ids=[str(line["id"]) for line in added],
+                                         skus=[line.sku for line in lines], total_minor=placed.total_minor),
+               subject=order_id, order_id=order_id)
+    return placed
 
 
 async def remove_lines(tx: Tx, identity: Identity, order_id: str, line_id: str | None = None) -> PlacedOrder:
@@ -144,14 +156,20 @@ async def remove_lines(tx: Tx, identity: Identity, order_id: str, line_id: str |
     order = await _lock_order(tx, identity, order_id)
     if line_id is None:
         await compensate(tx, order_id)
-        if order["status"] == OrderStatus.CONFIRMED:
-            raise Conflict(f"Cannot remove lines: order {order['id']} is CONFIRMED.", order_status=order["status"])
-        await tx.execute(_DELETE_LINES, {"w_id": order_id})
-        return _order(order, [])
-    _require_pending(order, "remove a line")
-    if await tx.fetchrow(_DELETE_LINE, {"w_id": order_id, "w_line_id": line_id}) is None:
-        raise NotFound(f"Line {line_id} is not part of order {order_id}.")
-    return _order(order, await _lines(tx, order_id))
+        if order["status"] in _FULFILMENT:
+            raise Conflict(f"Cannot remove lines: order {order['id']} is {order['status']}.",
+                           order_status=order["status"])
+        removed = [row["id"] for row in await tx.fetch(_DELETE_LINES, {"w_id": order_id})]
+        placed = _order(order, [])
+    else:
+        _require_pending(order, "remove a line")
+        if await tx.fetchrow(_DELETE_LINE, {"w_id": order_id, "w_line_id": line_id}) is None:
+            raise NotFound(f"Line {line_id} is not part of order {order_id}.")
+        removed, placed = [line_id], _order(order, await _lines(tx, order_id))
+    if removed:
+        await emit(tx, events.OrderLineRemoved(order_id=order_id, line_ids=removed, total_minor=placed.total_minor),
+                   subject=order_id, order_id=order_id)
+    return placed
 
 
 async def _leave_pending(tx: Tx, identity: Identity, order_id: str, status: OrderStatus, action: str,
@@ -169,15 +187,18 @@ async def _leave_pending(tx: Tx, identity: Identity, order_id: str, status: Orde
     if changed is not None:
         return changed, True
     order = await _lock_order(tx, identity, order_id)
-    if order["status"] != status:
+    if order["status"] != status and not (status == OrderStatus.CONFIRMED and order["status"] in _FULFILMENT):
         # Never PENDING here: the UPDATE above would have matched it, and no order goes back to PENDING.
         _require_pending(order, action)
     return order, False
 
 
 async def cancel_order(tx: Tx, identity: Identity, order_id: str, reason: str) -> PlacedOrder:
-    order, _ = await _leave_pending(tx, identity, order_id, OrderStatus.CANCELLED, "cancel", cancel_reason=reason)
+    order, changed = await _leave_pending(tx, identity, order_id, OrderStatus.CANCELLED, "cancel",
+                                          cancel_reason=reason)
     await compensate(tx, order_id)
+    if changed:
+        await emit(tx, events.OrderCancelled(order_id=order_id, reason=reason), subject=order_id, order_id=order_id)
     return _order(order, await _lines(tx, order_id))
 
 
@@ -188,4 +209,77 @@ async def confirm_order(tx: Tx, identity: Identity, order_id: str) -> PlacedOrde
         # Raising rolls the transaction back, and with it the UPDATE: the order stays PENDING.
         raise Conflict(f"Cannot confirm: order {order['id']} has no lines.", order_status=OrderStatus.PENDING)
     await enter_step(tx, order_id)
-    return _order(order, lines)
+    placed = _order(order, lines)
+    if changed:
+        await emit(tx, events.OrderConfirmed(order_id=order_id, customer_id=placed.customer_id,
+                                             total_minor=placed.total_minor, currency=placed.currency),
+                   subject=order_id, order_id=order_id)
+    return placed
+
+
+# --- what the order learns from the bus ----------------------------------------------------------------------
+
+# The parcel's events and the order status each one brings, with the event the order then publishes.
+_PARCEL_STATUS: dict[str, tuple[OrderStatus, type[events.OrderShipped | events.OrderDelivered]]] = {
+    events.ShipmentDispatched.event_type(): (OrderStatus.SHIPPED, events.OrderShipped),
+    events.ShipmentInTransit.event_type(): (OrderStatus.SHIPPED, events.OrderShipped),
+    events.ShipmentDelivered.event_type(): (OrderStatus.DELIVERED, events.OrderDelivered),
+}
+_MOVE_FORWARD = (update(orders)
+                 .where(orders.c.id == bindparam("w_id"), orders.c.status.in_(bindparam("w_from", expanding=True)))
+                 .returning(orders.c.id))
+_STATUS = select(orders.c.status).where(orders.c.id == bindparam("w_id"))
+
+
+# A consumer's handler: the event applied in the consumer's transaction (shared.bus.Consumer).
+Handler = Callable[[Tx, events.CloudEvent], Awaitable[None]]
+
+
+class OrderNotConfirmedYet(Exception):
+    """A parcel's event for an order the saga has not confirmed yet: the consumer tries again later."""
+
+
+async def follow_parcel(tx: Tx, event: events.CloudEvent) -> None:
+    """A shipment's progress moves its order to SHIPPED, then DELIVERED; never back (a late or repeated event,
+    in_transit after delivered, changes nothing), never a cancelled order."""
+    move = _PARCEL_STATUS.get(event.type)
+    if move is None:
+        return  # shipment.created / cancelled: the saga's business, not the order's status
+    status, announcement = move
+    parcel = events.payload(event, events.CATALOGUE[event.type])
+    assert isinstance(parcel, events.ShipmentEvent)
+    earlier = _FULFILMENT[:_FULFILMENT.index(status)]
+    if await tx.fetchrow(_MOVE_FORWARD, {"w_id": parcel.order_id, "status": status, "w_from": list(earlier)}):
+        await emit(tx, announcement(order_id=parcel.order_id, shipment_id=parcel.shipment_id),
+                   subject=parcel.order_id, order_id=parcel.order_id)
+        return
+    current = await tx.fetchval(_STATUS, {"w_id": parcel.order_id})
+    if current in (None, OrderStatus.PENDING):
+        raise OrderNotConfirmedYet(f"order {parcel.order_id} is {current or 'unknown'}: the parcel's "
+                                   f"{event.type} waits for its confirmation")
+
+
+_RECORD_TIMELINE = conflict_insert(timeline).on_conflict_do_nothing()
+_TIMELINE = (select(timeline.c.event_id, timeline.c.type, timeline.c.source, timeline.c.subject, timeline.c.time,
+                    timeline.c.data)
+             .where(timeline.c.order_id == bindparam("w_id"))
+             .order_by(timeline.c.time, timeline.c.event_id).limit(bindparam("w_limit")))
+_ORDER_VISIBLE = select(orders.c.id).where(orders.c.id == bindparam("w_id"), _VISIBLE)
+# An order's timeline holds a few dozen events (a saga's and its services'); a bound all the same.
+TIMELINE_LIMIT = 1000
+
+
+async def record_in_timeline(tx: Tx, event: events.CloudEvent) -> None:
+    """Every event about an order (its `orderid`), from every service, kept for the order's timeline."""
+    if event.orderid is None:
+        return
+    await tx.execute(_RECORD_TIMELINE, {"event_id": event.id, "order_id": event.orderid, "type": event.type,
+                                        "source": event.source, "subject": event.subject, "time": event.time,
+                                        "data": event.data})
+
+
+async def order_timeline(tx: Tx, identity: Identity, order_id: str) -> list[Row]:
+    """The order's events in the order they happened; a customer sees only their own order's (404 otherwise)."""
+    if await tx.fetchval(_ORDER_VISIBLE, {"w_id": order_id, **_visible_to(identity)}) is None:
+        raise _missing(order_id)
+    return await tx.fetch(_TIMELINE, {"w_id": order_id, "w_limit": TIMELINE_LIMIT})
