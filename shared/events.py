@@ -256,6 +256,7 @@ class ShipmentEvent(EventData):
     order_id: str
     shipment_id: str
     tracking_number: str
+    note: str | None = None  # the status change's note: an operator's, or the cancellation's reason
 
 
 class ShipmentCreated(ShipmentEvent):
@@ -281,7 +282,6 @@ class ShipmentDelivered(ShipmentEvent):
 class ShipmentCancelled(ShipmentEvent):
     name = "shipment.cancelled"
     summary: ClassVar[str] = "The shipment was cancelled (a compensation, or an operator)."
-    reason: str | None = None
 
 
 # --- auth_service -------------------------------------------------------------------------------------------
