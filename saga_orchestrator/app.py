@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from saga_orchestrator.api import router
 from saga_orchestrator.event_store import SagaStore
+from saga_orchestrator.events import SagaEventSource
 from saga_orchestrator.index import SagaIndexStore
 from saga_orchestrator.runner import SagaRunner
 from saga_orchestrator.service import Orchestrator
@@ -65,4 +66,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         package_dir=Path(__file__).parent,
         on_startup=on_startup,
         on_shutdown=on_shutdown,
+        relay_source=lambda app: SagaEventSource(app.state.orchestrator.store),
     )

@@ -27,6 +27,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 
 from saga_orchestrator.domain import Saga
 from saga_orchestrator.metrics import EVENT_STORE_EVENTS, EVENT_STORE_SAVES, EVENT_STORE_WRITES
+from shared.bus import wake_relay
 
 log = structlog.get_logger(__name__)
 
@@ -205,6 +206,7 @@ class SagaStore:
                 await self._write([pending])
             return
         EVENT_STORE_WRITES.inc()
+        wake_relay()  # the saga's events on the bus (saga_orchestrator/events.py)
         for pending in batch:
             EVENT_STORE_SAVES.inc()
             EVENT_STORE_EVENTS.inc(len(pending.events))
@@ -246,6 +248,10 @@ class SagaStore:
             return [self._feed_item(n) for n in notifications]
 
         return await self._run(select)
+
+    async def max_notification_id(self) -> int:
+        """The notification log's last position (0 when empty)."""
+        return await self._run(lambda: self.app.recorder.max_notification_id() or 0)
 
     def _feed_item(self, notification: Notification) -> FeedItem:
         state = self.app.mapper.transcoder.decode(notification.state)

@@ -17,7 +17,8 @@ class Base(DeclarativeBase):
     metadata = new_metadata()
 
 
-relay_position_table(Base.metadata)  # how far the event store's notifications were relayed onto the bus
+# How far the event store's notifications were relayed onto the bus (saga_orchestrator/events.py).
+relay_positions = relay_position_table(Base.metadata)
 
 
 class SagaIndex(Base):

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse
 
 from shared.auth import Revocations, TokenVerifier, remote_revocations
 from shared.body_limit import BodyLimitMiddleware
-from shared.bus import FAULTS, Bus, BusConfig, BusFaults, Consumer, Handler, OutboxRelay, OutboxSource, Runner
+from shared.bus import FAULTS, Bus, BusConfig, BusFaults, Consumer, Handler, OutboxRelay, RelaySource, Runner
 from shared.db import Database
 from shared.docs import install_docs
 from shared.errors import install_error_handlers
@@ -45,7 +45,7 @@ def create_service_app(
     redoc_url: str | None = "/redoc",
     title: str | None = None,
     consumers: Sequence[tuple[str, Handler]] = (),
-    relay_source: Callable[[FastAPI], OutboxSource] | None = None,
+    relay_source: Callable[[FastAPI], RelaySource] | None = None,
 ) -> FastAPI:
     """Build a service. `package_dir` holds the service's `migrations/`; None means no database. The title
     (of the API docs) is the package's name unless given.
@@ -144,7 +144,7 @@ def create_service_app(
 
 
 def _start_bus(app: FastAPI, settings: ServiceSettings, package_dir: Path | None,
-               consumers: Sequence[tuple[str, Handler]], relay_source: Callable[[FastAPI], OutboxSource] | None,
+               consumers: Sequence[tuple[str, Handler]], relay_source: Callable[[FastAPI], RelaySource] | None,
                ) -> Bus | None:
     """The bus's connection, the outbox relay and the consumers, each a task of their own (None: no NATS_URL)."""
     if not settings.nats_url or package_dir is None:
