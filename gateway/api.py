@@ -1,10 +1,13 @@
-"""gateway routes: its own (route listing, merged OpenAPI) and the catch-all that limits, checks and proxies.
+"""gateway routes: its own (route listing, merged OpenAPI, the bus's AsyncAPI) and the catch-all that limits,
+checks and proxies.
 
 The docs pages on the merged document come before these, from shared/docs.py.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 from typing import Any
 from urllib.parse import quote
 
@@ -18,6 +21,7 @@ from gateway.proxy import CallContext, Gateway
 from gateway.ratelimit import RateLimits, Verdict, tighter
 from gateway.routes import check_path
 from gateway.schemas import RouteTableOut
+from shared.asyncapi import asyncapi_document
 from shared.errors import NotFound, PayloadTooLarge, problem
 
 router = APIRouter()
@@ -38,6 +42,18 @@ async def openapi_document(request: Request) -> JSONResponse:
     ctx = CallContext.of(request, "/openapi.json", merged.gateway.trusted_proxies)
     document: dict[str, Any] = await merged.document(ctx)
     return JSONResponse(document)
+
+
+@functools.cache
+def _asyncapi_body() -> bytes:
+    # Encoded once: the catalogue is code, fixed while the process runs.
+    return json.dumps(asyncapi_document(), separators=(",", ":")).encode()
+
+
+@router.get("/asyncapi.json", include_in_schema=False)
+async def asyncapi_json() -> Response:
+    """The bus's events (AsyncAPI 3.0), generated from the event catalogue; public, like /openapi.json."""
+    return Response(_asyncapi_body(), media_type="application/json")
 
 
 def _too_many(verdict: Verdict, limit: str) -> Response:
