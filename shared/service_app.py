@@ -156,6 +156,6 @@ def _start_bus(app: FastAPI, settings: ServiceSettings, package_dir: Path | None
         runners.append(OutboxRelay(app.state.db, relay_source(app) if relay_source else None, settings.bus_poll_secs))
     for name, handle in consumers:
         runners.append(Consumer(app.state.db, package, name, CONSUMERS[package][name], handle,
-                                max_deliver=settings.bus_max_deliver))
+                                max_deliver=settings.bus_max_deliver, ack_wait_secs=settings.bus_ack_wait_secs))
     bus.start(*runners)
     return bus

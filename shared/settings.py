@@ -105,6 +105,8 @@ class ServiceSettings(ServerBounds):
     bus_poll_secs: float = Field(default=1.0, gt=0)
     # Deliveries of one event to a consumer whose handler fails, before it goes to the dead-letter stream.
     bus_max_deliver: int = Field(default=5, ge=1, le=100)
+    # An event delivered to a consumer and not acked within this long (its process died) is delivered again.
+    bus_ack_wait_secs: float = Field(default=30.0, ge=1)
     # The bench's comparison only: the relay off (events stay in the outbox).
     bus_relay: bool = True
 
