@@ -10,7 +10,7 @@ import structlog
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import make_url
 
-from inventory_service.service import products
+from inventory_service.service import emit_product_created, emit_product_updated, products
 from inventory_service.settings import Settings
 from shared.db import Database
 from shared.logging import configure_logging
@@ -45,25 +45,34 @@ CATALOGUE = (
 
 
 _CATALOGUE_FIELDS = update(products).where(products.c.sku == bindparam("w_sku"))
+_FIELDS = ("name", "unit_price_minor", "currency", "weight_grams")
 
 
 async def seed_catalogue(db: Database, catalogue: tuple[SeedProduct, ...] = CATALOGUE) -> tuple[int, int]:
-    """Upsert by sku: new products get their stock; existing ones get catalogue fields only.
+    """Upsert by sku: new products get their stock; existing ones whose catalogue fields differ get the seed's.
 
-    Stock of an existing product is left alone, so seeding again never breaks reserved <= on_hand.
-    Returns (created, updated).
+    Stock of an existing product is left alone, so seeding again never breaks reserved <= on_hand. Each product
+    created or changed is an event (shared/bus.py), as through the API; a product already as seeded is left
+    alone, so seeding again writes nothing. Returns (created, updated).
     """
     async with db.transaction() as tx:
-        existing = {row["sku"] for row in await tx.fetch(
-            select(products.c.sku).where(products.c.sku.in_([item.sku for item in catalogue])).with_for_update())}
-        new = [item for item in catalogue if item.sku not in existing]
-        await tx.executemany(insert(products), [
-            {"sku": item.sku, "name": item.name, "unit_price_minor": item.unit_price_minor, "currency": "EUR",
-             "weight_grams": item.weight_grams, "on_hand": item.on_hand, "reserved": 0} for item in new])
+        existing = {row["sku"]: row for row in await tx.fetch(
+            select(products.c.sku, *(products.c[field] for field in _FIELDS))
+            .where(products.c.sku.in_([item.sku for item in catalogue])).with_for_update())}
+        seeded = {item.sku: {"sku": item.sku, "name": item.name, "unit_price_minor": item.unit_price_minor,
+                             "currency": "EUR", "weight_grams": item.weight_grams} for item in catalogue}
+        new = [{**seeded[item.sku], "on_hand": item.on_hand, "reserved": 0}
+               for item in catalogue if item.sku not in existing]
+        changed = [seeded[sku] for sku, row in existing.items()
+                   if any(row[field] != seeded[sku][field] for field in _FIELDS)]
+        await tx.executemany(insert(products), new)
         await tx.executemany(_CATALOGUE_FIELDS, [
-            {"w_sku": item.sku, "name": item.name, "unit_price_minor": item.unit_price_minor, "currency": "EUR",
-             "weight_grams": item.weight_grams} for item in catalogue if item.sku in existing])
-    return len(new), len(catalogue) - len(new)
+            {"w_sku": product["sku"], **{field: product[field] for field in _FIELDS}} for product in changed])
+        for product in new:
+            await emit_product_created(tx, product)
+        for product in changed:
+            await emit_product_updated(tx, product)
+    return len(new), len(changed)
 
 
 async def _seed(database_url: str) -> tuple[int, int]:

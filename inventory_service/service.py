@@ -20,6 +20,8 @@ from inventory_service.models import (
     StockedProduct,
 )
 from inventory_service.schemas import AllocationLineIn, ProductCreate, ProductUpdate
+from shared import events
+from shared.bus import emit
 from shared.db import Row, Tx, conflict_insert, new_id, table_of, utc_now
 from shared.errors import Conflict, DomainError, InvalidRequest, NotFound
 from shared.fence import compensate, enter_step
@@ -106,7 +108,23 @@ async def create_product(tx: Tx, data: ProductCreate) -> StockedProduct:
     created = await tx.fetchrow(_CREATE_PRODUCT, {**data.model_dump(), "reserved": 0})
     if created is None:
         raise Conflict(f"Product {data.sku} already exists.", sku=data.sku)
+    await emit_product_created(tx, created)
     return _product(created)
+
+
+async def emit_product_created(tx: Tx, product: Row) -> None:
+    """A new product on the bus (created here or by the seed)."""
+    await emit(tx, events.ProductCreated(
+        sku=product["sku"], product_name=product["name"], unit_price_minor=product["unit_price_minor"],
+        currency=product["currency"], weight_grams=product["weight_grams"], on_hand=product["on_hand"]),
+        subject=product["sku"])
+
+
+async def emit_product_updated(tx: Tx, product: Row) -> None:
+    """A product's catalogue fields as they are now, on the bus (a PATCH, or the seed bringing them back)."""
+    await emit(tx, events.ProductUpdated(
+        sku=product["sku"], product_name=product["name"], unit_price_minor=product["unit_price_minor"],
+        currency=product["currency"], weight_grams=product["weight_grams"]), subject=product["sku"])
 
 
 async def get_product(tx: Tx, sku: str) -> StockedProduct:
@@ -129,6 +147,7 @@ async def update_product(tx: Tx, sku: str, data: ProductUpdate) -> StockedProduc
     updated = await tx.fetchrow(_UPDATE_PRODUCT, {"w_sku": sku, **changes})
     if updated is None:
         raise _unknown(sku)
+    await emit_product_updated(tx, updated)
     return _product(updated)
 
 
@@ -136,6 +155,7 @@ async def restock(tx: Tx, sku: str, quantity: int) -> StockedProduct:
     restocked = await tx.fetchrow(_RESTOCK, {"w_sku": sku, "w_quantity": quantity})
     if restocked is None:
         raise _unknown(sku)
+    await emit(tx, events.ProductRestocked(sku=sku, quantity=quantity, on_hand=restocked["on_hand"]), subject=sku)
     return _product(restocked)
 
 
@@ -214,6 +234,8 @@ async def allocate_stock(tx: Tx, order_id: str, lines: list[AllocationLineIn]) -
     await tx.executemany(_INSERT_LINES, [
         {"id": new_id(), "allocation_id": allocation["id"], "sku": line.sku, "quantity": line.quantity,
          "unit_price_minor": line.unit_price_minor, "weight_grams": line.weight_grams} for line in held])
+    await emit(tx, events.StockAllocated(order_id=order_id, lines={line.sku: line.quantity for line in held}),
+               subject=order_id, order_id=order_id)
     return _held({**allocation, "currency": currencies.pop()}, held)
 
 
@@ -238,6 +260,9 @@ async def release_allocation(tx: Tx, order_id: str) -> Release:
         has_lines = await tx.fetchrow(_HAS_LINES, {"w_order_id": order_id}) is not None
         return Release(order_id, ReleaseStatus.RELEASED if has_lines else ReleaseStatus.NONE)
     # In sku order, as allocations take them, so the two never wait on each other's rows; one round trip.
-    await tx.executemany(_GIVE_BACK, [{"w_sku": line["sku"], "w_quantity": line["quantity"]}
-                                      for line in await tx.fetch(_HELD_SKUS, {"w_allocation_id": released})])
+    held = await tx.fetch(_HELD_SKUS, {"w_allocation_id": released})
+    await tx.executemany(_GIVE_BACK, [{"w_sku": line["sku"], "w_quantity": line["quantity"]} for line in held])
+    # Only the release that gave stock back says so: a repeat, or an order that never held stock, emits nothing.
+    await emit(tx, events.StockReleased(order_id=order_id, lines={line["sku"]: line["quantity"] for line in held}),
+               subject=order_id, order_id=order_id)
     return Release(order_id, ReleaseStatus.RELEASED)

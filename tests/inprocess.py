@@ -16,8 +16,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI
 from jose import jwk, jwt
+from sqlalchemy import func, select
 
+from shared.bus import outbox
+from shared.db import Database
 from shared.errors import PROBLEM_JSON
+from shared.events import CATALOGUE, CloudEvent
 from shared.settings import ServiceSettings
 from tests.postgres import suite_server
 
@@ -114,3 +118,35 @@ def service_fixtures(create_app: Callable[[Any], FastAPI], settings_class: type[
         return served[1]
 
     return served, client
+
+
+# What an event says, as a test compares it: (type, subject, orderid, data).
+Said = tuple[str, str, str | None, dict[str, Any]]
+
+
+class OutboxWatch:
+    """The events a service wrote into its outbox since the watch began: `await OutboxWatch.of(app)`, act, then
+    `await watch.new()`. With NATS_URL empty nothing is relayed, so every event the service emits stays there."""
+
+    def __init__(self, db: Database, position: int) -> None:
+        self.db = db
+        self.position = position
+
+    @classmethod
+    async def of(cls, app: FastAPI) -> OutboxWatch:
+        async with app.state.db.autocommit() as tx:
+            return cls(app.state.db, int(await tx.fetchval(select(func.max(outbox.c.position))) or 0))
+
+    async def new(self) -> list[Said]:
+        """The events written since the last look, in commit order, each checked against its catalogue model."""
+        async with self.db.autocommit() as tx:
+            rows = await tx.fetch(select(outbox.c.position, outbox.c.envelope)
+                                  .where(outbox.c.position > self.position).order_by(outbox.c.position))
+        if rows:
+            self.position = int(rows[-1]["position"])
+        said: list[Said] = []
+        for row in rows:
+            event = CloudEvent.model_validate(row["envelope"])
+            CATALOGUE[event.type].model_validate(event.data)  # the data is what its model says
+            said.append((event.type, event.subject, event.orderid, event.data))
+        return said

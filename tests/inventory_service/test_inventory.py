@@ -20,7 +20,7 @@ from inventory_service.app import create_app
 from inventory_service.seed import CATALOGUE, seed_catalogue
 from inventory_service.settings import Settings
 from tests.fleet import free_port
-from tests.inprocess import ADMIN, JWKS, PROBLEM, SERVICE, bearer, running_app, service_fixtures
+from tests.inprocess import ADMIN, JWKS, PROBLEM, SERVICE, OutboxWatch, bearer, running_app, service_fixtures
 
 CUSTOMER = bearer("cust-1")
 
@@ -386,18 +386,98 @@ async def test_unknown_or_malformed_allocation_ids(client: httpx.AsyncClient) ->
 async def test_seed_is_an_idempotent_upsert(served: tuple[FastAPI, httpx.AsyncClient]) -> None:
     app, client = served
     assert len(CATALOGUE) >= 8
-    await seed_catalogue(app.state.db)
+    outbox = await OutboxWatch.of(app)
+    assert await seed_catalogue(app.state.db) == (len(CATALOGUE), 0)  # the module's database is fresh
+    assert await outbox.new() == [("product.created.v1", item.sku, None, {
+        "sku": item.sku, "product_name": item.name, "unit_price_minor": item.unit_price_minor, "currency": "EUR",
+        "weight_grams": item.weight_grams, "on_hand": item.on_hand}) for item in CATALOGUE]
     sku = CATALOGUE[0].sku
     held = await allocate(client, new_order_id(), [{"sku": sku, "quantity": 2}])
     assert held.status_code == 201
-    created, updated = await seed_catalogue(app.state.db)
-    assert (created, updated) == (0, len(CATALOGUE))
+    await outbox.new()
+    assert await seed_catalogue(app.state.db) == (0, 0)  # as seeded: nothing to write, nothing to say
+    assert await outbox.new() == []
+    patched = await client.patch(f"/api/inventory/products/{sku}", headers=ADMIN, json={"unit_price_minor": 1})
+    assert patched.status_code == 200
+    await outbox.new()
+    assert await seed_catalogue(app.state.db) == (0, 1)  # the seed's price back, said once
+    first = CATALOGUE[0]
+    assert await outbox.new() == [("product.updated.v1", sku, None, {
+        "sku": sku, "product_name": first.name, "unit_price_minor": first.unit_price_minor, "currency": "EUR",
+        "weight_grams": first.weight_grams})]
     after = await product(client, sku)
     assert (after["on_hand"], after["reserved"]) == (CATALOGUE[0].on_hand, 2)
     listing = (await client.get("/api/inventory/products",
                                 params={"skus": ",".join(p.sku for p in CATALOGUE)})).json()
     assert listing["total"] == len(CATALOGUE)
     assert all(p["currency"] == "EUR" and p["weight_grams"] > 0 for p in listing["items"])
+
+
+# --- events: every change is in the outbox, written with it (shared/bus.py) ----------------------------------
+
+
+async def test_catalogue_changes_are_events_and_refusals_are_not(served: tuple[FastAPI, httpx.AsyncClient]) -> None:
+    app, client = served
+    outbox = await OutboxWatch.of(app)
+    created = await new_product(client, on_hand=3, price=700, weight=250)
+    sku = created["sku"]
+    assert await outbox.new() == [("product.created.v1", sku, None, {
+        "sku": sku, "product_name": "Test widget", "unit_price_minor": 700, "currency": "EUR", "weight_grams": 250,
+        "on_hand": 3})]
+    patched = await client.patch(f"/api/inventory/products/{sku}", headers=ADMIN, json={"unit_price_minor": 650})
+    assert patched.status_code == 200
+    assert await outbox.new() == [("product.updated.v1", sku, None, {
+        "sku": sku, "product_name": "Test widget", "unit_price_minor": 650, "currency": "EUR", "weight_grams": 250})]
+    restock_headers = {**ADMIN, "Idempotency-Key": f"{sku}:restock"}
+    for _ in range(2):  # the second is the first's answer replayed: no second restock, no second event
+        restocked = await client.post(f"/api/inventory/products/{sku}/restock", headers=restock_headers,
+                                      json={"quantity": 4})
+        assert restocked.status_code == 200 and restocked.json()["on_hand"] == 7
+    assert await outbox.new() == [("product.restocked.v1", sku, None, {"sku": sku, "quantity": 4, "on_hand": 7})]
+    refused = [
+        await client.post("/api/inventory/products", headers=ADMIN, json={
+            "sku": sku, "name": "Again", "unit_price_minor": 1, "weight_grams": 1}),
+        await client.patch("/api/inventory/products/NOPE-404", headers=ADMIN, json={"name": "x"}),
+        await client.post("/api/inventory/products/NOPE-404/restock", headers=ADMIN, json={"quantity": 1}),
+        await client.post(f"/api/inventory/products/{sku}/restock", headers=ADMIN, json={"quantity": 0}),
+    ]
+    assert [response.status_code for response in refused] == [409, 404, 404, 422]
+    assert await outbox.new() == []
+
+
+async def test_allocation_and_release_are_events_once(served: tuple[FastAPI, httpx.AsyncClient]) -> None:
+    app, client = served
+    stem = new_sku()
+    a = await new_product(client, on_hand=5, sku=f"{stem}-A")
+    b = await new_product(client, on_hand=1, sku=f"{stem}-B")
+    outbox = await OutboxWatch.of(app)
+    order_id = new_order_id()
+    key = {**SERVICE, "Idempotency-Key": f"{order_id}:allocate"}
+    lines = [{"sku": b["sku"], "quantity": 1}, {"sku": a["sku"], "quantity": 2}, {"sku": a["sku"], "quantity": 1}]
+    for _ in range(2):  # a replayed step answers again and says nothing again
+        assert (await allocate(client, order_id, lines, key)).status_code == 201
+    allocated = ("stock.allocated.v1", order_id, order_id, {"order_id": order_id, "lines": {a["sku"]: 3,
+                                                                                             b["sku"]: 1}})
+    assert await outbox.new() == [allocated]
+
+    refused = [
+        await allocate(client, order_id, lines, {**SERVICE, "Idempotency-Key": f"{order_id}:other"}),  # allocated
+        await allocate(client, new_order_id(), [{"sku": b["sku"], "quantity": 1}]),  # short
+        await allocate(client, new_order_id(), [{"sku": "GHOST-9", "quantity": 1}]),  # unknown
+    ]
+    assert [response.status_code for response in refused] == [409, 409, 422]
+    assert await outbox.new() == []
+
+    release = f"/api/inventory/allocations/{order_id}/release"
+    for headers in ({**SERVICE, "Idempotency-Key": f"{order_id}:release"},) * 2 + (SERVICE,):
+        response = await client.post(release, headers=headers)  # a replay, then a repeat with nothing left
+        assert response.json() == {"order_id": order_id, "status": "RELEASED"}
+    assert await outbox.new() == [("stock.released.v1", order_id, order_id, {"order_id": order_id, "lines": {
+        a["sku"]: 3, b["sku"]: 1}})]
+    never_held = new_order_id()
+    assert (await client.post(f"/api/inventory/allocations/{never_held}/release", headers=SERVICE)).json()[
+        "status"] == "NONE"
+    assert await outbox.new() == []
 
 
 # --- the race --------------------------------------------------------------------------------------------
@@ -501,6 +581,7 @@ async def test_concurrent_duplicates_allocate_and_release_once(served: tuple[Fas
     b = await new_product(client, on_hand=50, sku=f"{stem}-B")
     lines = [{"sku": b["sku"], "quantity": 2}, {"sku": a["sku"], "quantity": 1}]
     order_id = new_order_id()
+    outbox = await OutboxWatch.of(app)
     settings = Settings(database_url=app.state.settings.database_url, eureka_server_url="", db_pool_size=20)
     async with serving(settings) as base_url, httpx.AsyncClient(
         base_url=base_url, timeout=60, limits=httpx.Limits(max_connections=30)
@@ -514,6 +595,9 @@ async def test_concurrent_duplicates_allocate_and_release_once(served: tuple[Fas
             http.post(f"/api/inventory/allocations/{order_id}/release", headers=SERVICE) for _ in range(10)))
     assert {(r.status_code, r.json()["status"]) for r in releases} == {(200, "RELEASED")}
     assert ((await product(client, a["sku"]))["reserved"], (await product(client, b["sku"]))["reserved"]) == (0, 0)
+    # Ten of each, one change of each: one event of each.
+    assert [(kind, subject) for kind, subject, _, _ in await outbox.new()] == [
+        ("stock.allocated.v1", order_id), ("stock.released.v1", order_id)]
 
 
 async def test_allocate_racing_its_compensation_never_leaves_stock_held(
