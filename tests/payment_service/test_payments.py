@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from payment_service.app import create_app
 from payment_service.models import ChargeAttempt
 from payment_service.settings import Settings
-from tests.inprocess import ADMIN, PROBLEM, SERVICE, bearer, running_app, service_fixtures
+from tests.inprocess import ADMIN, PROBLEM, SERVICE, OutboxWatch, bearer, running_app, service_fixtures
 
 served, client = service_fixtures(create_app, Settings, "cs_unit_payment", db_pool_size=20)
 
@@ -273,6 +273,81 @@ async def test_a_charge_racing_its_compensation_is_refunded_or_refused(client: h
             assert charged.status_code == 201 and compensated.json()["payment_id"] == charged.json()["id"]
             final = (await client.get(f"/api/payments/{charged.json()['id']}", headers=ADMIN)).json()
             assert (final["status"], final["refunded_minor"]) == ("REFUNDED", body["amount_minor"])
+
+# --- events: every change is in the outbox, written with it (shared/bus.py) ----------------------------------
+
+
+async def test_a_capture_is_one_event_and_a_refused_charge_none(served: tuple[FastAPI, httpx.AsyncClient]) -> None:
+    app, client = served
+    outbox = await OutboxWatch.of(app)
+    body = charge_body(amount=4200)
+    order_id = body["order_id"]
+    for _ in range(2):  # the second is the first's answer replayed: no second charge, no second event
+        response = await charge(client, body, f"{order_id}:pay")
+        assert response.status_code == 201
+    payment_id = response.json()["id"]
+    assert await outbox.new() == [("payment.captured.v1", order_id, order_id, {
+        "order_id": order_id, "payment_id": payment_id, "amount_minor": 4200, "currency": "EUR"})]
+    refused = [await charge(client, body, f"{order_id}:again"),  # charged already
+               await charge(client, charge_body(token="tok_processingError")),  # no outcome yet: the saga retries
+               await charge(client, {**body, "amount_minor": 0})]
+    assert [response.status_code for response in refused] == [409, 503, 422]
+    assert await outbox.new() == []
+
+
+@pytest.mark.parametrize("key", ["decline-key", None])
+async def test_a_decline_is_one_event_kept_with_its_attempt(served: tuple[FastAPI, httpx.AsyncClient],
+                                                            key: str | None) -> None:
+    # The 402 rolls the request's transaction back; the attempt on file and its event are committed together
+    # after it (DomainError.keeping), with the key's record when there is one, so a replay adds neither.
+    app, client = served
+    outbox = await OutboxWatch.of(app)
+    body = charge_body(token="tok_chargeDeclinedInsufficientFunds", amount=990)
+    order_id = body["order_id"]
+    declined = await charge(client, body, key and f"{order_id}:{key}")
+    assert declined.status_code == 402
+    if key:
+        assert (await charge(client, body, f"{order_id}:{key}")).headers.get("idempotent-replayed") == "true"
+    async with app.state.db.autocommit() as tx:
+        attempt_id = await tx.fetchval(select(ChargeAttempt.id).where(ChargeAttempt.order_id == order_id))
+    assert await outbox.new() == [("payment.declined.v1", order_id, order_id, {
+        "order_id": order_id, "attempt_id": attempt_id, "amount_minor": 990, "currency": "EUR",
+        "code": "insufficient_funds"})]
+
+
+async def test_refunds_are_events_in_part_and_in_full(served: tuple[FastAPI, httpx.AsyncClient]) -> None:
+    app, client = served
+    payment = await paid(client, amount=1000)
+    order_id, payment_id = payment["order_id"], payment["id"]
+    outbox = await OutboxWatch.of(app)
+
+    def refunded(refund_id: str, amount: int, total: int, status: str, reason: str | None) -> tuple:
+        return ("payment.refunded.v1", order_id, order_id, {
+            "order_id": order_id, "payment_id": payment_id, "refund_id": refund_id, "amount_minor": amount,
+            "currency": "EUR", "refunded_minor": total, "payment_status": status, "reason": reason})
+
+    url = f"/api/payments/{payment_id}/refunds"
+    headers = {**ADMIN, "Idempotency-Key": f"{payment_id}:refund"}
+    for _ in range(2):  # an operator's partial refund, then its replay
+        partial = await client.post(url, json={"amount_minor": 300, "reason": "damaged box"}, headers=headers)
+        assert partial.status_code == 201
+    assert await outbox.new() == [refunded(partial.json()["id"], 300, 300, "PARTIALLY_REFUNDED", "damaged box")]
+    refused = [await client.post(url, json={"amount_minor": 701}, headers=ADMIN),
+               await client.post(f"/api/payments/{uuid.uuid4()}/refunds", json={"amount_minor": 1}, headers=ADMIN),
+               await client.post(url, json={"amount_minor": 0}, headers=ADMIN)]
+    assert [response.status_code for response in refused] == [409, 404, 422]
+    assert await outbox.new() == []
+
+    compensation = f"/api/payments/orders/{order_id}/refund"
+    key = {**SERVICE, "Idempotency-Key": f"saga-1:4:compensate:{order_id}"}
+    for headers in (key, key, SERVICE):  # the compensation, its replay, and a repeat with nothing left to refund
+        assert (await client.post(compensation, headers=headers)).json()["status"] == "REFUNDED"
+    refunds = (await client.get(f"/api/payments/{payment_id}", headers=ADMIN)).json()["refunds"]
+    assert await outbox.new() == [refunded(refunds[1]["id"], 700, 1000, "REFUNDED", "order compensated")]
+    assert (await client.post(f"/api/payments/orders/{new_order_id()}/refund", headers=SERVICE)).json()[
+        "status"] == "NONE"
+    assert await outbox.new() == []
+
 
 # --- reading and ownership -------------------------------------------------------------------------------
 
