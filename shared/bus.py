@@ -179,14 +179,18 @@ class BusConfig:
         return f"_INBOX_{self.user}" if self.user else "_INBOX"
 
 
-async def connect(config: BusConfig, *, reconnect_forever: bool = True) -> NATS:
+async def connect(config: BusConfig, *, reconnect_forever: bool = True,
+                  on_error: Callable[[Exception], Awaitable[None]] | None = None) -> NATS:
     """A connection that reconnects by itself. The first connect also retries, in the background of the caller's
-    task, until the server answers."""
+    task, until the server answers. `on_error` hears each connection error (nats-py's default prints a traceback
+    per error: the CLI says the last one in a line instead)."""
     options: dict[str, Any] = {
         "servers": [config.url], "name": config.name, "inbox_prefix": config.inbox_prefix,
         "max_reconnect_attempts": -1 if reconnect_forever else 3, "reconnect_time_wait": 0.5,
         "connect_timeout": 2, "allow_reconnect": True,
     }
+    if on_error is not None:
+        options["error_cb"] = on_error
     if config.user:
         options["user"], options["password"] = config.user, config.password
     return await nats.connect(**options)
