@@ -20,6 +20,8 @@ from carrier_service.models import (
     ReleaseStatus,
 )
 from carrier_service.schemas import AssignmentRequest, CarrierCreate, CarrierUpdate
+from shared import events
+from shared.bus import emit
 from shared.db import Row, Tx, conflict_insert, table_of
 from shared.errors import Conflict, NotFound
 from shared.fence import compensate, enter_step
@@ -219,6 +221,9 @@ async def assign_carrier(tx: Tx, data: AssignmentRequest) -> Assignment:
     except IntegrityError as exc:  # a concurrent assignment of the same order committed first
         raise Conflict(f"Order {data.order_id} already has a carrier assigned.", code="already_assigned") from exc
     assert assignment is not None  # an INSERT ... RETURNING returns its row
+    await emit(tx, events.CarrierAssigned(order_id=data.order_id, carrier_code=chosen["code"],
+                                          price_minor=assignment["price_minor"], currency=chosen["currency"]),
+               subject=data.order_id, order_id=data.order_id)
     return _assignment(assignment)
 
 
@@ -230,9 +235,11 @@ async def release_assignment(tx: Tx, order_id: str) -> Release:
     """
     await compensate(tx, order_id)
     released = await tx.fetchrow(_RELEASE, {"w_order_id": order_id, "w_now": datetime.now(UTC)})
-    if released is None:
+    if released is None:  # nothing released, nothing to say
         return Release(order_id, ReleaseStatus.NONE)
     await tx.execute(_GIVE_BACK_PLACE, {"w_carrier_id": released["carrier_id"], "w_day": released["service_day"]})
+    await emit(tx, events.CarrierReleased(order_id=order_id, carrier_code=released["carrier_code"]),
+               subject=order_id, order_id=order_id)
     return Release(order_id, ReleaseStatus.RELEASED, _assignment(released))
 
 

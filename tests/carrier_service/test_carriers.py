@@ -20,7 +20,7 @@ from carrier_service.schemas import AssignmentRequest
 from carrier_service.seed import DEMO_CARRIERS, seed
 from carrier_service.settings import Settings
 from tests.fleet import free_port
-from tests.inprocess import ADMIN, SERVICE, bearer, changed, service_fixtures
+from tests.inprocess import ADMIN, SERVICE, OutboxWatch, bearer, changed, service_fixtures
 
 CUSTOMER = bearer("alice")
 DB_NAME = "cs_unit_carrier"
@@ -363,6 +363,7 @@ async def test_one_carrier_takes_exactly_its_capacity_under_concurrency(
         served: tuple[FastAPI, httpx.AsyncClient], server_url: str) -> None:
     app, client = served
     carrier = await new_carrier(client, countries=["PN"], daily_capacity=4)
+    outbox = await OutboxWatch.of(app)
     async with httpx.AsyncClient(base_url=server_url, timeout=60) as http:
         responses = await asyncio.gather(*[
             http.post("/api/carriers/assignments", json={"order_id": f"pn-{i}", "country": "PN", "weight_grams": 100},
@@ -377,6 +378,12 @@ async def test_one_carrier_takes_exactly_its_capacity_under_concurrency(
         ])
     assert sorted(r.json()["status"] for r in releases) == ["NONE"] * 12 + ["RELEASED"] * 4
     assert await daily_load(app, carrier["id"]) == (0, 0)
+    # Four assignments and four releases, each said once; the refusals and the empty releases say nothing.
+    assigned = {r.json()["order_id"] for r in responses if r.status_code == 201}
+    said = await outbox.new()
+    assert sorted(subject for kind, subject, _, _ in said if kind == "carrier.assigned.v1") == sorted(assigned)
+    assert sorted(subject for kind, subject, _, _ in said if kind == "carrier.released.v1") == sorted(assigned)
+    assert len(said) == 8
 
 
 async def test_assignment_that_waited_for_the_locks_counts_the_one_committed_meanwhile(
@@ -425,6 +432,36 @@ async def test_concurrent_releases_free_one_place(client: httpx.AsyncClient, ser
     assert sorted(r.json()["status"] for r in responses) == ["NONE"] * 5 + ["RELEASED"]
     assert (await assign(client, "TK", 100, "tk-other")).status_code == 201
     assert (await assign(client, "TK", 100, "tk-third")).status_code == 409
+
+
+# --- events: every change is in the outbox, written with it (shared/bus.py) ----------------------------------
+
+async def test_assignment_and_release_are_events_once(served: tuple[FastAPI, httpx.AsyncClient]) -> None:
+    app, client = served
+    carrier = await new_carrier(client, countries=["CK"], daily_capacity=1, base_price_minor=450,
+                                price_per_kg_minor=100)
+    outbox = await OutboxWatch.of(app)
+    order_id = f"ck-{uuid.uuid4().hex[:8]}"
+    headers = {**SERVICE, "Idempotency-Key": f"{order_id}:assign_carrier"}
+    for _ in range(2):  # the step, then its replay
+        assert (await assign(client, "CK", 1500, order_id, headers=headers)).status_code == 201
+    assert await outbox.new() == [("carrier.assigned.v1", order_id, order_id, {
+        "order_id": order_id, "carrier_code": carrier["code"], "price_minor": 450 + 2 * 100, "currency": "EUR"})]
+    refused = [await assign(client, "CK", 100, order_id),  # assigned already
+               await assign(client, "CK", 100),  # at capacity
+               await assign(client, "KP", 100),  # unserved
+               await assign(client, "CK", 0)]
+    assert [response.status_code for response in refused] == [409, 409, 409, 422]
+    assert await outbox.new() == []
+    release = f"/api/carriers/assignments/{order_id}/release"
+    key = {**SERVICE, "Idempotency-Key": f"{order_id}:assign_carrier:compensate"}
+    statuses = [(await client.post(release, headers=sent)).json()["status"] for sent in (key, key, SERVICE)]
+    assert statuses == ["RELEASED", "RELEASED", "NONE"]  # the compensation, its replay, a repeat with nothing left
+    assert await outbox.new() == [("carrier.released.v1", order_id, order_id, {
+        "order_id": order_id, "carrier_code": carrier["code"]})]
+    assert (await client.post("/api/carriers/assignments/ck-never/release", headers=SERVICE)).json()[
+        "status"] == "NONE"
+    assert await outbox.new() == []
 
 
 # --- seed -------------------------------------------------------------------------------------------------------
