@@ -58,15 +58,17 @@ class OrderLine(Base):
 class TimelineEntry(Base):
     """The order's timeline: every event on the bus about an order (its CloudEvent's `orderid`), from every service.
 
-    Kept as long as the order: a customer reads their order's history here."""
+    A saga's events from before its order existed (saga.started) have no order id: they are kept with none and
+    joined to the order through the saga (their `subject`, the saga's id). Kept as long as the order: a customer
+    reads their order's history here."""
 
     __tablename__ = "order_timeline"
 
     event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    order_id: Mapped[str] = mapped_column(String(64), index=True)
+    order_id: Mapped[str | None] = mapped_column(String(64), index=True, nullable=True)
     type: Mapped[str] = mapped_column(String(100))
     source: Mapped[str] = mapped_column(String(200))
-    subject: Mapped[str] = mapped_column(String(200))
+    subject: Mapped[str] = mapped_column(String(200), index=True)
     time: Mapped[datetime] = mapped_column(UTCDateTime())
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
 

@@ -260,9 +260,13 @@ async def follow_parcel(tx: Tx, event: events.CloudEvent) -> None:
 
 
 _RECORD_TIMELINE = conflict_insert(timeline).on_conflict_do_nothing()
+_SAGA_FAMILY = "saga"  # the saga's events (saga.*), whose subject is the saga's id
+_SAGAS_OF_ORDER = (select(timeline.c.subject)
+                   .where(timeline.c.order_id == bindparam("w_id"), timeline.c.type.like(f"{_SAGA_FAMILY}.%")))
 _TIMELINE = (select(timeline.c.event_id, timeline.c.type, timeline.c.source, timeline.c.subject, timeline.c.time,
                     timeline.c.data)
-             .where(timeline.c.order_id == bindparam("w_id"))
+             .where((timeline.c.order_id == bindparam("w_id"))
+                    | (timeline.c.order_id.is_(None) & timeline.c.subject.in_(_SAGAS_OF_ORDER.scalar_subquery())))
              .order_by(timeline.c.time, timeline.c.event_id).limit(bindparam("w_limit")))
 _ORDER_VISIBLE = select(orders.c.id).where(orders.c.id == bindparam("w_id"), _VISIBLE)
 # An order's timeline holds a few dozen events (a saga's and its services'); a bound all the same.
@@ -270,8 +274,9 @@ TIMELINE_LIMIT = 1000
 
 
 async def record_in_timeline(tx: Tx, event: events.CloudEvent) -> None:
-    """Every event about an order (its `orderid`), from every service, kept for the order's timeline."""
-    if event.orderid is None:
+    """Every event about an order (its `orderid`), from every service, kept for the order's timeline; a saga's
+    event from before its order existed is kept too (joined to the order through the saga's id)."""
+    if event.orderid is None and not event.type.startswith(f"{_SAGA_FAMILY}."):
         return
     await tx.execute(_RECORD_TIMELINE, {"event_id": event.id, "order_id": event.orderid, "type": event.type,
                                         "source": event.source, "subject": event.subject, "time": event.time,

@@ -124,3 +124,19 @@ async def test_the_timeline_is_the_orders_events_in_time_order_for_its_customer(
     assert (await client.get(f"/api/orders/{order_id}/timeline", headers=ADMIN)).status_code == 200
     other = await client.get(f"/api/orders/{order_id}/timeline", headers=bearer("customer-8"))
     assert other.status_code == 404 and other.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_sagas_event_from_before_its_order_joins_the_orders_timeline(served, client: httpx.AsyncClient) -> None:
+    db = database(served)
+    order_id = await confirmed_order(client, customer="customer-9")
+    saga_id = "3f1c0d4e-0000-4000-8000-000000000001"
+    started = events.envelope(events.SagaStarted(saga_id=saga_id, customer_id="customer-9", definition_version=1),
+                              saga_id, time=utc_now() - timedelta(seconds=1))
+    stepped = events.envelope(events.SagaStepSucceeded(saga_id=saga_id, order_id=order_id, step="create_order",
+                                                       attempts=1), saga_id, time=utc_now(), order_id=order_id)
+    unrelated = events.envelope(events.SagaStarted(saga_id="another", customer_id="c", definition_version=1),
+                                "another", time=utc_now())
+    for event in (started, stepped, unrelated):
+        await apply(db, service.record_in_timeline, event)
+    answer = await client.get(f"/api/orders/{order_id}/timeline", headers=bearer("customer-9"))
+    assert [event["type"] for event in answer.json()["events"]] == ["saga.started.v1", "saga.step_succeeded.v1"]
