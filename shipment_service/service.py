@@ -9,7 +9,9 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, bindparam, insert, select, update
 
+from shared import events
 from shared.auth import Identity
+from shared.bus import emit
 from shared.db import Row, Tx, conflict_insert, table_of
 from shared.errors import Conflict, ServiceUnavailable
 from shared.fence import compensate, enter_step
@@ -51,6 +53,23 @@ def _parcel(shipment: Row, changes: Sequence[Row]) -> Parcel:
         tracking_number=shipment["tracking_number"], status=ShipmentStatus(shipment["status"]),
         created_at=shipment["created_at"], updated_at=shipment["updated_at"],
         history=tuple(_entry(change) for change in changes if change["change_status"] is not None))
+
+
+# The event that says a shipment reached each status: beside every row of its history, in the same transaction.
+_STATUS_EVENTS: dict[ShipmentStatus, type[events.ShipmentEvent]] = {
+    ShipmentStatus.CREATED: events.ShipmentCreated,
+    ShipmentStatus.DISPATCHED: events.ShipmentDispatched,
+    ShipmentStatus.IN_TRANSIT: events.ShipmentInTransit,
+    ShipmentStatus.DELIVERED: events.ShipmentDelivered,
+    ShipmentStatus.CANCELLED: events.ShipmentCancelled,
+}
+
+
+async def _announce(tx: Tx, shipment: Row, status: ShipmentStatus, note: str | None) -> None:
+    """The shipment's new status on the bus, about its order (the order follows its parcel)."""
+    data = _STATUS_EVENTS[status](order_id=shipment["order_id"], shipment_id=shipment["id"],
+                                  tracking_number=shipment["tracking_number"], note=note)
+    await emit(tx, data, subject=shipment["id"], order_id=shipment["order_id"])
 
 
 def _already_shipped(order_id: str, shipment_id: str) -> Conflict:
@@ -108,6 +127,7 @@ async def create_shipment(tx: Tx, data: ShipmentCreate) -> Parcel:
         })
         if shipment is not None:
             created = await _add_change(tx, shipment["id"], 1, ShipmentStatus.CREATED, None)
+            await _announce(tx, shipment, ShipmentStatus.CREATED, None)
             return _parcel(shipment, [created])
         # The order has a live shipment (a concurrent create waits for it to commit first), or
         # (astronomically rarely) the tracking number is taken: then try another.
@@ -162,6 +182,7 @@ async def _move(tx: Tx, shipment: Row, status: ShipmentStatus, note: str | None)
     assert moved is not None  # the row is locked
     changes = await tx.fetch(_HISTORY, {"w_id": shipment["id"]})
     change = await _add_change(tx, shipment["id"], len(changes) + 1, status, note)
+    await _announce(tx, moved, status, note)
     return _parcel(moved, [*changes, change])
 
 
@@ -200,6 +221,7 @@ async def cancel_order_shipment(tx: Tx, order_id: str, reason: str) -> OrderShip
     # The row lock taken by the UPDATE keeps the history still while it is read and extended.
     changes = await tx.fetch(_HISTORY, {"w_id": shipment["id"]})
     cancelled = await _add_change(tx, shipment["id"], len(changes) + 1, ShipmentStatus.CANCELLED, reason)
+    await _announce(tx, shipment, ShipmentStatus.CANCELLED, reason)
     return OrderShipmentCancel(order_id, OrderCancelStatus.CANCELLED, _parcel(shipment, [*changes, cancelled]))
 
 

@@ -13,7 +13,7 @@ import pytest
 from shipment_service import service
 from shipment_service.app import create_app
 from shipment_service.settings import Settings
-from tests.inprocess import ADMIN, SERVICE, bearer, changed, service_fixtures
+from tests.inprocess import ADMIN, SERVICE, OutboxWatch, Served, bearer, changed, service_fixtures
 
 ADDRESS = {"name": "Ada", "line1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "DE"}
 ALICE = bearer("alice")
@@ -288,6 +288,67 @@ async def test_idempotent_status_change_is_replayed_not_reapplied(client: httpx.
     assert first.status_code == again.status_code == 200
     assert again.headers.get("idempotent-replayed") == "true"
     assert len(again.json()["history"]) == 2
+
+
+# --- events: every change is in the outbox, written with it (shared/bus.py) ----------------------------------
+
+
+def parcel_event(kind: str, shipment: dict, note: str | None = None) -> tuple:
+    """What a shipment event says: about the shipment (its subject), for its order (orderid)."""
+    return (f"shipment.{kind}.v1", shipment["id"], shipment["order_id"], {
+        "order_id": shipment["order_id"], "shipment_id": shipment["id"],
+        "tracking_number": shipment["tracking_number"], "note": note})
+
+
+async def test_a_parcels_journey_is_one_event_per_status(served: Served) -> None:
+    app, client = served
+    outbox = await OutboxWatch.of(app)
+    order_id = str(uuid.uuid4())
+    body = {"order_id": order_id, "customer_id": "alice", "carrier_code": "DHL", "address": ADDRESS}
+    key = {**SERVICE, "Idempotency-Key": f"{order_id}:create_shipment"}
+    for _ in range(2):  # the step, then its replay
+        created = await client.post("/api/shipments", json=body, headers=key)
+        assert created.status_code == 201
+    shipment = created.json()
+    assert await outbox.new() == [parcel_event("created", shipment)]
+    for status, kind in (("DISPATCHED", "dispatched"), ("IN_TRANSIT", "in_transit"), ("DELIVERED", "delivered")):
+        headers = {**ADMIN, "Idempotency-Key": f"{shipment['id']}:{status}"}
+        for _ in range(2):  # an operator's scan, then its replay
+            assert (await set_status(client, shipment["id"], status, f"scan {kind}", headers)).status_code == 200
+        assert await outbox.new() == [parcel_event(kind, shipment, f"scan {kind}")]
+    refused = [
+        await set_status(client, shipment["id"], "CANCELLED"),  # delivered is final
+        await set_status(client, "nope", "DISPATCHED"),
+        await set_status(client, shipment["id"], "LOST"),
+        await client.post(f"/api/shipments/{shipment['id']}/cancel", headers=SERVICE),
+        await client.post(f"/api/shipments/orders/{order_id}/cancel", headers=SERVICE),  # gone: not cancellable
+        await client.post("/api/shipments", json=body, headers=SERVICE),  # a live shipment already
+    ]
+    assert [response.status_code for response in refused] == [409, 404, 422, 409, 409, 409]
+    assert await outbox.new() == []
+
+
+async def test_cancellations_are_events_once(served: Served) -> None:
+    app, client = served
+    by_operator = await new_shipment(client)
+    by_saga = await new_shipment(client)
+    outbox = await OutboxWatch.of(app)
+    for _ in range(2):  # the second finds it cancelled already: nothing changes, nothing is said
+        cancelled = await client.post(f"/api/shipments/{by_operator['id']}/cancel", json={"reason": "address unknown"},
+                                      headers=ADMIN)
+        assert cancelled.json()["status"] == "CANCELLED"
+    assert await outbox.new() == [parcel_event("cancelled", by_operator, "address unknown")]
+
+    compensation = f"/api/shipments/orders/{by_saga['order_id']}/cancel"
+    key = {**SERVICE, "Idempotency-Key": f"{by_saga['order_id']}:create_shipment:compensate"}
+    answers = await asyncio.gather(*(client.post(compensation, headers=headers)
+                                     for headers in (key, SERVICE, SERVICE, SERVICE)))
+    assert sorted(answer.json()["status"] for answer in answers) == ["CANCELLED", "NONE", "NONE", "NONE"]
+    assert (await client.post(compensation, headers=key)).headers.get("idempotent-replayed") == "true"
+    assert await outbox.new() == [parcel_event("cancelled", by_saga, "order compensated")]
+    never = await client.post("/api/shipments/orders/never-shipped-either/cancel", headers=SERVICE)
+    assert never.json()["status"] == "NONE"
+    assert await outbox.new() == []
 
 
 @pytest.mark.parametrize("change", [
