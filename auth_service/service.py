@@ -34,8 +34,10 @@ from auth_service.models import (
 )
 from auth_service.schemas import MIN_PASSWORD_LENGTH, normalize_email
 from auth_service.settings import Settings
+from shared import events
 from shared.auth import Identity, RevokedSet, TokenVerifier
-from shared.db import Database, Tx, conflict_insert, table_of, utc_now
+from shared.bus import emit
+from shared.db import Database, Row, Tx, conflict_insert, table_of, utc_now
 from shared.errors import Conflict, DomainError, NotFound, TooManyRequests, Unauthorized
 from shared.ratelimit import TokenBucketLimiter
 
@@ -44,6 +46,11 @@ log = structlog.get_logger(__name__)
 BAD_CREDENTIALS = "The email or password is not correct."
 BAD_REFRESH = "The refresh token is not valid."
 _hasher = PasswordHash.recommended()
+
+
+async def _registered(tx: Tx, user: Row, role: Role) -> None:
+    """A new account on the bus: its id and role only (no email, no name, no password hash)."""
+    await emit(tx, events.UserRegistered(user_id=user["id"], role=role), subject=user["id"])
 
 
 def _sha256(value: str) -> str:
@@ -125,6 +132,8 @@ class AuthService:
         async with self.db.transaction() as tx:
             row = await tx.fetchrow(_CREATE_USER, {"email": email, "password_hash": password_hash,
                                                    "full_name": full_name, "roles": [Role.CUSTOMER]})
+            if row is not None:
+                await _registered(tx, row, Role.CUSTOMER)
         if row is None:
             raise Conflict("An account with this email already exists.")
         return Account(**row)
@@ -159,6 +168,8 @@ class AuthService:
                     return
                 created = await tx.fetchrow(_CREATE_USER, {"email": email, "password_hash": password_hash,
                                                            "full_name": "Administrator", "roles": [Role.ADMIN]})
+                if created is not None:  # an account like any other: a consumer counting accounts sees it
+                    await _registered(tx, created, Role.ADMIN)
             if created is not None:
                 log.info("bootstrap admin created", email=email)
                 return

@@ -18,7 +18,7 @@ from tests.auth_service.conftest import (
     login,
     new_account,
 )
-from tests.inprocess import PROBLEM
+from tests.inprocess import PROBLEM, OutboxWatch
 
 
 async def test_register_login_me(client: httpx.AsyncClient) -> None:
@@ -150,10 +150,33 @@ async def test_logout_needs_a_token(client: httpx.AsyncClient) -> None:
     assert (await client.post("/api/auth/logout")).status_code == 401
 
 
-async def test_bootstrap_admin_exists_with_admin_role(client: httpx.AsyncClient) -> None:
+async def test_bootstrap_admin_exists_with_admin_role(client: httpx.AsyncClient, app: FastAPI) -> None:
     tokens = await login(client, ADMIN_EMAIL, ADMIN_PASSWORD)
     me = await client.get("/api/auth/me", headers=bearer(tokens["access_token"]))
     assert "admin" in me.json()["roles"]
+    # An account like any other, registered by the start-up: a consumer counting accounts sees it too.
+    admin_id = me.json()["id"]
+    everything = await OutboxWatch(app.state.db, 0).new()
+    assert [said for said in everything if said[1] == admin_id] == [
+        ("user.registered.v1", admin_id, None, {"user_id": admin_id, "role": "admin"})]
+
+
+async def test_a_registration_is_one_event_without_personal_data(client: httpx.AsyncClient, app: FastAPI) -> None:
+    outbox = await OutboxWatch.of(app)
+    email = f"grace.{uuid.uuid4().hex[:8]}@example.com"
+    registered = await client.post("/api/auth/register",
+                                   json={"email": email, "password": PASSWORD, "full_name": "Grace Hopper"})
+    assert registered.status_code == 201
+    user_id = registered.json()["id"]
+    # The id and the role, all of it: no address, no name, no password hash.
+    assert await outbox.new() == [("user.registered.v1", user_id, None, {"user_id": user_id, "role": "customer"})]
+    refused = [await client.post("/api/auth/register", json={"email": email.upper(), "password": PASSWORD}),
+               await client.post("/api/auth/register", json={"email": "not-an-address", "password": PASSWORD})]
+    assert [response.status_code for response in refused] == [409, 422]
+    # Logging in, refreshing and logging out are sessions, not changes of an account: nothing on the bus.
+    tokens = await login(client, email)
+    assert (await client.post("/api/auth/refresh", json={"refresh_token": tokens["refresh_token"]})).status_code == 200
+    assert await outbox.new() == []
 
 
 async def test_repeated_failures_per_account_are_refused_with_retry_after(app: FastAPI) -> None:

@@ -24,7 +24,7 @@ from tests.auth_service.conftest import (
     running,
     unverified_kid,
 )
-from tests.inprocess import fresh_database_url
+from tests.inprocess import OutboxWatch, fresh_database_url
 
 PRODUCTION: dict[str, Any] = {"env": "production", "eureka_server_url": "",
               "service_client_secret": "a-real-secret-from-the-vault-0123456789",
@@ -76,10 +76,12 @@ async def test_bootstrap_promotes_an_existing_account() -> None:
     async with running(auth_settings(url, bootstrap_admin_email="", bootstrap_admin_password="")) as (_, client):
         assert (await client.post("/api/auth/register", json={"email": ADMIN_EMAIL, "password": PASSWORD})
                 ).status_code == 201
-    async with running(auth_settings(url)) as (_, client):
+    async with running(auth_settings(url)) as (app, client):
         # Promoted, and the password stays the account's own: bootstrapping never resets it.
         me = await client.get("/api/auth/me", headers=bearer((await login(client, ADMIN_EMAIL))["access_token"]))
         assert sorted(me.json()["roles"]) == ["admin", "customer"]
+        # Registered once (as a customer); the promotion registers no one.
+        assert [kind for kind, *_ in await OutboxWatch(app.state.db, 0).new()] == ["user.registered.v1"]
 
 
 def test_production_refuses_the_demo_admin_password() -> None:
