@@ -1,4 +1,5 @@
-"""The fleet's promises, checked through the gateway: every saga finished, stock conserved, money moved once.
+"""The fleet's promises, checked through the gateway: every saga finished, stock conserved, money moved once, and
+through the services' databases: every event on the bus.
 
 `check_invariants` reads every service's state as an admin (sagas, orders, payments, allocations, carrier
 assignments, shipments, products) and reports each broken promise as a readable `Violation`:
@@ -9,28 +10,39 @@ assignments, shipments, products) and reports each broken promise as a readable 
 - a COMPENSATED saga's order is CANCELLED and nothing of it is left: no net charge (captured - refunded == 0),
   no held stock, no live carrier assignment, no live shipment;
 - for the skus asked about: the stock held (`reserved`) is exactly what confirmed orders hold, nothing is
-  oversold, and with the initial stock given, `available == initial - confirmed` and `on_hand == initial`.
+  oversold, and with the initial stock given, `available == initial - confirmed` and `on_hand == initial`;
+- every DELIVERED parcel's order is DELIVERED (order_service follows its parcel through the bus);
+- with the services' databases given (`databases`), every outbox is drained: each service's `outbox` table is
+  empty, and the saga orchestrator's relay has published its event store's notification log to the end. One
+  count per database, whatever the history.
 
-Reads only (GETs), so it is safe against a live fleet; the CLI's `check` command and the reliability tests
-call it. A check scoped to the last run stays cheap on a fleet with a long history: the saga list is asked
-for the sagas created since `since` (`created_after`), and orders, payments and shipments, whose lists take no
-such window, are read newest first until the first one older than `since`.
+Reads only (GETs, and counts in the databases), so it is safe against a live fleet; the CLI's `check` command
+and the reliability tests call it. A check scoped to the last run stays cheap on a fleet with a long history: the
+saga list is asked for the sagas created since `since` (`created_after`), and orders, payments and shipments,
+whose lists take no such window, are read newest first until the first one older than `since`.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+from sqlalchemy import create_engine, func, inspect, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+from shared.bus import outbox
 
 SAGAS = "/api/customer-orders"
 TERMINAL = frozenset({"COMPLETED", "COMPENSATED", "COMPENSATION_FAILED"})
+# A COMPLETED saga's order: CONFIRMED, then SHIPPED and DELIVERED as its parcel moves (moved by the bus's events).
+CONFIRMED_STATES = ("CONFIRMED", "SHIPPED", "DELIVERED")
 PAGE = 500
 _READ_ATTEMPTS = 4
 _SHOWN_PER_RULE = 25
@@ -50,6 +62,8 @@ NO_LIVE_SHIPMENT = "cancelled-no-live-shipment"
 ONE_ORDER_PER_SAGA = "one-order-per-saga"
 STOCK_CONSERVED = "stock-conserved"
 NO_OVERSELL = "no-oversell"
+DELIVERED_FOLLOWED = "delivered-parcel-order-delivered"
+OUTBOX_DRAINED = "outbox-drained"
 UNREADABLE = "unreadable"
 
 
@@ -72,6 +86,7 @@ class InvariantReport:
     notes: list[str] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
     stock: dict[str, dict[str, int]] = field(default_factory=dict)
+    outboxes: dict[str, int] = field(default_factory=dict)  # service -> events not yet on the bus (when asked)
     elapsed_secs: float = 0.0
 
     @property
@@ -93,9 +108,13 @@ class InvariantReport:
                  + ("OK" if self.ok else f"{len(self.violations)} VIOLATION(S)")]
         lines.append("  sagas: " + (", ".join(f"{k.removeprefix('saga:')} {v}" for k, v in sorted(self.counts.items())
                                              if k.startswith("saga:")) or "none"))
-        lines.append(f"  orders: {self.counts['orders:CONFIRMED']} confirmed, {self.counts['orders:CANCELLED']}"
+        lines.append(f"  orders: {self.counts['orders:CONFIRMED']} confirmed, {self.counts['orders:SHIPPED']} shipped,"
+                     f" {self.counts['orders:DELIVERED']} delivered, {self.counts['orders:CANCELLED']}"
                      f" cancelled; payments: {self.counts['payments']} (captured {self.counts['captured_minor']},"
                      f" refunded {self.counts['refunded_minor']} minor units)")
+        if self.outboxes:
+            lines.append("  outboxes (events not yet on the bus): "
+                         + ", ".join(f"{service} {count}" for service, count in sorted(self.outboxes.items())))
         for sku, level in sorted(self.stock.items()):
             lines.append(f"  stock {sku}: " + ", ".join(f"{k} {v}" for k, v in level.items()))
         for rule, count in sorted(self.by_rule().items()):
@@ -194,6 +213,7 @@ def check_invariants(
     workers: int = 8,
     timeout: float = 30,
     transport: httpx.BaseTransport | None = None,
+    databases: Mapping[str, str] | None = None,
 ) -> InvariantReport:
     """Read the fleet through the gateway as admin and report every broken promise.
 
@@ -204,6 +224,8 @@ def check_invariants(
     violation only with `allow_compensation_failed=False`; it is always counted and its state left
     unchecked (its compensation is by definition unfinished). `sagas` checks those sagas (each with `saga_id`,
     `status`, `order_id`, `created_at`, `updated_at`: e.g. the bench's DBOS peer's) instead of the orchestrator's.
+    `databases` (service package -> its DATABASE_URL) are checked for a drained outbox; without them, outboxes are
+    not checked (the gateway does not show them).
     """
     started = time.monotonic()
     since = _aware(since) if since is not None else None
@@ -216,6 +238,7 @@ def check_invariants(
                    initial_stock or {}, allow_compensation_failed, workers, sagas)
         except UnreadableError as exc:
             report.add(UNREADABLE, report.gateway_url, str(exc))
+    _check_outboxes(report, databases or {})
     report.elapsed_secs = time.monotonic() - started
     return report
 
@@ -264,12 +287,12 @@ def _check(reader: _Reader, report: InvariantReport, skus: list[str], initial_st
             continue
         saga_of_order[order_id] = saga_id
         order = orders.get(order_id) or reader.get(f"/api/orders/{order_id}", missing_ok=True)
-        expected = "CONFIRMED" if status == "COMPLETED" else "CANCELLED"
+        expected = CONFIRMED_STATES if status == "COMPLETED" else ("CANCELLED",)
         if order is None:
             report.add(ORDER_STATE, saga_id, f"{status}, but its order {order_id} does not exist")
-        elif order["status"] != expected:
+        elif order["status"] not in expected:
             report.add(ORDER_STATE, order_id, f"saga {saga_id} is {status} but the order is {order['status']}"
-                                              f" (expected {expected})")
+                                              f" (expected {' or '.join(expected)})")
         else:
             checked.append(order)
 
@@ -303,13 +326,14 @@ def _check(reader: _Reader, report: InvariantReport, skus: list[str], initial_st
         report.counts["payments"] += len(paid)
         report.counts["captured_minor"] += sum(int(p["amount_minor"]) for p in paid)
         report.counts["refunded_minor"] += sum(int(p["refunded_minor"]) for p in paid)
-        if order["status"] == "CONFIRMED":
+        if order["status"] in CONFIRMED_STATES:
             confirmed.update(_lines(order))
             _check_confirmed(report, order, paid, allocation, assignment, shipments.get(order_id, []))
         else:
             _check_cancelled(report, order, paid, allocation, assignment, shipments.get(order_id, []))
 
     _note_strays(report, payments, shipments, saga_of_order)
+    _check_delivered(reader, report, orders, shipments)
     if skus:
         _check_stock(reader, report, skus, initial_stock, held, confirmed, waiting)
 
@@ -374,6 +398,67 @@ def _note_strays(report: InvariantReport, payments: dict[str, list[dict[str, Any
     for order_id, parcels in shipments.items():
         if order_id not in saga_of_order and any(s["status"] != "CANCELLED" for s in parcels):
             report.notes.append(f"order {order_id} (no saga in scope) has a live shipment")
+
+
+def _check_delivered(reader: _Reader, report: InvariantReport, orders: dict[str, dict[str, Any]],
+                     shipments: dict[str, list[dict[str, Any]]]) -> None:
+    """Every DELIVERED parcel in scope has its order DELIVERED: order_service learnt it from the bus."""
+    for order_id, parcels in shipments.items():
+        delivered = [s for s in parcels if s["status"] == "DELIVERED"]
+        if not delivered:
+            continue
+        order = orders.get(order_id) or reader.get(f"/api/orders/{order_id}", missing_ok=True)
+        status = order["status"] if order is not None else "missing"
+        if status != "DELIVERED":
+            report.add(DELIVERED_FOLLOWED, order_id, f"parcel {delivered[0]['tracking_number']} is DELIVERED but the"
+                                                     f" order is {status}")
+
+
+# The saga orchestrator's events are its event store's notification log (saga_orchestrator/events.py): what waits
+# is the log after the position its relay published (`bus_relay_position`). The log's table is eventsourcing's:
+# `sagas_events` (notification_id) on PostgreSQL, `stored_events` (rowid) on SQLite.
+_LOG_END = {"postgresql": "SELECT max(notification_id) FROM sagas_events",
+            "sqlite": "SELECT max(rowid) FROM stored_events"}
+_RELAYED = "SELECT max(position) FROM bus_relay_position"
+
+
+def _sync_url(database_url: str) -> str:
+    """The service's async URL (asyncpg, aiosqlite) with the project's synchronous drivers: the check is sync."""
+    url = make_url(database_url)
+    backend = url.get_backend_name()
+    return url.set(drivername="postgresql+psycopg" if backend == "postgresql" else backend).render_as_string(
+        hide_password=False)
+
+
+def outbox_backlog(database_url: str) -> int:
+    """Events a service wrote that the bus does not have yet: its outbox's rows, or for the saga orchestrator its
+    notification log after its relay's position. A count, never a read of the rows (LookupError: no outbox)."""
+    engine = create_engine(_sync_url(database_url), poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            tables = set(inspect(connection).get_table_names())
+            if outbox.name in tables:
+                return int(connection.execute(select(func.count()).select_from(outbox)).scalar_one())
+            if "bus_relay_position" in tables and engine.dialect.name in _LOG_END:
+                end = connection.execute(text(_LOG_END[engine.dialect.name])).scalar() or 0
+                relayed = connection.execute(text(_RELAYED)).scalar() or 0
+                return max(0, int(end) - int(relayed))
+            raise LookupError("no outbox table in this database")
+    finally:
+        engine.dispose()
+
+
+def _check_outboxes(report: InvariantReport, databases: Mapping[str, str]) -> None:
+    """Every outbox is drained: what a service wrote, the bus has (the relays keep up, the bus is there)."""
+    for service, url in sorted(databases.items()):
+        try:
+            backlog = outbox_backlog(url)
+        except Exception as exc:  # any failure: this outbox cannot be vouched for
+            report.add(UNREADABLE, service, f"its outbox could not be counted: {type(exc).__name__}: {exc}"[:300])
+            continue
+        report.outboxes[service] = backlog
+        if backlog:
+            report.add(OUTBOX_DRAINED, service, f"{backlog} event(s) written but not yet published on the bus")
 
 
 def _check_stock(reader: _Reader, report: InvariantReport, skus: list[str], initial_stock: dict[str, int],

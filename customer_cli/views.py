@@ -146,3 +146,34 @@ def load_summary(report: LoadReport) -> Table:
         table.add_row(label, str(count), _secs(percentile(latencies, 50)), _secs(percentile(latencies, 95)),
                       _secs(percentile(latencies, 99)), _secs(latencies[-1] if latencies else None))
     return table
+
+
+# -- the bus (customer_cli/event_bus.py) -----------------------------------------------------------------------
+
+_FAMILY_STYLES = {"order": "cyan", "stock": "blue", "product": "blue", "payment": "magenta", "carrier": "yellow",
+                  "shipment": "green", "user": "white", "saga": "bright_black"}
+
+
+def event_line(columns: list[str]) -> Text:
+    """One event of `events tail`: time, type (coloured by its family), subject, orderid, summary."""
+    moment, event_type, subject, order_id, summary = columns
+    line = Text(f"{moment:<24} ", style="dim")
+    line.append(f"{event_type:<28} ", style=_FAMILY_STYLES.get(event_type.split(".")[0], "red"))
+    line.append(f"{subject:<36} {order_id:<36} ")
+    line.append(summary, style="dim" if event_type in ("-", "") else "")
+    return line
+
+
+def dead_letter_table(page: Any) -> Table:
+    """`events dead-letters`: a customer_cli.event_bus.DeadLetterPage, oldest first."""
+    shown = len(page.letters)
+    table = Table(title=f"Dead letters: {page.total} in the stream"
+                  + (f", the oldest {shown} shown" if shown < page.total else ""), title_justify="left")
+    for column in ("seq", "dead since", "consumer", "type", "subject", "orderid", "deliveries", "error"):
+        table.add_column(column, overflow="fold")
+    for letter in page.letters:
+        event = letter.event
+        table.add_row(str(letter.sequence), letter.at.astimezone().strftime("%Y-%m-%d %H:%M:%S") if letter.at else "",
+                      letter.consumer, event.type if event else "(not a CloudEvent)", event.subject if event else "",
+                      (event.orderid or "") if event else "", str(letter.deliveries), Text(letter.error, style="red"))
+    return table

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from eventsourcing.domain import Aggregate
 
 from customer_cli import invariants
+from customer_cli.fleet import ROOT
 from customer_cli.invariants import check_invariants
+from saga_orchestrator.event_store import SagaApplication, eventsourcing_env
+from saga_orchestrator.models import relay_positions
+from shared import events
+from shared.bus import emit
+from shared.db import Database
+from shared.migrations import upgrade_to_head
+from tests.inprocess import BACKENDS, backend_database_url
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 SKU = "REL-FAKE"
@@ -164,8 +175,13 @@ def _shared_order(f: FakeFleet) -> None:
     f.sagas.insert(0, {**f.sagas[-1], "saga_id": "saga-dup", "order_id": "order-1"})
 
 
+def _delivered_but_shipped(f: FakeFleet) -> None:
+    _shipment(f, "order-3").update(status="DELIVERED")
+    f.orders["order-3"]["status"] = "SHIPPED"  # the delivery's event never reached order_service
+
+
 # Each way a promise can break, and the rule that must name it.
-BREAKAGES: dict[str, tuple[Callable[[FakeFleet], None], str]] = {
+BREAKAGES: dict[str, tuple[Callable[[FakeFleet], object], str]] = {
     "saga still running": (lambda f: f.sagas[0].update(status="RUNNING"), invariants.SAGA_NOT_TERMINAL),
     "completed saga, pending order": (lambda f: f.orders["order-1"].update(status="PENDING"), invariants.ORDER_STATE),
     "compensated saga, confirmed order": (lambda f: f.orders["order-2"].update(status="CONFIRMED"),
@@ -196,6 +212,9 @@ BREAKAGES: dict[str, tuple[Callable[[FakeFleet], None], str]] = {
     "stock held by nobody": (lambda f: f.product(SKU, on_hand=10, reserved=5), invariants.STOCK_CONSERVED),
     "oversold": (_oversold, invariants.NO_OVERSELL),
     "payments unreadable": (lambda f: f.broken_paths.add("/api/payments"), invariants.UNREADABLE),
+    "delivered parcel, order only confirmed": (lambda f: _shipment(f, "order-1").update(status="DELIVERED"),
+                                               invariants.DELIVERED_FOLLOWED),
+    "delivered parcel, order shipped": (_delivered_but_shipped, invariants.DELIVERED_FOLLOWED),
 }
 
 
@@ -248,3 +267,85 @@ def test_stray_money_is_noted() -> None:
     fleet.payments.insert(0, {**stray, "id": "pay-stray", "order_id": "order-nobody"})
     report = fleet.check()
     assert report.ok and any("order-nobody" in note for note in report.notes)
+
+
+def test_a_shipped_or_delivered_order_keeps_its_completed_sagas_promises() -> None:
+    fleet = consistent_fleet()
+    _shipment(fleet, "order-1").update(status="DELIVERED")
+    fleet.orders["order-1"]["status"] = "DELIVERED"
+    _shipment(fleet, "order-3").update(status="IN_TRANSIT")
+    fleet.orders["order-3"]["status"] = "SHIPPED"
+    report = fleet.check()
+    assert report.ok, report.render()
+    assert report.counts["orders:DELIVERED"] == 1 and report.counts["orders:SHIPPED"] == 1
+    assert report.stock[SKU]["confirmed"] == 4  # their stock is still theirs
+    assert "1 shipped, 1 delivered" in report.render()
+
+
+def test_a_delivered_parcel_whose_order_is_confirmed_is_named() -> None:
+    fleet = consistent_fleet()
+    _shipment(fleet, "order-1").update(status="DELIVERED")
+    [violation] = fleet.check().violated(invariants.DELIVERED_FOLLOWED)
+    assert violation.subject == "order-1"
+    assert "CS000000000001 is DELIVERED but the order is CONFIRMED" in violation.message
+
+
+# -- outboxes: the services' own databases, migrated as the services migrate them ---------------------------------
+
+
+async def _migrated(package: str, backend: str) -> str:
+    url = backend_database_url(backend, f"cs_unit_invariants_{package}")
+    await asyncio.to_thread(upgrade_to_head, ROOT / package, url)
+    return url
+
+
+async def _emit(url: str, count: int) -> None:
+    """`count` events written as a service writes them (in a transaction, into its outbox), never relayed."""
+    db = Database(url)
+    try:
+        async with db.transaction() as tx:
+            for n in range(count):
+                await emit(tx, events.OrderCancelled(order_id=f"order-{n}", reason="test"), subject=f"order-{n}",
+                           order_id=f"order-{n}")
+    finally:
+        await db.dispose()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_non_empty_outbox_is_reported_with_its_service_and_count(backend: str) -> None:
+    drained, waiting = await _migrated("order_service", backend), await _migrated("payment_service", backend)
+    await _emit(waiting, 3)
+    report = consistent_fleet().check(databases={"order_service": drained, "payment_service": waiting})
+    assert report.by_rule() == {invariants.OUTBOX_DRAINED: 1}, report.render()
+    [violation] = report.violated(invariants.OUTBOX_DRAINED)
+    assert violation.subject == "payment_service" and violation.message.startswith("3 event(s)")
+    assert report.outboxes == {"order_service": 0, "payment_service": 3}
+    assert "outboxes (events not yet on the bus): order_service 0, payment_service 3" in report.render()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_the_orchestrators_outbox_is_its_log_after_the_relays_position(backend: str) -> None:
+    url = await _migrated("saga_orchestrator", backend)
+    store = SagaApplication(env=eventsourcing_env(url))  # its tables, as the orchestrator opens them
+    try:
+        for _ in range(3):
+            store.save(Aggregate())
+        last = store.recorder.max_notification_id() or 0
+    finally:
+        store.close()
+    assert invariants.outbox_backlog(url) == 3  # nothing relayed yet
+    db = Database(url)
+    try:
+        async with db.transaction() as tx:
+            await tx.execute(relay_positions.insert().values(relay="sagas", position=last - 1))
+    finally:
+        await db.dispose()
+    assert invariants.outbox_backlog(url) == 1
+    report = consistent_fleet().check(databases={"saga_orchestrator": url})
+    assert report.by_rule() == {invariants.OUTBOX_DRAINED: 1} and report.outboxes == {"saga_orchestrator": 1}
+
+
+def test_a_database_without_an_outbox_is_unreadable_not_drained(tmp_path: Path) -> None:
+    report = consistent_fleet().check(databases={"order_service": f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"})
+    assert report.by_rule() == {invariants.UNREADABLE: 1}
+    assert report.violated(invariants.UNREADABLE)[0].subject == "order_service"
