@@ -42,6 +42,8 @@ from shared.events import (
 ALL_EVENTS = f"{SUBJECT_ROOT}.>"
 # What the summary of an event's data is cut to, so that one event stays one line.
 SUMMARY_CHARS = 90
+# Events received and not yet shown, at most.
+TAIL_BUFFER = 1024
 
 
 class BusUnreachable(Exception):
@@ -155,7 +157,9 @@ async def tail(config: BusConfig, plan: TailPlan, show: Callable[[Seen], None],
     `from_start` reads the stream through an ordered consumer (ephemeral, no acks, in stream order) instead, from
     its first message on, and goes on with the live ones."""
     nc = await open_connection(config)
-    queue: asyncio.Queue[Msg] = asyncio.Queue()
+    # Bounded: a terminal slower than the bus leaves the backlog to the client's own pending limit, which drops
+    # (and says so) rather than growing without end.
+    queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=TAIL_BUFFER)
 
     async def received(message: Msg) -> None:
         await queue.put(message)
