@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,6 +25,8 @@ from types import FrameType
 import httpx
 
 from customer_cli import local_secrets
+from customer_cli.nats import NatsServer, generate_passwords
+from shared.bus import BusConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,6 +59,9 @@ COMPONENTS: dict[str, Component] = {c.package: c for c in (
 SERVICES: dict[str, str] = {c.package: c.app for c in COMPONENTS.values() if c.app}
 NO_DATABASE: set[str] = {package for package in SERVICES if not COMPONENTS[package].database}
 SEEDS = ("inventory_service.seed", "carrier_service.seed")
+# Every default port (+ the local fleet's offset): the components' and the bus's (its clients', its monitoring).
+DEFAULT_PORTS: dict[str, int] = {**{c.package: c.port for c in COMPONENTS.values()}, "nats": 4222,
+                                 "nats_monitor": 8222}
 
 # The demo admin of the CLI's local fleet; its password is generated at the first run (var/secrets.json).
 DEMO_ADMIN_EMAIL = "admin@example.com"
@@ -171,11 +177,14 @@ class ServiceProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-def spawn(module: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+def spawn(command: str | list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """`python -m command` (a module name), or `command` (a command line: the nats-server), its output in
+    `log_path`; it dies with the supervisor."""
+    argv = [sys.executable, "-m", command] if isinstance(command, str) else command
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
-        return subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env=env, stdout=log,
-                                stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                preexec_fn=_die_with_parent)
 
 
 @dataclass
@@ -196,14 +205,23 @@ class Fleet:
     service_secret: str = field(default_factory=lambda: secrets.token_hex(24))
     gateway_secret: str = field(default_factory=lambda: secrets.token_hex(24))
     registry_password: str = field(default_factory=lambda: secrets.token_hex(16))
+    # The bus: a nats-server of the fleet's own with its store under nats_dir, every service connecting as its
+    # own user (customer_cli/nats.py) with a password made for this fleet. nats_dir None: no server of its own;
+    # the environment's NATS_URL (and NATS_USER, NATS_PASSWORD) reach every service as they are.
+    nats_dir: Path | None = None
+    nats_passwords: dict[str, str] = field(default_factory=generate_passwords)
     auth_port: int = 0  # 0: its default port (+ offset), or a free one
     welcome: str = ""  # said once the fleet is up (run_until_interrupted)
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
     registry: ServiceProcess | None = None
+    nats: NatsServer | None = None  # made (not started) when the fleet is, from nats_dir
 
     def __post_init__(self) -> None:
         if not self.auth_port:
             self.auth_port = self.port("auth_service")
+        if self.nats is None and self.nats_dir is not None:
+            self.nats = NatsServer(self.nats_dir, self.port("nats"), self.port("nats_monitor"), self.nats_passwords,
+                                   log_path=self.log_path("nats"))
 
     @property
     def registry_url(self) -> str:
@@ -219,8 +237,9 @@ class Fleet:
     def gateway_url(self) -> str:
         return self.processes["gateway"].url
 
-    def port(self, package: str) -> int:
-        return free_port() if self.port_offset is None else COMPONENTS[package].port + self.port_offset
+    def port(self, name: str) -> int:
+        """A component's port, or the bus's ("nats", "nats_monitor")."""
+        return free_port() if self.port_offset is None else DEFAULT_PORTS[name] + self.port_offset
 
     def log_path(self, name: str) -> Path:
         return self.workdir / "logs" / f"{name}.log"
@@ -242,8 +261,18 @@ class Fleet:
             env.pop("SERVICE_CLIENT_SECRET", None)
         if COMPONENTS[package].database:
             env["DATABASE_URL"] = self.database_url(package)
+        if self.nats is not None:  # the package's own NATS user (the gateway's is "gateway")
+            env.update(NATS_URL=self.nats.url, NATS_USER=package, NATS_PASSWORD=self.nats_passwords[package])
         env.update(overrides)
         return env
+
+    def bus_config(self, user: str) -> BusConfig:
+        """How to connect to the fleet's bus as `user` (one of customer_cli.nats.NATS_USERS; the CLI's is
+        "operator"). On the environment's bus: the environment's NATS_URL, NATS_USER and NATS_PASSWORD."""
+        if self.nats is None:
+            return BusConfig(os.environ.get("NATS_URL", ""), os.environ.get("NATS_USER", ""),
+                             os.environ.get("NATS_PASSWORD", ""), name=f"customer-service-{user}")
+        return self.nats.bus_config(user)
 
     def start_registry(self) -> ServiceProcess:
         port = self.port("registry")
@@ -284,6 +313,9 @@ class Fleet:
         wanted = list(SERVICES) if packages is None else packages
         try:
             self.start_registry()
+            if self.nats is not None:
+                self.nats.start()
+                self.nats.wait_ready()
             if "auth_service" in wanted:
                 self.start("auth_service")
             others = [self.start(p, wait=False) for p in wanted if p not in ("auth_service", "gateway")]
@@ -373,7 +405,8 @@ class Fleet:
         return [proc for proc in every if proc.popen is not None and not proc.alive()]
 
     def stop_all(self, timeout: float = 15) -> None:
-        """SIGTERM to every process at once, SIGKILL to those still running after `timeout` seconds."""
+        """SIGTERM to every process at once, SIGKILL to those still running after `timeout` seconds; then the bus's
+        server (the services' last events reach it)."""
         every = [*reversed(self.processes.values()), *([self.registry] if self.registry else [])]
         running = [proc for proc in every if proc.alive()]
         for proc in running:
@@ -381,6 +414,8 @@ class Fleet:
         deadline = time.monotonic() + timeout
         for proc in running:
             proc.wait_stopped(deadline - time.monotonic())
+        if self.nats is not None:
+            self.nats.stop(timeout=max(1.0, deadline - time.monotonic()))
 
     def run_until_interrupted(self, log: Callable[[str], None] = print) -> int:
         """The CLI's `up`: seed, start everything, block until SIGINT/SIGTERM or a component dies; then stop."""
@@ -395,7 +430,9 @@ class Fleet:
             self.start_all()
             self.wait_routable()
             assert self.registry is not None
-            log(f"The fleet is up. Gateway: {self.gateway_url}  (registry: {self.registry.url}, "
+            bus = f"NATS: {self.nats.url}, its monitoring: {self.nats.monitor_url}" if self.nats else (
+                f"NATS: {self.bus_config('operator').url}")
+            log(f"The fleet is up. Gateway: {self.gateway_url}  (registry: {self.registry.url}, {bus}, "
                 f"logs: {self.workdir / 'logs'}). Press Ctrl-C to stop.")
             if self.welcome:
                 log(self.welcome)
@@ -434,6 +471,9 @@ def local_fleet(var: Path, port_offset: int = 0) -> Fleet:
         service_secret=os.environ.get("SERVICE_CLIENT_SECRET") or made.service_client_secret,
         gateway_secret=os.environ.get("GATEWAY_CLIENT_SECRET") or made.gateway_client_secret,
         registry_password=os.environ.get("EUREKA_PASSWORD") or made.registry_password,
+        # JetStream's store under var/ beside the databases, unless the environment names a bus of its own.
+        nats_dir=None if os.environ.get("NATS_URL") else var / "nats",
+        nats_passwords=made.nats_passwords,
         welcome=f"Demo admin: {DEMO_ADMIN_EMAIL} with the password in {var / local_secrets.FILE_NAME} "
                 "(made at the first run; the CLI's commands read it from there).",
     )
@@ -491,9 +531,12 @@ POSTGRES_FLEET_ENV = {
 
 def postgres_fleet(workdir: Path, server: PostgresServer, db_prefix: str,
                    env: dict[str, str] | None = None) -> Fleet:
-    """The tests' and the bench's fleet: free ports, a database `<db_prefix>_<package>` each on `server`."""
+    """The tests' and the bench's fleet: free ports, a database `<db_prefix>_<package>` each on `server`, a
+    nats-server of its own with an empty store (its databases are new too), whatever NATS_URL says."""
+    workdir.mkdir(parents=True, exist_ok=True)
     return Fleet(
         workdir=workdir,
+        nats_dir=Path(tempfile.mkdtemp(prefix="nats-", dir=workdir)),
         database_url=lambda package: server.url(f"{db_prefix}_{package}"),
         db_prefix=db_prefix,
         env={**POSTGRES_FLEET_ENV, **(env or {})},

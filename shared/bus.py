@@ -272,8 +272,13 @@ class Bus:
             with contextlib.suppress(BaseException):
                 await task
         if self.nc is not None:
+            # Flush (the last acks) and close, not drain: nats-py's drain waits for every pull subscription's queue
+            # to be marked done, which fetch() never does, so a consumer that had fetched held the shutdown for
+            # drain_timeout (30 s; the fleet SIGKILLs after 15).
             with contextlib.suppress(Exception):
-                await self.nc.drain()
+                await self.nc.flush(timeout=1)
+            with contextlib.suppress(Exception):
+                await self.nc.close()
 
 
 # --- test and drill faults (FAULT_INJECTION only) ----------------------------------------------------------------

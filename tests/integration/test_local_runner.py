@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from customer_cli.fleet import COMPONENTS, ROOT
+from customer_cli.fleet import COMPONENTS, DEFAULT_PORTS, ROOT
 
 pytestmark = pytest.mark.skipif(bool(os.environ.get("GATEWAY_URL")), reason="targets a running stack")
 
@@ -25,14 +25,14 @@ def _free_offset() -> int:
     # Outside the kernel's ephemeral range (read, not assumed): a port there can be taken by any outgoing
     # connection (the fleet's own, to PostgreSQL) between this check and the service's bind.
     low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-    lowest, highest = min(c.port for c in COMPONENTS.values()), max(c.port for c in COMPONENTS.values())
+    lowest, highest = min(DEFAULT_PORTS.values()), max(DEFAULT_PORTS.values())  # the components' and NATS's
     offsets = [o for o in range(1000, 65535 - highest, 10) if highest + o < low or lowest + o > high]
     for _ in range(50):
         offset = random.choice(offsets)
         try:
-            for component in COMPONENTS.values():
+            for port in DEFAULT_PORTS.values():
                 with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", component.port + offset))
+                    sock.bind(("127.0.0.1", port + offset))
             return offset
         except OSError:
             continue
