@@ -130,7 +130,7 @@ def customer_client(gateway: str, email: str | None, password: str | None, token
 def up(
     var: Path = typer.Option(Path("var"), help="Where the SQLite databases and logs go."),
     port_offset: int = typer.Option(int(os.environ.get("CS_PORT_OFFSET", "0")),
-                                    help="Added to every default port (8761, 8001-8007, 8080)."),
+                                    help="Added to every default port (8761, 8001-8007, 8080, NATS's 4222 and 8222)."),
 ) -> None:
     """Start the whole fleet as local processes (SQLite, local registry) until Ctrl-C."""
     raise typer.Exit(local_fleet(var.resolve(), port_offset).run_until_interrupted(log=typer.echo))
