@@ -31,7 +31,8 @@ NATS_ENV = ("NATS_URL", "NATS_USER", "NATS_PASSWORD")
 
 def test_the_committed_container_config_is_the_generators() -> None:
     assert CONTAINER_CONFIG.read_text() == container_config(), (
-        "deploy/nats/nats.conf is stale: write customer_cli.nats.container_config() to it")
+        "deploy/nats/nats.conf is stale (the catalogue's producers or consumers changed); write it again: .venv/bin/"
+        "python -c 'from customer_cli import nats; nats.CONTAINER_CONFIG.write_text(nats.container_config())'")
 
 
 def test_the_container_config_starts_only_with_every_password_in_the_environment(tmp_path: Path) -> None:
