@@ -526,6 +526,9 @@ POSTGRES_FLEET_ENV = {
     "BOOTSTRAP_ADMIN_PASSWORD": TEST_ADMIN_PASSWORD,
     "LOG_LEVEL": "INFO",
     "METRICS_TOKEN": METRICS_TOKEN,
+    # A consumer's failing event dead-lettered after 3 deliveries, an unacked one delivered again after 3 s.
+    "BUS_MAX_DELIVER": "3",
+    "BUS_ACK_WAIT_SECS": "3",
 }
 
 
