@@ -12,19 +12,27 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
+import nats.errors
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from sqlalchemy.engine import make_url
 
-from customer_cli import invariants, local_secrets, views
-from customer_cli.fleet import DEMO_ADMIN_EMAIL, local_fleet
+from customer_cli import event_bus, invariants, local_secrets, views
+from customer_cli.fleet import COMPONENTS, DEMO_ADMIN_EMAIL, local_fleet
 from customer_cli.gateway_client import GatewayClient, GatewayError
 from customer_cli.load import ERROR, OUTCOMES, LoadPlan, OrderResult, percentile, run_load
+from customer_cli.nats import OPERATOR_USER
 from customer_cli.orders import EventNarrator, choose_lines, describe, follow, new_customer, order_body
+from shared.bus import BusConfig
 
 app = typer.Typer(help="customer-service: the order-to-shipment fleet.", no_args_is_help=True)
 sagas_app = typer.Typer(help="List sagas (admin), or show one with its steps: `sagas show ID`.")
 app.add_typer(sagas_app, name="sagas")
+events_app = typer.Typer(help="The event bus: follow it (tail), its dead letters, its catalogue.",
+                         no_args_is_help=True)
+app.add_typer(events_app, name="events")
 ROOT = Path(__file__).resolve().parent.parent
 # Piped output (logs, CI, tests) is not cut at 80 columns: tables of saga ids need more.
 _WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
@@ -308,7 +316,177 @@ def show_saga(
         console.print(views.saga_events(saga))
 
 
+# -- events: the bus, as the operator sees it (customer_cli/event_bus.py) --------------------------
+
+NatsUrl = Annotated[str, typer.Option("--nats-url", envvar="NATS_URL",
+                                      help="The bus (default: the local fleet's, from var/).")]
+NatsUser = Annotated[str, typer.Option("--nats-user", envvar="NATS_USER", help="Its user (with --nats-url).")]
+NatsPassword = Annotated[str, typer.Option("--nats-password", envvar="NATS_PASSWORD",
+                                           help="Its password (with --nats-url).")]
+Var = Annotated[Path, typer.Option("--var", help="The local fleet's directory (its secrets, its databases).")]
+PortOffset = Annotated[int, typer.Option("--port-offset", envvar="CS_PORT_OFFSET",
+                                         help="The local fleet's port offset (as given to `up`).")]
+
+
+def operator_bus(nats_url: str, nats_user: str, nats_password: str, var: Path, port_offset: int) -> BusConfig:
+    """--nats-url (NATS_URL) with its user and password, else the local fleet's bus as its `operator` user (the
+    password the local runner made in var/secrets.json)."""
+    if nats_url:
+        return BusConfig(nats_url, nats_user or OPERATOR_USER, nats_password, name="customer-service-cli")
+    if local_secrets.read(var.resolve()) is None:
+        raise event_bus.BusUnreachable(f"no local fleet in {var} (no {local_secrets.FILE_NAME}): give --nats-url, "
+                                       "--nats-user and --nats-password for a bus elsewhere")
+    return local_fleet(var.resolve(), port_offset).bus_config(OPERATOR_USER)
+
+
+@contextmanager
+def bus_errors() -> Iterator[None]:
+    """An unreachable bus or a refusal ends the command with its reason, not a traceback."""
+    try:
+        yield
+    except (event_bus.BusUnreachable, event_bus.NotReplayable, ValueError) as exc:
+        errors.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(1) from None
+    except (nats.errors.Error, TimeoutError) as exc:
+        errors.print(f"[red]The bus answered: {escape(str(exc) or type(exc).__name__)}[/red]")
+        raise typer.Exit(1) from None
+
+
+def _flush_line(text: Any) -> None:
+    console.print(text, soft_wrap=True, markup=False)
+    console.file.flush()  # a pipe (grep, a test) sees each event as it comes
+
+
+@events_app.command("tail")
+def tail_events(
+    event_type: Annotated[str | None, typer.Option(
+        "--type", help="Only this type: order.confirmed (any version), order.confirmed.v1, or a family (shipment).")
+    ] = None,
+    order_id: Annotated[str | None, typer.Option("--order", help="Only the events about this order.")] = None,
+    from_start: Annotated[bool, typer.Option(
+        "--from-start", help="Replay the EVENTS stream from its first message, then follow.")] = False,
+    count: Annotated[int | None, typer.Option("--count", "-n", min=1, help="Stop after this many events.")] = None,
+    duration: Annotated[float | None, typer.Option(
+        "--duration", min=0, help="Stop after this many seconds.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One CloudEvent (JSON) a line.")] = False,
+    nats_url: NatsUrl = "",
+    nats_user: NatsUser = "",
+    nats_password: NatsPassword = "",
+    var: Var = Path("var"),
+    port_offset: PortOffset = 0,
+) -> None:
+    """Follow the events on the bus as they are published (until Ctrl-C, --count or --duration)."""
+    with bus_errors():
+        subject = event_bus.subject_filter(event_type)
+        config = operator_bus(nats_url, nats_user, nats_password, var, port_offset)
+        plan = event_bus.TailPlan(subject, order_id, count, duration, from_start)
+
+        def show(seen: event_bus.Seen) -> None:
+            if as_json:
+                typer.echo(seen.json())
+                sys.stdout.flush()
+            else:
+                _flush_line(views.event_line(seen.line()))
+
+        def subscribed() -> None:
+            scope = f" of order {order_id}" if order_id else ""
+            start = "from the stream's start" if from_start else "from now on"
+            errors.print(f"Following {subject}{scope} on {config.url} as {config.user}, {start} (Ctrl-C to stop)")
+
+        try:
+            asyncio.run(event_bus.tail(config, plan, show, subscribed))
+        except KeyboardInterrupt:
+            pass
+
+
+@events_app.command("dead-letters")
+def dead_letters(
+    replay: Annotated[list[int] | None, typer.Option(
+        "--replay", help="Publish this dead letter's event again on its subject, then delete it (repeatable).")
+    ] = None,
+    consumer: Annotated[str | None, typer.Option(
+        "--consumer", help="Only this consumer's (its NATS name, e.g. order_service_parcel).")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="How many to list (oldest first).")] = 100,
+    as_json: AsJson = False,
+    nats_url: NatsUrl = "",
+    nats_user: NatsUser = "",
+    nats_password: NatsPassword = "",
+    var: Var = Path("var"),
+    port_offset: PortOffset = 0,
+) -> None:
+    """List the events no consumer could apply (stream DEADLETTERS), or replay some (--replay SEQ).
+
+    A replayed event is the same CloudEvent (its id unchanged), so a consumer that had applied it changes nothing.
+    """
+    with bus_errors():
+        config = operator_bus(nats_url, nats_user, nats_password, var, port_offset)
+        if replay:
+            async def replay_all(js: Any) -> list[event_bus.Replayed]:
+                return [await event_bus.replay(js, sequence) for sequence in replay]
+
+            for done in asyncio.run(event_bus.with_jetstream(config, replay_all)):
+                event = done.letter.event
+                assert event is not None
+                if as_json:
+                    typer.echo(json.dumps({"sequence": done.letter.sequence, "event_id": event.id,
+                                           "type": event.type, "msg_id": done.msg_id,
+                                           "stream_sequence": done.stream_sequence, "deleted": done.deleted}))
+                else:
+                    console.print(f"Replayed dead letter {done.letter.sequence}: {event.type} {event.id} on "
+                                  f"{done.letter.subject} (EVENTS sequence {done.stream_sequence}); "
+                                  + ("the dead letter is deleted." if done.deleted else
+                                     "[red]the dead letter could not be deleted.[/red]"))
+            return
+        page = asyncio.run(event_bus.with_jetstream(
+            config, lambda js: event_bus.dead_letters(js, consumer=consumer, limit=limit)))
+    if as_json:
+        _print_json({"total": page.total, "items": [letter.as_json() for letter in page.letters]})
+    elif page.total == 0:
+        console.print("No dead letters: every consumer applied every event it was given.")
+    else:
+        console.print(views.dead_letter_table(page))
+
+
+@events_app.command("catalogue")
+def catalogue(
+    write: Annotated[Path | None, typer.Option(
+        "--write", help="Put the table into this file, between its catalogue markers (README.md).")] = None,
+) -> None:
+    """Every event type of the bus as a markdown table (README's "Events on the bus")."""
+    if write is None:
+        typer.echo(event_bus.catalogue_markdown(), nl=False)
+        return
+    try:
+        changed = event_bus.write_catalogue(write)
+    except (OSError, ValueError) as exc:
+        errors.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    typer.echo(f"{write}: the catalogue {'updated' if changed else 'was up to date'}.")
+
+
 # -- check: the invariant checker is customer_cli.invariants -------------------------------------
+
+
+def outbox_databases(given: list[str], gateway: str, var: Path, port_offset: int) -> dict[str, str]:
+    """The databases whose outboxes `check` counts: --database PACKAGE=URL, else the local fleet's SQLite files when
+    the gateway is the local fleet's (a fleet elsewhere has databases this machine may not reach)."""
+    databases: dict[str, str] = {}
+    for item in given:
+        package, _, url = item.partition("=")
+        if package not in COMPONENTS or not COMPONENTS[package].database or not url:
+            raise typer.BadParameter(f"PACKAGE=DATABASE_URL, PACKAGE one of "
+                                     f"{', '.join(p for p, c in COMPONENTS.items() if c.database)}",
+                                     param_hint="--database")
+        databases[package] = url
+    if databases or local_secrets.read(var.resolve()) is None:
+        return databases
+    fleet = local_fleet(var.resolve(), port_offset)
+    port = fleet.port("gateway")
+    if gateway.rstrip("/") not in (f"http://127.0.0.1:{port}", f"http://localhost:{port}"):
+        return {}
+    found = {package: fleet.database_url(package) for package, component in COMPONENTS.items() if component.database}
+    return {package: url for package, url in found.items() if Path(make_url(url).database or "").exists()}
+
 
 @app.command()
 def check(
@@ -320,16 +498,25 @@ def check(
         "--sku", help="Also check that this SKU's stock is conserved (repeat for more).")] = None,
     strict: Annotated[bool, typer.Option(
         "--strict", help="Count a COMPENSATION_FAILED saga as a violation (by default it is only counted).")] = False,
+    database: Annotated[list[str] | None, typer.Option(
+        "--database", help="PACKAGE=DATABASE_URL: check that service's outbox is drained (repeat for each); "
+        "default: the local fleet's databases, when --gateway is the local fleet's.")] = None,
+    var: Var = Path("var"),
+    port_offset: PortOffset = 0,
 ) -> None:
-    """Check the fleet's invariants through the gateway (every saga finished, money moved once, stock conserved).
+    """Check the fleet's invariants through the gateway (every saga finished, money moved once, stock conserved,
+    every delivered parcel's order delivered) and its outboxes (every event on the bus).
 
     Exits 1 when an invariant is broken.
     """
     moment = parse_since(since)
+    databases = outbox_databases(database or [], gateway, var, port_offset)
     with reported_errors(), admin_client(gateway, admin_email, admin_password) as client:
         assert client.token is not None
         report = invariants.check_invariants(client.base_url, client.token, skus=sku or [], since=moment,
-                                             allow_compensation_failed=not strict)
+                                             allow_compensation_failed=not strict, databases=databases)
+    if not databases:
+        report.notes.append("outboxes not checked: give --database PACKAGE=URL for each service")
     console.print(report.render(), style="green" if report.ok else "red")
     raise typer.Exit(0 if report.ok else 1)
 

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,11 @@ from typing import Any
 import httpx
 import pytest
 
+from customer_cli.fleet import COMPONENTS
 from tests.cli.conftest import Cli, run_cli
-from tests.conftest import register_customer
+from tests.conftest import User, register_customer
 from tests.dashboard.shop import Shop
-from tests.fleet import ROOT
+from tests.fleet import ROOT, Fleet
 
 STEPS = ["create_order", "add_order_lines", "allocate_inventory", "make_payment", "assign_carrier",
          "create_shipment", "confirm_order"]
@@ -214,3 +216,30 @@ def test_check_runs_the_invariant_checker(cli: Cli, cli_shop: Shop) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK" in result.stdout
     assert f"stock {cli_shop.sku}" in result.stdout
+
+
+@pytest.mark.integration
+def test_check_follows_a_delivered_parcel_and_counts_every_outbox(cli: Cli, cli_shop: Shop, fleet: Fleet,
+                                                                  gateway_url: str, admin: User) -> None:
+    """The bus's two promises through the real fleet: the parcel delivered by an operator moves its order to
+    DELIVERED (order_service follows it), and every service's outbox is drained (`--database` for each)."""
+    since = datetime.now(UTC).isoformat()
+    placed = cli("order", "--sku", cli_shop.sku, "--json")
+    assert placed.returncode == 0, placed.stdout + placed.stderr
+    order_id = as_json(placed)["order_id"]
+    with httpx.Client(base_url=gateway_url, timeout=30, headers=admin.headers) as api:
+        [shipment] = api.get("/api/shipments", params={"order_id": order_id}).json()["items"]
+        for status in ("DISPATCHED", "IN_TRANSIT", "DELIVERED"):
+            moved = api.post(f"/api/shipments/{shipment['id']}/status", json={"status": status})
+            assert moved.status_code == 200, moved.text
+    databases = [f"--database={package}={fleet.database_url(package)}"
+                 for package, component in COMPONENTS.items() if component.database]
+    deadline = time.monotonic() + 60
+    while True:  # the events are on their way: the check passes once they have arrived
+        checked = cli("check", "--since", since, *databases)
+        if checked.returncode == 0 or time.monotonic() > deadline:
+            break
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "0 confirmed, 0 shipped, 1 delivered" in checked.stdout
+    drained = ", ".join(f"{package} 0" for package in sorted(p for p, c in COMPONENTS.items() if c.database))
+    assert f"outboxes (events not yet on the bus): {drained}" in checked.stdout

@@ -1,5 +1,5 @@
 """The CLI's view of the bus, its pure parts: which subject `events tail --type` follows, how an event reads in one
-line, and the event catalogue's table, which README.md carries as generated."""
+line, the event catalogue's table (README.md carries it as generated), and whom the commands connect as."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from customer_cli import event_bus
+from customer_cli import event_bus, local_secrets
 from customer_cli.fleet import ROOT
+from customer_cli.main import operator_bus
+from customer_cli.nats import OPERATOR_USER
 from shared.events import CATALOGUE, OrderLineAdded, ShipmentDelivered, envelope
 
 
@@ -79,3 +81,17 @@ def test_a_message_that_is_no_cloudevent_is_shown_not_fatal() -> None:
     assert seen.event is None
     assert seen.line()[:2] == ["-", "order.created.v1"] and "not a CloudEvent" in seen.line()[4]
     assert '"error"' in seen.json()
+
+
+def test_the_commands_connect_as_the_local_fleets_operator_or_as_told(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NATS_URL", raising=False)
+    with pytest.raises(event_bus.BusUnreachable, match="no local fleet"):
+        operator_bus("", "", "", tmp_path, 0)
+    made = local_secrets.load_or_create(tmp_path)  # what `up` made at its first run
+    local = operator_bus("", "", "", tmp_path, 10)
+    assert (local.url, local.user, local.password) == ("nats://127.0.0.1:4232", OPERATOR_USER,
+                                                       made.nats_passwords[OPERATOR_USER])
+    assert local.inbox_prefix == "_INBOX_operator"  # the one inbox its permissions let it read
+    elsewhere = operator_bus("nats://bus.example:4222", "", "s3cret", tmp_path, 0)
+    assert (elsewhere.url, elsewhere.user, elsewhere.password) == ("nats://bus.example:4222", OPERATOR_USER, "s3cret")
