@@ -11,9 +11,13 @@ GATEWAY_URL is set, then measures in one run:
   6. event-store saves per saga in the run, and the store's own ceiling (saves/s)
   7. the ruler (bench/floor.py): the saga's shape of issue 17 priced at this run's floor (measured before and
      after the phases, the mean of the two), and the ratios to it
+  8. the event bus (bench/bus.py): the 64-client saga phase again with every outbox relay off (BUS_RELAY=false),
+     CPU per saga on ÷ off; the lag from an event's commit to the consumer's effect (p50, p99) and the events
+     published per saga in each relays-on saga phase, every outbox and consumer drained before and after it
 It prints a table and writes bench/results/latest.json. BENCH_SCALE (default 1) stretches every phase;
-BENCH_REPEAT (default 1) repeats the 64-client saga, bare and DBOS phases, interleaved; BENCH_PHASES picks
-parts (floor,store,sagas,bare,dbos,overhead); BENCH_FLEET_ENV="NAME=value ..." sets the fleet's environment.
+BENCH_REPEAT (default 1) repeats the 64-client saga, bare, DBOS and relays-off phases, interleaved; BENCH_PHASES
+picks parts (floor,store,sagas,bare,dbos,relays,overhead); BENCH_FLEET_ENV="NAME=value ..." sets the fleet's
+environment.
 """
 
 from __future__ import annotations
@@ -24,13 +28,14 @@ import os
 import platform
 import re
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench import event_store, floor
+from bench import bus, event_store, floor
 from bench.dbos_peer import PeerProcess
 from bench.load import Figures, closed_loop
 from bench.nginx import Nginx
@@ -51,17 +56,23 @@ from bench.stack import (
 )
 from customer_cli.fleet import METRICS_HEADERS, SERVICES, free_port
 from customer_cli.invariants import check_invariants
+from customer_cli.nats import OPERATOR_USER
+from shared.bus import BusConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LEVELS = [int(x) for x in os.environ.get("BENCH_LEVELS", "1,16,64").split(",")]
 SCALE = float(os.environ.get("BENCH_SCALE", "1"))
 REPEAT = int(os.environ.get("BENCH_REPEAT", "1"))
-# Which parts run (all by default): floor, store, sagas, bare, overhead.
-PHASES = set(os.environ.get("BENCH_PHASES", "floor,store,sagas,bare,dbos,overhead").split(","))
+# Which parts run (all by default): floor, store, sagas, bare, dbos, relays (the sagas with the bus's relays off),
+# overhead.
+PHASES = set(os.environ.get("BENCH_PHASES", "floor,store,sagas,bare,dbos,relays,overhead").split(","))
 DBOS_DB = f"{DB_PREFIX}_dbos"  # the peer's DBOS system database (TEST_DB_SUFFIX appended, like the fleet's)
 # Issue 17's targets, as ratios to the ruler measured in the same run (and p99 in ms at 16 clients).
+# Issue 22's budget for the bus: CPU per saga with the relays on ÷ off, and the commit-to-effect lag's p99 (ms) at the
+# top level (both the median of the rounds).
 TARGETS = {"cpu_vs_ruler": ("<=", 2.2), "sagas_vs_ruler": (">=", 0.45), "orchestrator_vs_bare": (">=", 0.85),
-           "project_vs_dbos": (">=", 3.0), "p99_ms_at_16": ("<=", 300.0), "moonshot_sagas_vs_ruler": (">=", 0.85)}
+           "project_vs_dbos": (">=", 3.0), "p99_ms_at_16": ("<=", 300.0), "moonshot_sagas_vs_ruler": (">=", 0.85),
+           "relays_on_vs_off": ("<=", 1.10), "bus_lag_p99_ms": ("<=", 1000.0)}
 SECONDS = {1: 5.0, 16: 8.0}  # a level's measured seconds at scale 1 (others: 12)
 WARMUP = 3.0
 STATS_SETTLE_SECS = 11  # PostgreSQL backends publish their commit counts within 10 s of going idle
@@ -124,6 +135,7 @@ class Bench:
         self.results: list[Figures] = []
         self.errors: list[str] = []
         self.cpu = CpuMeter(stack.pids, POSTGRES.admin_dsn, DB_PREFIX, POSTGRES.suffix) if stack.pids else None
+        self.bus = bus.BusWatch(stack.services, _bus_config(stack))
 
     def log(self, figures: Figures) -> None:
         self.results.append(figures)
@@ -132,25 +144,45 @@ class Bench:
               f"p95 {figures.p95_ms:7.1f}  p99 {figures.p99_ms:7.1f} ms  failures {figures.failures}  "
               f"load {load:.2f}", flush=True)
 
-    async def phase(self, name: str, one: Any, level: int, seconds: float, per: str = "") -> Figures:
+    async def phase(self, name: str, one: Any, level: int, seconds: float,
+                    settle: Callable[[], Awaitable[None]] | None = None) -> Figures:
+        """`settle`, when given, is awaited before the CPU is sampled again: the work the phase left behind (the
+        bus's relays and consumers catching up) is the phase's."""
         before = self.cpu.sample() if self.cpu else None
         figures = await closed_loop(name, one, level, seconds, WARMUP * min(SCALE, 2), self.errors)
+        # Warm-up CPU is in the sample too: divide by everything done in the sampled time.
+        done = figures.completed * (1 + WARMUP * min(SCALE, 2) / figures.seconds)
+        if settle is not None:
+            if self.cpu and before is not None and figures.completed:  # what the load's own time cost, apart
+                used = CpuMeter.used(before, self.cpu.sample())
+                figures.extra["cpu_ms_per_op_before_settling"] = round(sum(
+                    v for k, v in used.items() if k not in ("machine busy (cores)", "load generator")) * 1000 / done, 1)
+            started = time.monotonic()
+            await settle()
+            figures.extra["settle_secs"] = round(time.monotonic() - started, 1)
         if self.cpu and before is not None and figures.completed:
             used = CpuMeter.used(before, self.cpu.sample())
             busy = used.pop("machine busy (cores)")
-            # Warm-up CPU is in the sample too: divide by everything done in the sampled time.
-            done = figures.completed * (1 + WARMUP * min(SCALE, 2) / figures.seconds)
             figures.extra["cpu_ms_per_op"] = {k: round(v * 1000 / done, 2) for k, v in used.items() if v > 0}
             figures.extra["machine_busy_cores"] = busy
         self.log(figures)
         return figures
 
-    async def sagas(self, level: int) -> Figures:
+    async def sagas(self, level: int, relays: bool = True) -> Figures:
+        """The saga phase. With the relays on (the product's default) every outbox and consumer is drained before
+        it, and again before its CPU is sampled and its bus figures read; with them off nothing drains."""
         refresh_tokens(self.stack)
+        drain: dict[str, Any] = {}
+
+        async def settle() -> None:
+            drain["after"], drain["secs"], drain["drained"] = await self.bus.drained()
+
+        bus_before = (await self.bus.drained())[0] if relays else await bus.snapshot(self.bus.services)
         async with new_session(level + 8) as session:
             driver = GatewaySagas(self.stack, session)
             before, statements = orchestrator_counters(self.stack), statement_counts(self.stack)
-            figures = await self.phase("placeCustomerOrder (gateway)", driver.one, level, _secs(level))
+            name = "placeCustomerOrder (gateway)" if relays else "placeCustomerOrder, relays off"
+            figures = await self.phase(name, driver.one, level, _secs(level), settle if relays else None)
             after = orchestrator_counters(self.stack)
             figures.extra["statements_per_saga"] = _statements_per(statements, statement_counts(self.stack),
                                                                    driver.attempts)
@@ -161,6 +193,31 @@ class Bench:
         figures.extra["store_writes_per_saga"] = _per(_delta(after, before, "saga_event_store_writes_total"),
                                                       started or 0)
         figures.extra["attempts"] = driver.attempts
+        bus_after = drain["after"] if relays else await bus.snapshot(self.bus.services)
+        figures.extra["bus"] = _bus_figures(bus_before, bus_after, driver.attempts, relays, drain)
+        _print_bus(figures.extra["bus"])
+        return figures
+
+    async def relays_off(self, level: int) -> Figures | None:
+        """The saga phase with every relay off (BUS_RELAY=false), then the relays on again and what the phase left
+        in the outboxes drained; None when the bench did not start the fleet (it cannot restart a running stack)."""
+        fleet = self.stack.fleet
+        if fleet is None:
+            return None
+        await self.bus.drained()  # what earlier phases wrote is on the bus before the relays stop
+        print("relays off: every service with a database restarted with BUS_RELAY=false ...", flush=True)
+        off_secs = await asyncio.to_thread(bus.set_relays, fleet, self.stack.pids, False)
+        figures = await self.sagas(level, relays=False)
+        on_secs = await asyncio.to_thread(bus.set_relays, fleet, self.stack.pids, True)
+        after, secs, drained = await self.bus.drained()
+        # The restarted processes' counters began at the restart: all they published is what the phase held back.
+        held = bus.published(after)
+        figures.extra["bus"].update(restart_secs=[off_secs, on_secs], held_back=held,
+                                    held_back_per_saga=_per(held, figures.extra["attempts"]),
+                                    drained_after_relays_on=drained, drain_secs_after_relays_on=secs)
+        print(f"  relays on again (restarts {off_secs} s and {on_secs} s): {held:.0f} events held back "
+              f"({figures.extra['bus']['held_back_per_saga']} per saga) published and applied "
+              f"{'within' if drained else 'NOT within'} {secs} s", flush=True)
         return figures
 
     async def bare(self, level: int) -> Figures:
@@ -187,6 +244,43 @@ class Bench:
         refresh_tokens(self.stack)
         async with new_session(level + 8) as session:
             return await self.phase(name, OrderReads(self.stack, session, base_url).one, level, 8 * SCALE)
+
+
+def _bus_config(stack: Stack) -> BusConfig | None:
+    """The operator's connection to the bus (the durable consumers' state): the fleet's own server, or for a running
+    stack BENCH_NATS_URL with BENCH_NATS_USER/BENCH_NATS_PASSWORD (none: the outboxes' metrics alone say drained)."""
+    if stack.fleet is not None:
+        return stack.fleet.bus_config(OPERATOR_USER) if stack.fleet.nats is not None else None
+    url = os.environ.get("BENCH_NATS_URL", "")
+    return BusConfig(url, os.environ.get("BENCH_NATS_USER", ""), os.environ.get("BENCH_NATS_PASSWORD", ""),
+                     name="bench") if url else None
+
+
+def _bus_figures(before: bus.Snapshot, after: bus.Snapshot, placed: int, relays: bool,
+                 drain: dict[str, Any]) -> dict[str, Any]:
+    """A saga phase's bus figures: events published per saga placed (warm-up included, like `placed`), the lag
+    per consumer, the backlog each service reported at the end, and how long the drain after the phase took."""
+    figures: dict[str, Any] = {
+        "relays": "on" if relays else "off",
+        "published_per_saga": _per(bus.published(after) - bus.published(before), placed),
+        "duplicates": sum(s.duplicates for s in after.values()) - sum(s.duplicates for s in before.values()),
+        "lag": bus.lag_figures(before, after),
+    }
+    if relays:  # (with none, the gauge says 0: no relay measures the outbox)
+        figures.update(backlog_at_end=bus.backlogs(after), drained=drain.get("drained"), drain_secs=drain.get("secs"))
+    return figures
+
+
+def _print_bus(figures: dict[str, Any]) -> None:
+    lag = "; ".join(f"{consumer} p50 {f['p50_ms']} p99 {f['p99_ms']} mean {f['mean_ms']} ms ({f['events']:.0f})"
+                    for consumer, f in sorted(figures["lag"].items()))
+    backlog = figures.get("backlog_at_end")
+    left = "every outbox 0" if backlog and not any(backlog.values()) else (
+        f"backlog {backlog or 'not reported'}" if figures["relays"] == "on" else "the outboxes held back")
+    drained = f", drained {figures['drain_secs']} s after the phase" if figures.get("drained") else (
+        ", NOT drained" if figures["relays"] == "on" else "")
+    print(f"  bus (relays {figures['relays']}): {figures['published_per_saga']} events published per saga; "
+          f"lag {lag or 'none observed'}; {left}{drained}", flush=True)
 
 
 def _db_counts() -> dict[str, dict[str, int]]:
@@ -279,7 +373,13 @@ async def run(stack: Stack) -> dict[str, Any]:
         report["sessions_per_saga"]["bare"] = _db_per(after_sagas, after_bare, placed, "sessions")
     top = max(LEVELS)
     dbos_runs: list[Figures] = []
+    relays_off: list[Figures] = []
     peer = None
+
+    async def without_relays() -> None:
+        if "relays" in PHASES and (figures := await bench.relays_off(top)) is not None:
+            relays_off.append(figures)
+
     try:
         if "dbos" in PHASES and can_direct:
             print("the peer: the same saga as DBOS Transact workflows ...", flush=True)
@@ -294,6 +394,7 @@ async def run(stack: Stack) -> dict[str, Any]:
                                                                               "transactions")
             print("checking the peer's sagas with the invariant checker ...", flush=True)
             report["dbos_invariants"] = await asyncio.to_thread(check_peer, stack, peer, dbos_since)
+        await without_relays()
         for _ in range(REPEAT - 1):
             print(f"repeat at {top} clients ...", flush=True)
             if "sagas" in PHASES:
@@ -302,6 +403,7 @@ async def run(stack: Stack) -> dict[str, Any]:
                 bare_runs.append(await bench.bare(top))
             if peer is not None:
                 dbos_runs.append(await bench.dbos(top, peer))
+            await without_relays()
     finally:
         if peer is not None:
             peer.stop()
@@ -332,8 +434,41 @@ async def run(stack: Stack) -> dict[str, Any]:
     report["phases"] = [f.as_dict() for f in bench.results]
     report["errors"] = bench.errors
     report["loadavg_end"] = os.getloadavg()
+    await bench.bus.close()
+    report["bus"] = bus_rounds([f for f in saga_runs if f.concurrency == top], relays_off)
     report["summary"] = summarize(saga_runs, bare_runs, overhead, report, dbos_runs)
     return report
+
+
+def bus_rounds(relays_on: list[Figures], relays_off: list[Figures]) -> dict[str, Any]:
+    """Round by round (the k-th saga phase at the top level with the k-th relays-off phase), the bus's figures, and
+    their min / median / max."""
+    rounds: list[dict[str, Any]] = []
+    for k, on in enumerate(relays_on):
+        lag = on.extra.get("bus", {}).get("lag", {})
+        timeline = lag.get(bus.TIMELINE, {})
+        row: dict[str, Any] = {
+            "cpu_ms_per_saga_relays_on": _cpu(on),
+            "cpu_ms_per_saga_relays_on_until_the_load_stopped": on.extra.get("cpu_ms_per_op_before_settling"),
+            "sagas_per_sec_relays_on": on.per_sec,
+            "p99_ms_relays_on": on.p99_ms, "lag_p50_ms": timeline.get("p50_ms"), "lag_p99_ms": timeline.get("p99_ms"),
+            "lag_mean_ms": timeline.get("mean_ms"),
+            **{f"lag_p99_ms {consumer}": f["p99_ms"] for consumer, f in lag.items() if consumer != bus.TIMELINE},
+            "events_published_per_saga": on.extra.get("bus", {}).get("published_per_saga"),
+            "drain_secs_after_phase": on.extra.get("bus", {}).get("drain_secs"),
+        }
+        if k < len(relays_off):
+            off = relays_off[k]
+            row.update({
+                "cpu_ms_per_saga_relays_off": _cpu(off), "sagas_per_sec_relays_off": off.per_sec,
+                "p99_ms_relays_off": off.p99_ms, "relays_on_vs_off": _ratio(_cpu(on), _cpu(off)),
+                "events_published_per_saga_relays_off": off.extra["bus"]["published_per_saga"],
+                "events_held_back_per_saga": off.extra["bus"].get("held_back_per_saga"),
+                "drain_secs_after_relays_on": off.extra["bus"].get("drain_secs_after_relays_on"),
+            })
+        rounds.append(row)
+    backlog = {k: v for f in relays_on for k, v in f.extra.get("bus", {}).get("backlog_at_end", {}).items() if v}
+    return {"rounds": rounds, "spread": bus.summarize(rounds), "backlog_left": backlog}
 
 
 def _best(runs: list[Figures], level: int) -> Figures | None:
@@ -361,11 +496,12 @@ def ratios(summary: dict[str, Any], ruler: dict[str, Any] | None) -> dict[str, A
               "sagas_vs_ruler": _ratio(summary.get("sagas_per_sec_at_top"), (ruler or {}).get("sagas_per_sec")),
               "orchestrator_vs_bare": summary.get("orchestrator_vs_bare"),
               "project_vs_dbos": summary.get("project_vs_dbos"),
-              "p99_ms_at_16": summary.get("p99_ms_at_16")}
+              "p99_ms_at_16": summary.get("p99_ms_at_16"), "relays_on_vs_off": summary.get("relays_on_vs_off"),
+              "bus_lag_p99_ms": summary.get("bus_lag_p99_ms")}
     values["moonshot_sagas_vs_ruler"] = values["sagas_vs_ruler"]
     out: dict[str, Any] = {}
     for name, (sense, target) in TARGETS.items():
-        value = values[name]
+        value = values.get(name)
         if value is None:
             continue
         progress = target / value if sense == "<=" else value / target
@@ -428,6 +564,12 @@ def summarize(saga_runs: list[Figures], bare_runs: list[Figures], overhead: list
     if store and saves:
         summary["event_store_saves_per_sec"] = store["saves_per_sec"]
         summary["event_store_ceiling_sagas_per_sec"] = round(store["saves_per_sec"] / saves, 1)
+    spread = report.get("bus", {}).get("spread", {})
+    for key, name in (("relays_on_vs_off", "relays_on_vs_off"), ("bus_lag_p50_ms", "lag_p50_ms"),
+                      ("bus_lag_p99_ms", "lag_p99_ms"), ("events_published_per_saga", "events_published_per_saga"),
+                      ("cpu_ms_per_saga_relays_off", "cpu_ms_per_saga_relays_off")):
+        if name in spread:
+            summary[key] = spread[name]["median"]
     summary["targets"] = ratios(summary, ruler)
     return summary
 
@@ -475,10 +617,28 @@ def print_table(report: dict[str, Any]) -> None:
     for name, per in cpu.items():
         top = sorted(per.items(), key=lambda kv: -kv[1])
         print(f"CPU ms per op, {name}: " + ", ".join(f"{k} {v}" for k, v in top))
+    print_bus(report.get("bus", {}))
     if report["rss_mb"]:
         print("RSS MiB after the run: " + ", ".join(f"{k} {v}" for k, v in report["rss_mb"].items()))
     if report["errors"]:
         print("first errors: " + "; ".join(report["errors"][:5]))
+
+
+def print_bus(figures: dict[str, Any]) -> None:
+    """The bus's figures over the rounds: min / median / max, with issue 22's budget beside the two it sets."""
+    spread = figures.get("spread")
+    if not spread:
+        return
+    budget = {"relays_on_vs_off": "≤ 1.10", "lag_p99_ms": "< 1000"}
+    rounds = max(f["rounds"] for f in spread.values())
+    print(f"\nthe event bus at {max(LEVELS)} clients, {rounds} round(s): lag of {bus.TIMELINE} (every event), "
+          "quantiles interpolated within the histogram's buckets")
+    print("| figure | min | median | max | budget |")
+    print("|---|---:|---:|---:|---:|")
+    for name, f in spread.items():
+        print(f"| {name} | {f['min']} | {f['median']} | {f['max']} | {budget.get(name, '')} |")
+    left = figures.get("backlog_left")
+    print("backlog after every relays-on saga phase: " + (f"LEFT {left}" if left else "0 in every outbox"))
 
 
 def main() -> None:

@@ -83,6 +83,8 @@ def start_fleet(extra_env: dict[str, str] | None = None) -> Stack:
     pids = {name: proc.popen.pid for name, proc in fleet.processes.items() if proc.popen is not None}
     if fleet.registry is not None and fleet.registry.popen is not None:
         pids["registry"] = fleet.registry.popen.pid
+    if fleet.nats is not None and fleet.nats.popen is not None:  # the bus's server: its CPU is the bus's cost too
+        pids["nats-server"] = fleet.nats.popen.pid
     services = {name: proc.url for name, proc in fleet.processes.items()}
     print(f"fleet up, logs in {workdir}", flush=True)
     return Stack(fleet.gateway_url, services, pids, fleet)
