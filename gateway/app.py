@@ -7,12 +7,14 @@ from collections.abc import Callable
 
 from fastapi import FastAPI
 
+from dashboard.live import LiveFeed
 from dashboard.router import router as dashboard_router
 from gateway.api import router
 from gateway.openapi import MergedOpenApi
 from gateway.proxy import Gateway, new_client_session
 from gateway.ratelimit import RateLimits
 from gateway.settings import Settings
+from shared.bus import BusConfig
 from shared.service_app import create_service_app
 
 
@@ -27,8 +29,14 @@ def create_app(settings: Settings | None = None, clock: Callable[[], float] = ti
         gateway = Gateway(settings, new_client_session(settings), registry, clock)
         app.state.gateway = gateway
         app.state.openapi = MergedOpenApi(gateway, settings.openapi_cache_secs, settings.openapi_fetch_timeout_secs)
+        # The dashboard's live view: one subscription to the bus for every open page (as the `gateway` user).
+        bus = BusConfig(settings.nats_url, settings.nats_user, settings.nats_password, name="gateway")
+        app.state.live_feed = LiveFeed(bus if settings.nats_url else None,
+                                       heartbeat_secs=settings.dashboard_heartbeat_secs)
+        app.state.live_feed.start()
 
     async def on_shutdown(app: FastAPI) -> None:
+        await app.state.live_feed.stop()
         await app.state.gateway.session.close()
 
     app = create_service_app(

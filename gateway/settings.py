@@ -66,3 +66,7 @@ class Settings(ServiceSettings):
     # The merged OpenAPI document (GET /openapi.json): how long it is reused, how long one service may take.
     openapi_cache_secs: float = Field(default=10.0, ge=0)
     openapi_fetch_timeout_secs: float = Field(default=3.0, gt=0)
+
+    # The dashboard's live event stream (dashboard/live.py): a comment this often keeps proxies from closing a
+    # quiet stream (and the page's token is checked again).
+    dashboard_heartbeat_secs: float = Field(default=15.0, gt=0)

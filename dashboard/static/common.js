@@ -1,11 +1,11 @@
-// What both dashboard pages share: admin login through the gateway, API calls with the token, polling, DOM helpers.
+// What both dashboard pages share: admin login through the gateway, API calls with the token, live updates from
+// the bus's event stream, DOM helpers.
 "use strict";
 
 const Dashboard = (() => {
   const TOKEN_KEY = "cs-dashboard.access-token";
   const REFRESH_KEY = "cs-dashboard.refresh-token";
   const EMAIL_KEY = "cs-dashboard.email";
-  const POLL_MS = 1500;
   const TERMINAL = new Set(["COMPLETED", "COMPENSATED", "COMPENSATION_FAILED"]);
 
   class ApiError extends Error {
@@ -179,6 +179,7 @@ const Dashboard = (() => {
       }
     } finally {
       forget();
+      await fetch(`${EVENTS}/token`, { method: "DELETE" }).catch(() => null);
       window.location.reload();
     }
   }
@@ -186,7 +187,7 @@ const Dashboard = (() => {
   // -- page frame ------------------------------------------------------------------------------
 
   function showLogin(message) {
-    stopPolling();
+    stopLive();
     document.getElementById("content").hidden = true;
     document.getElementById("logout").hidden = true;
     document.getElementById("who").textContent = "";
@@ -232,71 +233,148 @@ const Dashboard = (() => {
     fetchAdmin().then((me) => { showContent(me); onReady(me); }).catch((error) => showLogin(error.message));
   }
 
-  // -- live refresh ----------------------------------------------------------------------------
+  // -- live updates ----------------------------------------------------------------------------
+  //
+  // The page reads its data once, then again only when the bus says something changed: an EventSource on the
+  // gateway's event stream (one subscription to the bus for every open page) instead of polling. The stream's
+  // first frame says whether the bus is live; when it is not (NATS down or not configured) the page reads once
+  // and says so, and goes live by itself when the bus is back. EventSource sends no Authorization header: the
+  // page hands its token to the stream's path as a cookie first (dashboard/router.py).
 
-  let timer = null;
-  let pollFn = null;
-  let polling = false;
-  let running = false;
-  let again = false;
+  const EVENTS = "/dashboard/api/events";
+  const RECONNECT_MAX_MS = 30000;
+  let liveOptions = null;
+  let source = null;
+  let live = false;
+  let downShown = false;
+  let detail = "";
+  let reconnectMs = 1000;
+  let reconnectTimer = null;
+  let eventsSeen = 0;
+  let reading = false;
+  let readAgain = false;
 
-  function setLive(text, stale) {
-    const live = document.getElementById("live");
-    live.textContent = text;
-    live.classList.toggle("stale", Boolean(stale));
+  function setLive(text, state) {
+    const indicator = document.getElementById("live");
+    indicator.textContent = text;
+    indicator.dataset.state = state;
+    indicator.classList.toggle("stale", state !== "live");
   }
 
-  // One refresh at a time; a refresh asked for while one runs follows right after it.
-  async function tick() {
-    if (timer) clearTimeout(timer);
-    timer = null;
-    if (!polling) return;
-    if (running) {
-      again = true;
+  function stamp() {
+    const at = new Date().toLocaleTimeString(undefined, { hour12: false });
+    if (live) setLive(`live · updated ${at}`, "live");
+    else setLive(`not live (${detail || "no event stream"}) · updated ${at}`, "down");
+  }
+
+  // One refresh at a time; one asked for while another runs follows right after it.
+  async function refreshNow() {
+    if (!liveOptions) return;
+    if (reading) {
+      readAgain = true;
       return;
     }
-    running = true;
+    reading = true;
     try {
-      if (document.hidden) {
-        setLive("paused (tab hidden)", true);
-      } else {
-        await pollFn();
-        showError("");
-        setLive(`live · updated ${new Date().toLocaleTimeString(undefined, { hour12: false })}`, false);
-      }
+      do {
+        readAgain = false;
+        if (!liveOptions) return; // logged out meanwhile
+        await liveOptions.refresh();
+      } while (readAgain);
+      showError("");
+      stamp();
+    } catch (error) {
+      if (error.status !== 401) showError(`Could not refresh: ${error.message}`);
+    } finally {
+      reading = false;
+    }
+  }
+
+  function closeStream() {
+    if (reconnectTimer) clearTimeout(reconnectTimer);
+    reconnectTimer = null;
+    if (source) source.close();
+    source = null;
+  }
+
+  // Not live: say so, read once (not again while it stays down), and try the stream again later.
+  function streamDown(why) {
+    closeStream();
+    live = false;
+    detail = why;
+    if (!downShown) {
+      downShown = true;
+      refreshNow();
+    } else {
+      stamp();
+    }
+    reconnectTimer = setTimeout(openStream, reconnectMs);
+    reconnectMs = Math.min(reconnectMs * 2, RECONNECT_MAX_MS);
+  }
+
+  function onStatus(status) {
+    reconnectMs = 1000;
+    live = status.live;
+    detail = status.detail;
+    if (live) {
+      // (Re)connected: what happened meanwhile was kept for nobody, so the page reads what it shows again.
+      downShown = false;
+      refreshNow();
+    } else if (!downShown) {
+      downShown = true;
+      refreshNow();
+    } else {
+      stamp();
+    }
+  }
+
+  async function openStream() {
+    closeStream();
+    if (!liveOptions) return;
+    try {
+      await api(`${EVENTS}/token`, { method: "POST" }); // a 401 refreshes the token (or shows the login form)
     } catch (error) {
       if (error.status === 401) return;
-      showError(`Could not refresh: ${error.message}`);
-      setLive("live · last refresh failed", true);
-    } finally {
-      running = false;
+      streamDown(`the event stream refused the token: ${error.message}`);
+      return;
     }
-    if (polling) timer = setTimeout(tick, again ? 0 : POLL_MS);
-    again = false;
+    const query = (liveOptions.families || []).map((family) => `family=${encodeURIComponent(family)}`).join("&");
+    const stream = new EventSource(`${EVENTS}/stream${query ? `?${query}` : ""}`);
+    source = stream;
+    stream.addEventListener("status", (event) => onStatus(JSON.parse(event.data)));
+    stream.addEventListener("resync", () => refreshNow()); // this page read too slowly: events were dropped
+    stream.addEventListener("auth", () => openStream()); // the token expired or was revoked: hand over a new one
+    stream.onmessage = (event) => {
+      eventsSeen += 1;
+      document.getElementById("live").dataset.events = String(eventsSeen);
+      liveOptions.onEvent(JSON.parse(event.data));
+    };
+    stream.onerror = () => {
+      if (stream !== source) return;
+      if (stream.readyState === EventSource.CLOSED) {
+        streamDown("the event stream is unavailable"); // refused (not a 200), or gone for good
+      } else if (live) {
+        live = false; // dropped: the browser reconnects by itself, and the next status says what to read
+        setLive("reconnecting…", "down");
+      }
+    };
   }
 
-  // Calls `fn` now and then every POLL_MS while the tab is visible; a new call replaces the old loop.
-  function startPolling(fn) {
-    stopPolling();
-    pollFn = fn;
-    polling = true;
-    tick();
+  // Starts the page's live view: `refresh()` reads everything the page shows, `onEvent(cloudEvent)` applies one
+  // bus event of the `families` asked for (e.g. ["saga"]).
+  function startLive(options) {
+    liveOptions = options;
+    setLive("connecting…", "down");
+    openStream();
   }
 
-  function pollNow() {
-    tick();
+  function stopLive() {
+    liveOptions = null;
+    closeStream();
   }
-
-  function stopPolling() {
-    polling = false;
-    if (timer) clearTimeout(timer);
-    timer = null;
-  }
-
-  document.addEventListener("visibilitychange", () => { if (!document.hidden) pollNow(); });
 
   return {
-    ApiError, TERMINAL, api, badge, boot, el, formatClock, formatDuration, formatMoney, formatTime, pollNow,
-    shortId, showError, startPolling,
+    ApiError, TERMINAL, api, badge, boot, el, formatClock, formatDuration, formatMoney, formatTime, refreshNow,
+    shortId, showError, startLive,
   };
 })();

@@ -1,4 +1,5 @@
-// One saga: its facts, a timeline of steps and compensations built from its event history, the retry button.
+// One saga: its facts, a timeline of steps and compensations built from its event history, the retry button; read
+// again whenever the bus says the saga moved.
 "use strict";
 
 (() => {
@@ -204,9 +205,14 @@
       retryResult.textContent = `Retry refused: ${error.message}`;
     } finally {
       retryButton.disabled = false;
-      Dashboard.pollNow();
+      Dashboard.refreshNow();
     }
   });
 
-  Dashboard.boot(() => Dashboard.startPolling(refresh));
+  // The saga's own events on the bus (its subject is the saga's id) say when to read it again.
+  function onEvent(event) {
+    if (event.subject === sagaId || (event.data && event.data.saga_id === sagaId)) Dashboard.refreshNow();
+  }
+
+  Dashboard.boot(() => Dashboard.startLive({ refresh, onEvent, families: ["saga"] }));
 })();

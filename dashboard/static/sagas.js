@@ -1,4 +1,5 @@
-// The saga list: counts by outcome, filters by state and created time, rows that link to each saga's timeline.
+// The saga list: counts by outcome, filters by state and created time, rows that link to each saga's timeline;
+// kept current by the bus's saga events (a row moves from the event itself, a new saga is one fetch of it).
 "use strict";
 
 (() => {
@@ -13,8 +14,26 @@
   const windowSelect = document.getElementById("filter-window");
   const from = document.getElementById("filter-from");
   const to = document.getElementById("filter-to");
+  // Counts are read again at most this often while saga events come.
+  const COUNTS_MS = 500;
+  // What each saga event says of the saga's status (a step's failure leaves it as it was).
+  const STATUS_AFTER = {
+    "saga.started": "STARTED",
+    "saga.step_succeeded": "RUNNING",
+    "saga.compensating": "COMPENSATING",
+    "saga.completed": "COMPLETED",
+  };
+
   const seen = new Set();
   let firstRender = true;
+  let shown = []; // the sagas in the table, newest first (the saga API's summaries)
+  let listed = 0; // how many match the filters, as far as the page knows
+  let countsTimer = null;
+  const fetching = new Map(); // saga id -> asked again while its fetch ran
+  // What the latest events said of each saga (id -> {status, order_id, updated_at}), newest last: a list read
+  // while they came may predate them. Bounded: the oldest are forgotten.
+  const moves = new Map();
+  const MOVES_KEPT = 2000;
 
   // -- filters live in the URL's query, so a filtered view can be bookmarked and shared ----------
 
@@ -66,7 +85,15 @@
   function onFilterChange() {
     showRange();
     writeQuery();
-    Dashboard.pollNow();
+    Dashboard.refreshNow();
+  }
+
+  function matches(saga) {
+    if (status.value && saga.status !== status.value) return false;
+    const span = windowParams();
+    const created = new Date(saga.created_at).toISOString();
+    return !(span.created_after && created < span.created_after)
+      && !(span.created_before && created >= span.created_before);
   }
 
   // -- data ------------------------------------------------------------------------------------
@@ -77,19 +104,102 @@
     // ISO strings in UTC compare like the instants they name.
     if (span.created_after && span.created_before && span.created_after > span.created_before) {
       renderCounts(Object.fromEntries(STATUSES.map((s) => [s, 0])), 0, "The chosen time window ends before it starts.");
+      listed = 0;
       renderRows([]);
-      document.getElementById("list-note").textContent = "No saga matches these filters.";
       return;
     }
     const listParams = { ...span, limit: String(PAGE) };
     if (status.value) listParams.status = status.value;
     const [stats, page] = await Promise.all([api(withQuery(`${BASE}/stats`, span)), api(withQuery(BASE, listParams))]);
     renderCounts(stats.counts, stats.total, windowed ? "Counts of the sagas created in the chosen time window." : "");
-    renderRows(page.items);
-    const shown = page.items.length;
-    document.getElementById("list-note").textContent = shown === 0
-      ? "No saga matches these filters."
-      : `${shown} shown${page.total > shown ? ` (newest ${shown} of ${page.total})` : ""}.`;
+    listed = page.total;
+    renderRows(page.items.map(overlay));
+  }
+
+  async function refreshCounts() {
+    const span = windowParams();
+    const stats = await api(withQuery(`${BASE}/stats`, span));
+    const windowed = Object.keys(span).length > 0;
+    renderCounts(stats.counts, stats.total, windowed ? "Counts of the sagas created in the chosen time window." : "");
+  }
+
+  // Many events in a burst are one read of the counts.
+  function countsSoon() {
+    if (countsTimer) return;
+    countsTimer = setTimeout(() => {
+      countsTimer = null;
+      refreshCounts().catch((error) => Dashboard.showError(`Could not refresh the counts: ${error.message}`));
+    }, COUNTS_MS);
+  }
+
+  // One saga event: its row moves (or leaves the filtered list); a saga the list does not show yet is read once.
+  function onEvent(event) {
+    const sagaId = event.data && event.data.saga_id;
+    if (!sagaId) return;
+    countsSoon();
+    const name = event.type.replace(/\.v[0-9]+$/, "");
+    const next = name === "saga.failed" ? event.data.status : STATUS_AFTER[name];
+    remember(sagaId, { status: next, order_id: event.data.order_id, updated_at: event.time });
+    const index = shown.findIndex((saga) => saga.saga_id === sagaId);
+    if (index < 0) {
+      if (!next || !status.value || next === status.value) fetchSaga(sagaId);
+      return;
+    }
+    const saga = moved(shown[index], moves.get(sagaId));
+    if (matches(saga)) {
+      shown[index] = saga;
+    } else {
+      shown.splice(index, 1);
+      listed -= 1;
+    }
+    renderRows(shown);
+  }
+
+  function remember(sagaId, move) {
+    const known = moves.get(sagaId) || {};
+    moves.delete(sagaId);
+    moves.set(sagaId, {
+      status: move.status || known.status, order_id: move.order_id || known.order_id, updated_at: move.updated_at,
+    });
+    if (moves.size > MOVES_KEPT) moves.delete(moves.keys().next().value);
+  }
+
+  function moved(saga, move) {
+    return {
+      ...saga, status: move.status || saga.status, order_id: saga.order_id || move.order_id || null,
+      updated_at: move.updated_at,
+    };
+  }
+
+  // The saga as the API said it, moved on by the events that came after (one saga's events come in order; two of
+  // one save share their time, so only a strictly newer answer is taken over them).
+  function overlay(saga) {
+    const move = moves.get(saga.saga_id);
+    return !move || Date.parse(move.updated_at) < Date.parse(saga.updated_at) ? saga : moved(saga, move);
+  }
+
+  async function fetchSaga(sagaId) {
+    if (fetching.has(sagaId)) {
+      fetching.set(sagaId, true); // it moved while being read: read it again after
+      return;
+    }
+    fetching.set(sagaId, false);
+    try {
+      const saga = overlay(await api(`${BASE}/${encodeURIComponent(sagaId)}`));
+      if (!matches(saga) || shown.some((row) => row.saga_id === sagaId)) return;
+      const created = (row) => Date.parse(row.created_at);
+      const oldest = shown[shown.length - 1];
+      if (shown.length >= PAGE && oldest && created(saga) < created(oldest)) return; // not among the newest
+      shown = [...shown, saga].sort((a, b) => created(b) - created(a)).slice(0, PAGE);
+      listed += 1;
+      renderRows(shown);
+    } catch (error) {
+      if (error.status !== 401) Dashboard.showError(`Could not read saga ${shortId(sagaId)}: ${error.message}`);
+    } finally {
+      const again = fetching.get(sagaId);
+      fetching.delete(sagaId);
+      if (again) fetchSaga(sagaId);
+    }
   }
 
   // -- rendering -------------------------------------------------------------------------------
@@ -113,6 +223,11 @@
   }
 
   function renderRows(sagas) {
+    shown = sagas;
+    const count = sagas.length;
+    document.getElementById("list-note").textContent = count === 0
+      ? "No saga matches these filters."
+      : `${count} shown${listed > count ? ` (newest ${count} of ${listed})` : ""}.`;
     const body = document.querySelector("#sagas tbody");
     const rows = sagas.map((saga) => {
       const link = `/dashboard/sagas/${encodeURIComponent(saga.saga_id)}`;
@@ -152,7 +267,7 @@
       onFilterChange();
     });
   }
-  window.addEventListener("popstate", () => { readQuery(); Dashboard.pollNow(); });
+  window.addEventListener("popstate", () => { readQuery(); Dashboard.refreshNow(); });
 
-  Dashboard.boot(() => Dashboard.startPolling(refresh));
+  Dashboard.boot(() => Dashboard.startLive({ refresh, onEvent, families: ["saga"] }));
 })();

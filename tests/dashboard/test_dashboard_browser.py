@@ -199,3 +199,60 @@ def test_the_filters_narrow_the_list(page: Any, admin: User, api: httpx.Client, 
     page.wait_for_function("() => document.querySelectorAll('#sagas tbody tr').length === 0")
     assert "No saga matches" in page.inner_text("#list-note")
     assert page.inner_text("[data-count-value=\"\"]") == "0"
+
+
+# --- live from the bus ------------------------------------------------------------------------------------------
+
+LIST_READ = re.compile(r"/api/customer-orders\?")
+
+
+def test_the_list_follows_the_bus_without_polling(
+    page: Any, admin: User, api: httpx.Client, fleet: Fleet, shop: Shop, screenshots: Path,
+) -> None:
+    """A saga placed through the gateway appears and reaches COMPLETED on the open page through its EventSource:
+    the list is read once (when the stream said it was live), never on a timer, and the saga itself at most
+    twice (a new row; again if it moved while being read) while nine of its events come."""
+    requests: list[tuple[str, str]] = []
+    page.on("request", lambda request: requests.append((request.resource_type, request.url)))
+    logged_in_as_admin(page, admin)
+    page.wait_for_selector("#live[data-state=live]")
+    page.wait_for_function("() => /^[0-9]+$/.test(document.querySelector('[data-count-value=COMPLETED]').textContent)")
+    completed_before = int(page.inner_text("[data-count-value=COMPLETED]"))
+
+    # The carrier's step is held back a while: the saga is on the page, in flight, long before it completes.
+    inject_fault(fleet, "carrier_service", r"^/api/carriers/assignments$", status=0, count=1, delay_ms=2000)
+    try:
+        customer = register_customer(api)
+        saga_id = place_order(api, customer, shop)
+        row = page.locator(f"#sagas tbody tr[data-saga-id='{saga_id}']")
+        row.wait_for(timeout=10_000)
+        assert row.get_attribute("data-status") in {"STARTED", "RUNNING"}
+        page.wait_for_selector(f"#sagas tbody tr[data-saga-id='{saga_id}'][data-status=COMPLETED]", timeout=30_000)
+    finally:
+        clear_faults(fleet, "carrier_service")
+    page.wait_for_function(
+        f"() => Number(document.querySelector('[data-count-value=COMPLETED]').textContent) > {completed_before}")
+    page.screenshot(path=str(screenshots / "08-list-live.png"), full_page=True)
+
+    streams = [url for kind, url in requests if kind == "eventsource"]
+    assert len(streams) == 1 and "/dashboard/api/events/stream" in streams[0]
+    assert len([url for _, url in requests if LIST_READ.search(url)]) == 1
+    saga_reads = [url for _, url in requests if url.endswith(f"/api/customer-orders/{saga_id}")]
+    assert 1 <= len(saga_reads) <= 2
+    # started, seven steps succeeded, completed: each came as an event of the stream.
+    assert int(page.get_attribute("#live", "data-events") or 0) >= 9
+    assert page.inner_text("#live").startswith("live")
+
+
+def test_the_page_says_when_the_bus_is_away_and_goes_live_again(page: Any, admin: User, fleet: Fleet) -> None:
+    assert fleet.nats is not None, "the tests' fleet runs a nats-server of its own"
+    logged_in_as_admin(page, admin)
+    page.wait_for_selector("#live[data-state=live]")
+    fleet.nats.stop()
+    try:
+        page.wait_for_selector("#live[data-state=down]", timeout=15_000)
+        assert page.inner_text("#live").startswith("not live")
+    finally:
+        fleet.nats.start()
+        fleet.nats.wait_ready()
+    page.wait_for_selector("#live[data-state=live]", timeout=30_000)
