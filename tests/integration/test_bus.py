@@ -226,9 +226,16 @@ def test_a_consumer_killed_before_its_ack_gets_the_event_again_and_changes_nothi
     restarted = killed_then_restarted(fleet, fleet.processes["order_service"])
     repeats = 'events_repeats_total{consumer="order_service_parcel"}'
     wait_for("the event delivered again", lambda: metric(restarted, repeats) >= 1)
-    assert order_status(api, customer, order_id) == "SHIPPED"
-    shipped = [event for _, event in on_the_bus(fleet, order_id) if event.type == "order.shipped.v1"]
-    assert len(shipped) == 1
+    # (through the gateway, which may take a moment to route to the restarted instance)
+    wait_for("the order SHIPPED", lambda: order_status(api, customer, order_id) == "SHIPPED")
+
+    def shipped() -> list[events.CloudEvent]:
+        return [event for _, event in on_the_bus(fleet, order_id) if event.type == "order.shipped.v1"]
+
+    # The order said so once: its outbox row, committed before the kill, published by the restarted relay.
+    assert len(wait_for("order.shipped on the bus", shipped)) == 1
+    wait_for("the outbox drained", lambda: metric(restarted, "events_outbox_backlog") == 0)
+    assert len(shipped()) == 1
 
 
 def test_a_poison_message_is_dead_lettered_and_the_rest_keep_flowing(
@@ -274,14 +281,6 @@ def test_two_replicas_never_publish_one_outbox_out_of_order(
             assert_once_and_in_order(on_the_bus(fleet, order_id))
         published = {proc.name: metric(proc, "events_published_total") - before[proc.name] for proc in (first, second)}
         assert all(count > 0 for count in published.values()), f"one relay did all the work: {published}"
-
-
-def test_nothing_reaches_the_bus_without_credentials(fleet_only: Fleet) -> None:
-    async def anonymous() -> None:
-        await connect(BusConfig(fleet_only.nats.url), reconnect_forever=False)
-
-    with pytest.raises(Exception, match=r"(?i)authoriz"):
-        asyncio.run(anonymous())
 
 
 @pytest.fixture(autouse=True)
