@@ -52,19 +52,28 @@ class BusUnreachable(Exception):
 
 async def open_connection(config: BusConfig, *, connect_secs: float = 5.0) -> NATS:
     """A connection as `config.user` that reconnects by itself once made (a tail outlives a broker's restart), or
-    BusUnreachable after `connect_secs` without one, saying the server's last word (in a line, not nats-py's
-    traceback per attempt)."""
+    BusUnreachable, at once when the server refuses the credentials, else after `connect_secs` without one, saying
+    the server's last word (in a line, not nats-py's traceback per attempt)."""
     errors: list[Exception] = []
+    refused = asyncio.Event()
 
     async def heard(error: Exception) -> None:
         errors.append(error)
+        if "authorization violation" in str(error).lower():
+            refused.set()  # trying again would only be refused again
 
-    try:
-        return await asyncio.wait_for(connect(config, reconnect_forever=True, on_error=heard), connect_secs)
-    except (TimeoutError, OSError, nats.errors.Error) as error:
-        last = errors[-1] if errors else error
-        raise BusUnreachable(f"the bus at {config.url} (as {config.user or 'nobody'}) did not take the connection: "
-                             f"{str(last) or type(last).__name__}") from None
+    connecting = asyncio.create_task(connect(config, reconnect_forever=True, on_error=heard))
+    refusal = asyncio.create_task(refused.wait())
+    await asyncio.wait({connecting, refusal}, timeout=connect_secs, return_when=asyncio.FIRST_COMPLETED)
+    refusal.cancel()
+    if connecting.done() and not connecting.cancelled() and connecting.exception() is None:
+        return connecting.result()
+    connecting.cancel()
+    with contextlib.suppress(BaseException):
+        await connecting
+    last: BaseException = errors[-1] if errors else TimeoutError(f"no answer within {connect_secs}s")
+    raise BusUnreachable(f"the bus at {config.url} (as {config.user or 'nobody'}) did not take the connection: "
+                         f"{str(last) or type(last).__name__}")
 
 
 # --- which events ---------------------------------------------------------------------------------------------
