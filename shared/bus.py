@@ -27,7 +27,7 @@ import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import nats
@@ -513,8 +513,32 @@ class Consumer:
         log.error("event dead-lettered", consumer=self.durable, subject=message.subject, error=repr(error))
 
 
-async def prune_inbox(db: Database, older_than: timedelta = EVENTS_MAX_AGE) -> int:
-    """Remove inbox rows the stream can no longer redeliver."""
+async def prune_inbox(db: Database, now: datetime, older_than: timedelta = EVENTS_MAX_AGE) -> int:
+    """Remove the inbox rows the stream can no longer redeliver (older than it keeps events); how many."""
     async with db.transaction() as tx:
-        return await tx.execute(_PRUNE_INBOX, {"i_before": utc_now() - older_than})
+        return await tx.execute(_PRUNE_INBOX, {"i_before": now - older_than})
+
+
+class InboxPruner:
+    """Keeps a consuming service's inbox bounded: at start and then every `every_secs`, the rows older than the
+    stream's retention go (a redelivery of them is impossible: the stream no longer has them)."""
+
+    name = "inbox-pruner"
+
+    def __init__(self, db: Database, every_secs: float = 3600.0, clock: Callable[[], datetime] = utc_now) -> None:
+        self.db = db
+        self.every_secs = every_secs
+        self.clock = clock
+
+    async def __call__(self, bus: Bus) -> None:
+        while True:
+            try:
+                removed = await prune_inbox(self.db, self.clock())
+                if removed:
+                    log.info("inbox pruned", removed=removed)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # the database away: next time
+                log.warning("inbox not pruned", error=repr(error))
+            await asyncio.sleep(self.every_secs)
 

@@ -13,7 +13,18 @@ from starlette.responses import JSONResponse
 
 from shared.auth import Revocations, TokenVerifier, remote_revocations
 from shared.body_limit import BodyLimitMiddleware
-from shared.bus import FAULTS, Bus, BusConfig, BusFaults, Consumer, Handler, OutboxRelay, RelaySource, Runner
+from shared.bus import (
+    FAULTS,
+    Bus,
+    BusConfig,
+    BusFaults,
+    Consumer,
+    Handler,
+    InboxPruner,
+    OutboxRelay,
+    RelaySource,
+    Runner,
+)
 from shared.db import Database
 from shared.docs import install_docs
 from shared.errors import install_error_handlers
@@ -157,5 +168,7 @@ def _start_bus(app: FastAPI, settings: ServiceSettings, package_dir: Path | None
     for name, handle in consumers:
         runners.append(Consumer(app.state.db, package, name, CONSUMERS[package][name], handle,
                                 max_deliver=settings.bus_max_deliver, ack_wait_secs=settings.bus_ack_wait_secs))
+    if consumers:
+        runners.append(InboxPruner(app.state.db))
     bus.start(*runners)
     return bus
