@@ -272,8 +272,8 @@ def _bus_figures(before: bus.Snapshot, after: bus.Snapshot, placed: int, relays:
 
 
 def _print_bus(figures: dict[str, Any]) -> None:
-    lag = "; ".join(f"{consumer} p50 {f['p50_ms']} p99 {f['p99_ms']} mean {f['mean_ms']} ms ({f['events']:.0f})"
-                    for consumer, f in sorted(figures["lag"].items()))
+    lag = "; ".join(f"{consumer} p50 {f['p50_ms']} p99 {f['p99_ms']} (in {f['p99_bucket_ms']}) mean {f['mean_ms']} ms "
+                    f"({f['events']:.0f})" for consumer, f in sorted(figures["lag"].items()))
     backlog = figures.get("backlog_at_end")
     left = "every outbox 0" if backlog and not any(backlog.values()) else (
         f"backlog {backlog or 'not reported'}" if figures["relays"] == "on" else "the outboxes held back")
@@ -453,6 +453,9 @@ def bus_rounds(relays_on: list[Figures], relays_off: list[Figures]) -> dict[str,
             "sagas_per_sec_relays_on": on.per_sec,
             "p99_ms_relays_on": on.p99_ms, "lag_p50_ms": timeline.get("p50_ms"), "lag_p99_ms": timeline.get("p99_ms"),
             "lag_mean_ms": timeline.get("mean_ms"),
+            # What the interpolated p99 is sure of: the bucket it fell in.
+            "lag_p99_bucket_low_ms": (timeline.get("p99_bucket_ms") or [None])[0],
+            "lag_p99_bucket_high_ms": (timeline.get("p99_bucket_ms") or [None, None])[1],
             **{f"lag_p99_ms {consumer}": f["p99_ms"] for consumer, f in lag.items() if consumer != bus.TIMELINE},
             "events_published_per_saga": on.extra.get("bus", {}).get("published_per_saga"),
             "drain_secs_after_phase": on.extra.get("bus", {}).get("drain_secs"),
@@ -479,10 +482,12 @@ def _best(runs: list[Figures], level: int) -> Figures | None:
 
 
 def _cpu(figures: Figures | None) -> float | None:
-    """CPU ms per completed saga of the system (the load generator, on the same cores, left out)."""
+    """CPU ms per completed saga of the system (the load generator, on the same cores, left out; and the DBOS peer,
+    idle but polling between its own phases, outside them)."""
     if figures is None or not figures.extra.get("cpu_ms_per_op"):
         return None
-    return round(sum(v for k, v in figures.extra["cpu_ms_per_op"].items() if k != "load generator"), 1)
+    outside = {"load generator"} if figures.name == "DBOS Transact peer" else {"load generator", "dbos peer"}
+    return round(sum(v for k, v in figures.extra["cpu_ms_per_op"].items() if k not in outside), 1)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

@@ -72,6 +72,19 @@ def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> floa
     return lower_bound
 
 
+def quantile_bucket(q: float, buckets: Sequence[tuple[float, float]]) -> tuple[float, float] | None:
+    """The bounds of the bucket the q-quantile falls in (what the interpolated value is sure of)."""
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    rank = q * buckets[-1][1]
+    lower = 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            return lower, bound
+        lower = bound
+    return lower, math.inf
+
+
 def bucket_delta(before: Buckets, after: Buckets) -> Buckets:
     """What a histogram counted between two readings (bucket by bucket; a bound missing before counts from 0)."""
     earlier = dict(before)
@@ -143,18 +156,20 @@ async def snapshot(services: dict[str, str]) -> Snapshot:
     return {package: figures for package, figures in zip(services, found, strict=True) if figures is not None}
 
 
-def lag_figures(before: Snapshot, after: Snapshot) -> dict[str, dict[str, float | None]]:
-    """Per consumer, over what it applied between the snapshots: count, p50/p99 (ms, interpolated in the bucket)
-    and the mean (exact)."""
-    out: dict[str, dict[str, float | None]] = {}
+def lag_figures(before: Snapshot, after: Snapshot) -> dict[str, dict[str, Any]]:
+    """Per consumer, over what it applied between the snapshots: count, p50/p99 (ms, interpolated in the bucket),
+    the bucket p99 fell in (ms), and the mean (exact)."""
+    out: dict[str, dict[str, Any]] = {}
     for package, figures in after.items():
         for consumer, histogram in figures.lag.items():
             delta = histogram.since(before.get(package, ServiceBus()).lag.get(consumer))
             if not delta.count:
                 continue
             quantiles = {f"p{round(q * 100)}_ms": histogram_quantile(q, delta.buckets) for q in (0.5, 0.99)}
+            bucket = quantile_bucket(0.99, delta.buckets)
             out[consumer] = {"events": delta.count, "mean_ms": round(delta.sum / delta.count * 1000, 1),
-                             **{k: round(v * 1000, 1) if v is not None else None for k, v in quantiles.items()}}
+                             **{k: round(v * 1000, 1) if v is not None else None for k, v in quantiles.items()},
+                             "p99_bucket_ms": [round(b * 1000) for b in bucket] if bucket else None}
     return out
 
 

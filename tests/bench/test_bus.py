@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 
 from bench.bus import Histogram as Read
-from bench.bus import bucket_delta, histogram_quantile, parse_metrics, summarize
+from bench.bus import bucket_delta, histogram_quantile, parse_metrics, quantile_bucket, summarize
 from shared.bus import LAG
 
 INF = math.inf
@@ -24,6 +24,15 @@ def test_quantile_interpolates_within_the_bucket_the_rank_falls_in() -> None:
     assert histogram_quantile(0.7, buckets) == pytest.approx(0.3)  # rank 70: half-way into (0.1, 0.5]
     assert histogram_quantile(0.99, buckets) == pytest.approx(0.95)  # rank 99: 9 of the last bucket's 10
     assert histogram_quantile(1.0, buckets) == pytest.approx(1.0)
+
+
+def test_the_bucket_a_quantile_falls_in_bounds_what_the_interpolation_is_sure_of() -> None:
+    buckets = [(0.1, 50.0), (0.5, 90.0), (1.0, 100.0), (INF, 100.0)]
+    assert quantile_bucket(0.5, buckets) == (0.0, 0.1)
+    assert quantile_bucket(0.7, buckets) == (0.1, 0.5)
+    assert quantile_bucket(0.99, buckets) == (0.5, 1.0)
+    assert quantile_bucket(0.99, [(1.0, 90.0), (INF, 100.0)]) == (1.0, INF)
+    assert quantile_bucket(0.99, []) is None
 
 
 def test_empty_buckets_below_the_rank_are_skipped() -> None:
