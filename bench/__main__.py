@@ -175,6 +175,7 @@ class Bench:
         drain: dict[str, Any] = {}
 
         async def settle() -> None:
+            drain["load_end"] = await bus.snapshot(self.bus.services)  # how far the bus kept up with the load
             drain["after"], drain["secs"], drain["drained"] = await self.bus.drained()
 
         bus_before = (await self.bus.drained())[0] if relays else await bus.snapshot(self.bus.services)
@@ -194,7 +195,8 @@ class Bench:
                                                       started or 0)
         figures.extra["attempts"] = driver.attempts
         bus_after = drain["after"] if relays else await bus.snapshot(self.bus.services)
-        figures.extra["bus"] = _bus_figures(bus_before, bus_after, driver.attempts, relays, drain)
+        figures.extra["bus"] = _bus_figures(bus_before, bus_after, driver.attempts, relays, drain,
+                                            figures.seconds + WARMUP * min(SCALE, 2))
         _print_bus(figures.extra["bus"])
         return figures
 
@@ -257,9 +259,11 @@ def _bus_config(stack: Stack) -> BusConfig | None:
 
 
 def _bus_figures(before: bus.Snapshot, after: bus.Snapshot, placed: int, relays: bool,
-                 drain: dict[str, Any]) -> dict[str, Any]:
+                 drain: dict[str, Any], load_secs: float) -> dict[str, Any]:
     """A saga phase's bus figures: events published per saga placed (warm-up included, like `placed`), the lag
-    per consumer, the backlog each service reported at the end, and how long the drain after the phase took."""
+    per consumer, the backlog each service reported at the end, how long the drain after the phase took, and the
+    events published and the timeline consumer applied per second while the load ran (warm-up included) and
+    applied per second once it stopped."""
     figures: dict[str, Any] = {
         "relays": "on" if relays else "off",
         "published_per_saga": _per(bus.published(after) - bus.published(before), placed),
@@ -268,6 +272,20 @@ def _bus_figures(before: bus.Snapshot, after: bus.Snapshot, placed: int, relays:
     }
     if relays:  # (with none, the gauge says 0: no relay measures the outbox)
         figures.update(backlog_at_end=bus.backlogs(after), drained=drain.get("drained"), drain_secs=drain.get("secs"))
+    if relays and "load_end" in drain:
+        end = drain["load_end"]
+        figures["under_load"] = {
+            "published_per_sec": round((bus.published(end) - bus.published(before)) / load_secs, 1),
+            "timeline_applied_per_sec": round(
+                (bus.applied(end, bus.TIMELINE) - bus.applied(before, bus.TIMELINE)) / load_secs, 1),
+            # Which relays kept up: each one's publishing rate, and the backlog its last pass saw.
+            "published_per_sec_by_service": {
+                package: round((service.published - before.get(package, bus.ServiceBus()).published) / load_secs, 1)
+                for package, service in sorted(end.items())},
+            "backlog_at_load_end": bus.backlogs(end)}
+        if drain.get("secs"):
+            figures["under_load"]["timeline_applied_per_sec_after"] = round(
+                (bus.applied(after, bus.TIMELINE) - bus.applied(end, bus.TIMELINE)) / drain["secs"], 1)
     return figures
 
 
@@ -279,8 +297,14 @@ def _print_bus(figures: dict[str, Any]) -> None:
         f"backlog {backlog or 'not reported'}" if figures["relays"] == "on" else "the outboxes held back")
     drained = f", drained {figures['drain_secs']} s after the phase" if figures.get("drained") else (
         ", NOT drained" if figures["relays"] == "on" else "")
+    rates = figures.get("under_load")
+    pace = (f"; while the load ran {rates['published_per_sec']} events/s published, "
+            f"{rates['timeline_applied_per_sec']}/s applied by {bus.TIMELINE} "
+            f"({rates.get('timeline_applied_per_sec_after')}/s once it stopped); published/s by service "
+            f"{rates['published_per_sec_by_service']}, backlog at the load's end {rates['backlog_at_load_end']}"
+            ) if rates else ""
     print(f"  bus (relays {figures['relays']}): {figures['published_per_saga']} events published per saga; "
-          f"lag {lag or 'none observed'}; {left}{drained}", flush=True)
+          f"lag {lag or 'none observed'}; {left}{drained}{pace}", flush=True)
 
 
 def _db_counts() -> dict[str, dict[str, int]]:
@@ -459,6 +483,8 @@ def bus_rounds(relays_on: list[Figures], relays_off: list[Figures]) -> dict[str,
             **{f"lag_p99_ms {consumer}": f["p99_ms"] for consumer, f in lag.items() if consumer != bus.TIMELINE},
             "events_published_per_saga": on.extra.get("bus", {}).get("published_per_saga"),
             "drain_secs_after_phase": on.extra.get("bus", {}).get("drain_secs"),
+            **{f"{name} (events/s)": value for name, value in on.extra.get("bus", {}).get("under_load", {}).items()
+               if isinstance(value, int | float)},
         }
         if k < len(relays_off):
             off = relays_off[k]

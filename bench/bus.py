@@ -177,6 +177,11 @@ def published(figures: Snapshot) -> float:
     return sum(service.published for service in figures.values())
 
 
+def applied(figures: Snapshot, consumer: str) -> float:
+    """How many events `consumer` has applied so far (its lag histogram's count)."""
+    return sum(service.lag[consumer].count for service in figures.values() if consumer in service.lag)
+
+
 def backlogs(figures: Snapshot) -> dict[str, float]:
     """events_outbox_backlog of each service that relays (a service with no relay running measures none)."""
     return {package: service.backlog for package, service in sorted(figures.items()) if service.backlog is not None}

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 
 from bench.bus import Histogram as Read
-from bench.bus import bucket_delta, histogram_quantile, parse_metrics, quantile_bucket, summarize
+from bench.bus import applied, bucket_delta, histogram_quantile, parse_metrics, quantile_bucket, summarize
 from shared.bus import LAG
 
 INF = math.inf
@@ -81,6 +81,7 @@ def test_a_services_metrics_text_is_read() -> None:
     assert histogram_quantile(0.5, timeline.buckets) == pytest.approx(0.025)  # rank 2: the top of (0.01, 0.025]
     assert 0.75 < (histogram_quantile(0.99, timeline.buckets) or 0) <= 1.0
     assert figures.lag["order_service_parcel"].count == 1
+    assert applied({"order_service": figures, "gateway": parse_metrics("")}, "order_service_timeline") == 4
 
 
 def test_summarize_gives_min_median_max_over_the_rounds() -> None:
