@@ -462,8 +462,24 @@ class Consumer:
                 log.warning("consumer fetch failed", consumer=self.durable, error=repr(error))
                 await asyncio.sleep(0.5)
                 continue
+            await self.deliver_batch(js, messages)
+
+    async def deliver_batch(self, js: JetStreamContext, messages: list[Msg]) -> None:
+        """A fetched batch applied in one transaction (one commit for many events: under load the consumer keeps
+        up at a fraction of the cost of a transaction each); when any of them fails, each on its own, so only the
+        failing one is retried and dead-lettered."""
+        try:
+            applied = await self.apply(*(message.data for message in messages))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            if len(messages) == 1:
+                await self.deliver(js, messages[0])
+                return
             for message in messages:
                 await self.deliver(js, message)
+            return
+        await self.acknowledge(messages, applied)
 
     async def deliver(self, js: JetStreamContext, message: Msg) -> None:
         delivered = message.metadata.num_delivered
@@ -481,22 +497,34 @@ class Consumer:
             else:
                 await message.nak(delay=min(0.2 * 2 ** delivered, 10.0))
             return
+        await self.acknowledge([message], applied)
+
+    async def acknowledge(self, messages: list[Msg], applied: list[bool]) -> None:
         if FAULTS.crash_before_ack == self.name:
             FAULTS.crash(f"consumer {self.durable}: committed, not yet acked")
-        await message.ack()
-        (CONSUMED if applied else REPEATS).labels(self.durable).inc()
+        for message, new in zip(messages, applied, strict=True):
+            await message.ack()
+            (CONSUMED if new else REPEATS).labels(self.durable).inc()
 
-    async def apply(self, body: bytes) -> bool:
-        """The handler's effect and the inbox row in one transaction; False when the event was applied before."""
-        event = CloudEvent.model_validate_json(body)
+    async def apply(self, *bodies: bytes) -> list[bool]:
+        """The handler's effect and the inbox row of each event, all in one transaction; for each, False when it
+        was applied before (a redelivery, or the same event twice in the batch)."""
+        received = [CloudEvent.model_validate_json(body) for body in bodies]
+        applied = []
         async with self.db.transaction() as tx:
             now = self.clock()
-            if await tx.fetchval(_INSERT_INBOX, {"i_consumer": self.durable, "i_event_id": event.id,
-                                                 "i_at": now}) is None:
-                return False
-            await self.handle(tx, event)
-        LAG.labels(self.durable).observe(max(0.0, (now - event.time).total_seconds()))
-        return True
+            for event in received:
+                new = await tx.fetchval(_INSERT_INBOX, {"i_consumer": self.durable, "i_event_id": event.id,
+                                                        "i_at": now}) is not None
+                if new:
+                    await self.handle(tx, event)
+                applied.append(new)
+        committed = self.clock()
+        lag = LAG.labels(self.durable)
+        for event, new in zip(received, applied, strict=True):
+            if new:
+                lag.observe(max(0.0, (committed - event.time).total_seconds()))
+        return applied
 
     async def dead_letter(self, js: JetStreamContext, message: Msg, error: BaseException) -> None:
         headers = {
