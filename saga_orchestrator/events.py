@@ -69,11 +69,11 @@ class SagaEventSource:
     def __init__(self, store: SagaStore) -> None:
         self.store = store
 
-    async def pending(self, tx: Tx, limit: int) -> tuple[list[Outgoing], int | None]:
+    async def pending(self, tx: Tx, limit: int) -> tuple[list[Outgoing], int | None, bool]:
         after = int(await tx.fetchval(_POSITION) or 0)
         items = await self.store.feed(after, limit)
         if not items:
-            return [], None
+            return [], None, False
         orders = {row["saga_id"]: row["order_id"] for row in await tx.fetch(
             _ORDERS, {"p_ids": sorted({item.originator_id for item in items})}) if row["order_id"]}
         outgoing = []
@@ -89,7 +89,7 @@ class SagaEventSource:
                 make(item.originator_id, order_id), item.originator_id, time=item.timestamp, order_id=order_id,
                 event_id=str(uuid.uuid5(_NAMESPACE, f"{item.originator_id}:{item.originator_version}")))
             outgoing.append(Outgoing(event.id, event.nats_subject, event.model_dump_json().encode()))
-        return outgoing, items[-1].id
+        return outgoing, items[-1].id, len(items) == limit
 
     async def sent(self, tx: Tx, marker: int) -> None:
         await tx.execute(_MOVE, {"p_position": marker})

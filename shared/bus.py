@@ -316,8 +316,9 @@ class Outgoing:
 class RelaySource(Protocol):
     """What a relay publishes from: the service's outbox table, or the orchestrator's event store."""
 
-    async def pending(self, tx: Tx, limit: int) -> tuple[list[Outgoing], Any]:
-        """The next events in order, and a marker of how far they reach (None: nothing further)."""
+    async def pending(self, tx: Tx, limit: int) -> tuple[list[Outgoing], Any, bool]:
+        """The next events in order, a marker of how far they reach (None: nothing further) and whether more may
+        follow (the limit was reached)."""
 
     async def sent(self, tx: Tx, marker: Any) -> None:
         """Everything up to the marker is published (in the same transaction as `pending`)."""
@@ -329,10 +330,10 @@ class RelaySource(Protocol):
 class OutboxSource:
     """A relay's source: the service's outbox table."""
 
-    async def pending(self, tx: Tx, limit: int) -> tuple[list[Outgoing], Any]:
+    async def pending(self, tx: Tx, limit: int) -> tuple[list[Outgoing], Any, bool]:
         rows = await tx.fetch(_PENDING, {"o_limit": limit})
         events = [Outgoing(row["id"], row["subject"], _json(row["envelope"])) for row in rows]
-        return events, [row["position"] for row in rows] or None
+        return events, [row["position"] for row in rows] or None, len(rows) == limit
 
     async def sent(self, tx: Tx, marker: Any) -> None:
         await tx.execute(_SENT, {"o_positions": marker})
@@ -393,7 +394,7 @@ class OutboxRelay:
             async with self.db.transaction() as tx:
                 if tx.dialect == "postgresql" and not await tx.fetchval(_RELAY_LOCK, {"o_key": _RELAY_LOCK_KEY}):
                     return published  # another replica is relaying this outbox
-                events, marker = await self.source.pending(tx, RELAY_BATCH)
+                events, marker, more = await self.source.pending(tx, RELAY_BATCH)
                 if marker is None:
                     OUTBOX_BACKLOG.set(0)
                     return published
@@ -402,7 +403,10 @@ class OutboxRelay:
                     FAULTS.crash("relay: published, not yet marked sent")
                 await self.source.sent(tx, marker)
                 published += len(events)
-                OUTBOX_BACKLOG.set(await self.source.backlog(tx))
+                # A short batch was the whole backlog: no second transaction to find the outbox empty.
+                OUTBOX_BACKLOG.set(await self.source.backlog(tx) if more else 0)
+                if not more:
+                    return published
 
 
 async def publish_in_order(js: JetStreamContext, events: Sequence[Outgoing]) -> None:
