@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import re
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -672,10 +673,26 @@ def print_bus(figures: dict[str, Any]) -> None:
     print("backlog after every relays-on saga phase: " + (f"LEFT {left}" if left else "0 in every outbox"))
 
 
+def _code() -> str:
+    """The checkout's commit and the files changed since (the relays phase restarts services: a change made to the
+    tree during a run reaches them; compare the value at the start and at the end)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(RESULTS.parent.parent), *args], capture_output=True, text=True,
+                              timeout=10).stdout
+
+    try:
+        changed = git("status", "--porcelain", "--untracked-files=no").splitlines()
+        return git("rev-parse", "--short", "HEAD").strip() + (
+            f" + {', '.join(line[3:] for line in changed)}" if changed else "")
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 def main() -> None:
     gateway_url = os.environ.get("GATEWAY_URL", "")
     started = time.monotonic()
-    print(f"{os.cpu_count()} CPUs, load {os.getloadavg()}, scale {SCALE}", flush=True)
+    code = _code()
+    print(f"{os.cpu_count()} CPUs, load {os.getloadavg()}, scale {SCALE}, code {code}", flush=True)
     # BENCH_FLEET_ENV="LOG_LEVEL=WARNING DB_POOL_SIZE=5": settings for every service of the fleet (A/B runs).
     fleet_env = dict(item.split("=", 1) for item in os.environ.get("BENCH_FLEET_ENV", "").split())
     stack = attach(gateway_url) if gateway_url else start_fleet(fleet_env)
@@ -685,11 +702,13 @@ def main() -> None:
     finally:
         stack.stop()
     report["bench_secs"] = round(time.monotonic() - started, 1)
+    report["code"], report["code_at_end"] = code, _code()
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = Path(os.environ.get("BENCH_OUTPUT") or RESULTS / "latest.json")
     out.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print_table(report)
-    print(f"\nwritten to {out} ({report['bench_secs']} s)")
+    print(f"\ncode {report['code']} at the start, {report['code_at_end']} at the end")
+    print(f"written to {out} ({report['bench_secs']} s)")
 
 
 if __name__ == "__main__":
