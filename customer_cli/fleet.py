@@ -7,13 +7,11 @@ copies of the code: `local_fleet()` and `postgres_fleet()` below are the two con
 
 from __future__ import annotations
 
-import ctypes
 import os
 import secrets
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -26,9 +24,8 @@ import httpx
 
 from customer_cli import local_secrets
 from customer_cli.nats import NatsServer, generate_passwords
+from customer_cli.processes import spawn
 from shared.bus import BusConfig
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -79,16 +76,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _die_with_parent() -> None:
-    """In the child: its own process group, and SIGTERM from Linux when the supervisor dies, even by SIGKILL."""
-    os.setsid()
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def _as_list(value: object) -> list[dict[str, object]]:
@@ -175,16 +162,6 @@ class ServiceProcess:
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
-def spawn(command: str | list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """`python -m command` (a module name), or `command` (a command line: the nats-server), its output in
-    `log_path`; it dies with the supervisor."""
-    argv = [sys.executable, "-m", command] if isinstance(command, str) else command
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log:
-        return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                preexec_fn=_die_with_parent)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from customer_cli.processes import spawn
 from shared.bus import BusConfig
 from shared.events import (
     CATALOGUE,
@@ -183,8 +184,6 @@ class NatsServer:
 
     def start(self) -> None:
         """Write the configuration (owner-only: it holds the passwords) and start the process."""
-        from customer_cli.fleet import spawn  # the fleet starts a NatsServer: its module imports this one
-
         self.directory.mkdir(parents=True, exist_ok=True)
         text = nats_config(self.passwords, port=self.port, monitor_port=self.monitor_port,
                            store_dir=self.directory, host=self.host)

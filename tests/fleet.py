@@ -15,7 +15,6 @@ from customer_cli.fleet import (
     METRICS_HEADERS,
     METRICS_TOKEN,
     NO_DATABASE,
-    ROOT,
     SERVICES,
     TEST_ADMIN_EMAIL,
     TEST_ADMIN_PASSWORD,
@@ -25,6 +24,7 @@ from customer_cli.fleet import (
     postgres_fleet,
     recreate_fleet_databases,
 )
+from customer_cli.processes import ROOT
 from tests.postgres import suite_server
 
 # Re-exported for the tests (with POSTGRES, PG_ADMIN_DSN and PG_URL_BASE from __getattr__ below).

@@ -18,8 +18,8 @@ from pathlib import Path
 from nats.aio.msg import Msg
 from sqlalchemy import MetaData
 
-from customer_cli.fleet import ROOT
 from customer_cli.nats import OPERATOR_USER, NatsServer
+from customer_cli.processes import ROOT
 from shared.bus import Bus, Consumer, Outgoing, ensure_streams, inbox_table, publish_in_order
 from shared.db import Database, Tx
 from shared.events import (

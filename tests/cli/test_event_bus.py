@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from customer_cli import event_bus, local_secrets
-from customer_cli.fleet import ROOT
 from customer_cli.main import operator_bus
 from customer_cli.nats import OPERATOR_USER
+from customer_cli.processes import ROOT
 from shared.events import CATALOGUE, OrderLineAdded, ShipmentDelivered, envelope
 
 

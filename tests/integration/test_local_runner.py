@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from customer_cli.fleet import COMPONENTS, DEFAULT_PORTS, ROOT
+from customer_cli.fleet import COMPONENTS, DEFAULT_PORTS
+from customer_cli.processes import ROOT
 
 pytestmark = pytest.mark.skipif(bool(os.environ.get("GATEWAY_URL")), reason="targets a running stack")
 

@@ -14,8 +14,8 @@ import pytest
 from eventsourcing.domain import Aggregate
 
 from customer_cli import invariants
-from customer_cli.fleet import ROOT
 from customer_cli.invariants import check_invariants
+from customer_cli.processes import ROOT
 from saga_orchestrator.event_store import SagaApplication, eventsourcing_env
 from saga_orchestrator.models import relay_positions
 from shared import events
