@@ -71,7 +71,8 @@ def main() -> None:
         prepare(stack)
         refresh_tokens(stack)
         asyncio.run(load(stack, args.clients, 5, args.bare))  # warm-up
-        names = [n for n in stack.pids if not args.only or n in args.only.split(",")]
+        # (py-spy samples Python: not the bus's nats-server)
+        names = [n for n in stack.pids if n != "nats-server" and (not args.only or n in args.only.split(","))]
         # (native stacks need the process paused while sampled: py-spy refuses --nonblocking with them)
         options = ["--duration", str(int(args.seconds)), "--rate", "200", "--format", "raw",
                    *([] if args.native else ["--nonblocking"]),
