@@ -11,7 +11,6 @@ which JetStream drops as duplicates.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import bindparam, select
@@ -33,25 +32,34 @@ _MOVE = _MOVE.on_conflict_do_update(index_elements=[positions.c.relay], set_={"p
 _ORDERS = select(_index.c.saga_id, _index.c.order_id).where(_index.c.saga_id.in_(bindparam("p_ids", expanding=True)))
 
 
-def _saga_event(item: FeedItem) -> Callable[[str, str | None], events.SagaEvent] | None:
-    """The catalogue event a stored saga event becomes (None: an event only the orchestrator needs)."""
+def _saga_event(item: FeedItem) -> events.SagaEvent | None:
+    """The catalogue event a stored saga event becomes, without its order (None: one only the orchestrator needs)."""
     state: dict[str, Any] = item.state
-    mapping: dict[str, Callable[[str, str | None], events.SagaEvent]] = {
-        "SagaStarted": lambda saga, order: events.SagaStarted(
-            saga_id=saga, order_id=order, customer_id=state["customer_id"],
-            definition_version=state["definition_version"]),
-        "StepSucceeded": lambda saga, order: events.SagaStepSucceeded(
-            saga_id=saga, order_id=order, step=state["step"], attempts=state.get("attempts", 0)),
-        "StepFailed": lambda saga, order: events.SagaStepFailed(
-            saga_id=saga, order_id=order, step=state["step"], error=str(state["error"])[:500], final=state["final"]),
-        "CompensationStarted": lambda saga, order: events.SagaCompensating(
-            saga_id=saga, order_id=order, reason=str(state["reason"])[:500], plan=list(state["plan"])),
-        "SagaCompleted": lambda saga, order: events.SagaCompleted(saga_id=saga, order_id=order),
-        "SagaCompensated": lambda saga, order: events.SagaFailed(saga_id=saga, order_id=order, status="COMPENSATED"),
-        "SagaCompensationFailed": lambda saga, order: events.SagaFailed(
-            saga_id=saga, order_id=order, status="COMPENSATION_FAILED"),
-    }
-    return mapping.get(item.type)
+    saga = item.originator_id
+    match item.type:
+        case "SagaStarted":
+            return events.SagaStarted(saga_id=saga, customer_id=state["customer_id"],
+                                      definition_version=state["definition_version"])
+        case "StepSucceeded":
+            return events.SagaStepSucceeded(saga_id=saga, step=state["step"], attempts=state.get("attempts", 0))
+        case "StepFailed":
+            return events.SagaStepFailed(saga_id=saga, step=state["step"], error=str(state["error"])[:500],
+                                         final=state["final"])
+        case "CompensationStarted":
+            return events.SagaCompensating(saga_id=saga, reason=str(state["reason"])[:500], plan=list(state["plan"]))
+        case "SagaCompleted":
+            return events.SagaCompleted(saga_id=saga)
+        case "SagaCompensated":
+            return events.SagaFailed(saga_id=saga, status="COMPENSATED")
+        case "SagaCompensationFailed":
+            return events.SagaFailed(saga_id=saga, status="COMPENSATION_FAILED")
+    return None
+
+
+# The stored events the bus hears of, and those that teach the relay a saga's order id (decoded, not published).
+PUBLISHED = frozenset({"SagaStarted", "StepSucceeded", "StepFailed", "CompensationStarted", "SagaCompleted",
+                       "SagaCompensated", "SagaCompensationFailed"})
+_TEACHING = frozenset({"CompensationSucceeded", "ReplayFinished"})
 
 
 def _learned_order(item: FeedItem) -> str | None:
@@ -71,25 +79,27 @@ class SagaEventSource:
 
     async def pending(self, tx: Tx, limit: int) -> tuple[list[Outgoing], int | None, bool]:
         after = int(await tx.fetchval(_POSITION) or 0)
-        items = await self.store.feed(after, limit)
-        if not items:
+        items, last = await self.store.notifications(after, limit, PUBLISHED | _TEACHING)
+        if last is None:
             return [], None, False
-        orders = {row["saga_id"]: row["order_id"] for row in await tx.fetch(
-            _ORDERS, {"p_ids": sorted({item.originator_id for item in items})}) if row["order_id"]}
+        orders: dict[str, str] = {}
+        if items:
+            orders = {row["saga_id"]: row["order_id"] for row in await tx.fetch(
+                _ORDERS, {"p_ids": sorted({item.originator_id for item in items})}) if row["order_id"]}
         outgoing = []
         for item in items:
             learned = _learned_order(item)
             if learned:
                 orders[item.originator_id] = learned
-            make = _saga_event(item)
-            if make is None or item.timestamp is None:
+            data = _saga_event(item)
+            if data is None or item.timestamp is None:
                 continue
             order_id = orders.get(item.originator_id)
-            event = events.envelope(
-                make(item.originator_id, order_id), item.originator_id, time=item.timestamp, order_id=order_id,
-                event_id=str(uuid.uuid5(_NAMESPACE, f"{item.originator_id}:{item.originator_version}")))
+            event_id = uuid.uuid5(_NAMESPACE, f"{item.originator_id}:{item.originator_version}")
+            event = events.envelope(data.model_copy(update={"order_id": order_id}), item.originator_id,
+                                    time=item.timestamp, order_id=order_id, event_id=str(event_id))
             outgoing.append(Outgoing(event.id, event.nats_subject, event.model_dump_json().encode()))
-        return outgoing, items[-1].id, len(items) == limit
+        return outgoing, last, last - after >= limit
 
     async def sent(self, tx: Tx, marker: int) -> None:
         await tx.execute(_MOVE, {"p_position": marker})
