@@ -7,7 +7,7 @@ lines at once would read them as they were before it waited for the lock.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import ColumnElement, bindparam, delete, insert, select, update
@@ -231,17 +231,18 @@ _MOVE_FORWARD = (update(orders)
 _STATUS = select(orders.c.status).where(orders.c.id == bindparam("w_id"))
 
 
-# A consumer's handler: the event applied in the consumer's transaction (shared.bus.Consumer).
-Handler = Callable[[Tx, events.CloudEvent], Awaitable[None]]
-
-
 class OrderNotConfirmedYet(Exception):
     """A parcel's event for an order the saga has not confirmed yet: the consumer tries again later."""
 
 
-async def follow_parcel(tx: Tx, event: events.CloudEvent) -> None:
+async def follow_parcel(tx: Tx, received: list[events.CloudEvent]) -> None:
     """A shipment's progress moves its order to SHIPPED, then DELIVERED; never back (a late or repeated event,
     in_transit after delivered, changes nothing), never a cancelled order."""
+    for event in received:
+        await _follow(tx, event)
+
+
+async def _follow(tx: Tx, event: events.CloudEvent) -> None:
     move = _PARCEL_STATUS.get(event.type)
     if move is None:
         return  # shipment.created / cancelled: the saga's business, not the order's status
@@ -273,14 +274,13 @@ _ORDER_VISIBLE = select(orders.c.id).where(orders.c.id == bindparam("w_id"), _VI
 TIMELINE_LIMIT = 1000
 
 
-async def record_in_timeline(tx: Tx, event: events.CloudEvent) -> None:
+async def record_in_timeline(tx: Tx, received: list[events.CloudEvent]) -> None:
     """Every event about an order (its `orderid`), from every service, kept for the order's timeline; a saga's
     event from before its order existed is kept too (joined to the order through the saga's id)."""
-    if event.orderid is None and not event.type.startswith(f"{_SAGA_FAMILY}."):
-        return
-    await tx.execute(_RECORD_TIMELINE, {"event_id": event.id, "order_id": event.orderid, "type": event.type,
-                                        "source": event.source, "subject": event.subject, "time": event.time,
-                                        "data": event.data})
+    await tx.executemany(_RECORD_TIMELINE, [
+        {"event_id": event.id, "order_id": event.orderid, "type": event.type, "source": event.source,
+         "subject": event.subject, "time": event.time, "data": event.data}
+        for event in received if event.orderid is not None or event.type.startswith(f"{_SAGA_FAMILY}.")])
 
 
 async def order_timeline(tx: Tx, identity: Identity, order_id: str) -> list[Row]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -38,6 +39,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy import JSON, BigInteger, Column, Integer, MetaData, String, Table, bindparam, delete, func, select
+from sqlalchemy.sql.expression import Executable
 
 from shared.db import Database, Tx, UTCDateTime, conflict_insert, utc_now
 from shared.events import (
@@ -134,9 +136,23 @@ _PENDING = select(outbox.c.position, outbox.c.id, outbox.c.subject, outbox.c.env
 _SENT = delete(outbox).where(outbox.c.position.in_(bindparam("o_positions", expanding=True)))
 _BACKLOG = select(func.count()).select_from(outbox)
 _RELAY_LOCK = select(func.pg_try_advisory_xact_lock(bindparam("o_key", type_=BigInteger)))
-_INSERT_INBOX = conflict_insert(inbox).values(
-    consumer=bindparam("i_consumer"), event_id=bindparam("i_event_id"), received_at=bindparam("i_at"),
-).on_conflict_do_nothing().returning(inbox.c.event_id)
+
+
+@functools.cache
+def _claim(count: int) -> Executable:
+    """INSERT of `count` inbox rows (ON CONFLICT DO NOTHING) returning the ids that were new: one statement per
+    batch, built once per batch size."""
+    rows: list[dict[str, Any]] = [
+        {"consumer": bindparam(f"c{i}"), "event_id": bindparam(f"e{i}"), "received_at": bindparam(f"t{i}")}
+        for i in range(count)]
+    return conflict_insert(inbox).values(rows).on_conflict_do_nothing().returning(inbox.c.event_id)
+
+
+def _claim_params(consumer: str, event_ids: list[str], at: datetime) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for i, event_id in enumerate(event_ids):
+        params[f"c{i}"], params[f"e{i}"], params[f"t{i}"] = consumer, event_id, at
+    return params
 _PRUNE_INBOX = delete(inbox).where(inbox.c.received_at < bindparam("i_before"))
 
 
@@ -441,7 +457,9 @@ async def publish_in_order(js: JetStreamContext, events: Sequence[Outgoing], ack
 
 # --- consumers --------------------------------------------------------------------------------------------------
 
-Handler = Callable[[Tx, CloudEvent], Awaitable[None]]
+# A consumer's handler: the events of one fetched batch that it has not applied before, in stream order, applied in the
+# consumer's transaction (it may write them with one statement for the batch).
+Handler = Callable[[Tx, list[CloudEvent]], Awaitable[None]]
 
 
 class Consumer:
@@ -531,23 +549,25 @@ class Consumer:
             (CONSUMED if new else REPEATS).labels(self.durable).inc()
 
     async def apply(self, *bodies: bytes) -> list[bool]:
-        """The handler's effect and the inbox row of each event, all in one transaction; for each, False when it
-        was applied before (a redelivery, or the same event twice in the batch)."""
+        """The handler's effect and the inbox rows of the events, all in one transaction (one statement for the inbox
+        rows); for each event, False when it was applied before (a redelivery, or the same event twice here)."""
         received = [CloudEvent.model_validate_json(body) for body in bodies]
-        applied = []
+        firsts = list({event.id: event for event in reversed(received)}.values())[::-1]  # each id once, in order
         async with self.db.transaction() as tx:
             now = self.clock()
-            for event in received:
-                new = await tx.fetchval(_INSERT_INBOX, {"i_consumer": self.durable, "i_event_id": event.id,
-                                                        "i_at": now}) is not None
-                if new:
-                    await self.handle(tx, event)
-                applied.append(new)
+            claimed = await tx.fetch(_claim(len(firsts)), _claim_params(self.durable, [e.id for e in firsts], now))
+            fresh = {row["event_id"] for row in claimed}
+            new = [event for event in firsts if event.id in fresh]
+            if new:
+                await self.handle(tx, new)
         committed = self.clock()
         lag = LAG.labels(self.durable)
-        for event, new in zip(received, applied, strict=True):
-            if new:
-                lag.observe(max(0.0, (committed - event.time).total_seconds()))
+        for event in new:
+            lag.observe(max(0.0, (committed - event.time).total_seconds()))
+        applied, seen = [], set()
+        for event in received:
+            applied.append(event.id in fresh and event.id not in seen)
+            seen.add(event.id)
         return applied
 
     async def dead_letter(self, js: JetStreamContext, message: Msg, error: BaseException) -> None:

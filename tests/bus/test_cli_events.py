@@ -174,10 +174,10 @@ async def test_a_dead_letter_is_listed_then_replayed_on_its_subject_and_applied(
     broken = True
     applied: list[str] = []
 
-    async def follow_parcel(_tx: Tx, event: CloudEvent) -> None:
+    async def follow_parcel(tx: Tx, received: list[CloudEvent]) -> None:
         if broken:
             raise RuntimeError("the order's database said no")
-        applied.append(event.id)
+        tx.after_commit(lambda: applied.extend(event.id for event in received))
 
     bus = Bus(nats_server.bus_config(package))
     bus.start(Consumer(db, package, name, CONSUMERS[package][name], follow_parcel, max_deliver=1))

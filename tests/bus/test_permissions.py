@@ -166,10 +166,12 @@ async def test_a_service_consumes_and_dead_letters_through_its_own_durable(
     db = await _inbox_database(tmp_path)
     applied: list[str] = []
 
-    async def follow_parcel(tx: Tx, event: CloudEvent) -> None:
-        if event.orderid == "poison":
-            raise ValueError("a parcel of no order")
-        tx.after_commit(lambda: applied.append(str(event.orderid)))  # what committed, as a real handler's effect
+    async def follow_parcel(tx: Tx, received: list[CloudEvent]) -> None:
+        for event in received:
+            if event.orderid == "poison":
+                raise ValueError("a parcel of no order")
+        # What committed, as a real handler's effect.
+        tx.after_commit(lambda: applied.extend(str(event.orderid) for event in received))
 
     consumer = Consumer(db, package, name, CONSUMERS[package][name], follow_parcel, max_deliver=1)
     bus = Bus(nats_server.bus_config(package))

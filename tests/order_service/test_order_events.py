@@ -13,7 +13,7 @@ from order_service import service
 from order_service.app import create_app
 from order_service.settings import Settings
 from shared import events
-from shared.bus import outbox
+from shared.bus import Handler, outbox
 from shared.db import Database, utc_now
 from tests.inprocess import ADMIN, SERVICE, bearer, service_fixtures
 
@@ -44,9 +44,9 @@ def parcel_event(model: type[events.ShipmentEvent], order_id: str, at_offset_sec
     return events.envelope(data, "ship-1", time=utc_now() + timedelta(seconds=at_offset_secs), order_id=order_id)
 
 
-async def apply(db: Database, handler: service.Handler, event: events.CloudEvent) -> None:
+async def apply(db: Database, handler: Handler, event: events.CloudEvent) -> None:
     async with db.transaction() as tx:
-        await handler(tx, event)
+        await handler(tx, [event])
 
 
 async def status_of(client: httpx.AsyncClient, order_id: str) -> str:
