@@ -81,6 +81,10 @@ RELAY_BATCH = 256
 # A relay woken by a commit waits this long before its pass, so the commits of a busy moment go in one pass (a pass
 # costs a transaction and its statements whether it publishes one event or fifty).
 COALESCE_SECS = 0.05
+# A consumer's batch: the next event and what is already waiting behind it, at most this many, applied in one
+# transaction; waiting at most FETCH_MORE_SECS for the rest when nothing is waiting.
+FETCH_BATCH = 64
+FETCH_MORE_SECS = 0.02
 # How long a stopping process gives its connection to say its last acks and close.
 CLOSE_SECS = 2.0
 # An arbitrary constant: the key of the advisory lock a relay pass holds (one relay per outbox).
@@ -495,8 +499,10 @@ class Consumer:
                 await asyncio.sleep(1)
         while True:
             try:
-                messages = await subscription.fetch(batch=64, timeout=5)
-            except nats.errors.TimeoutError:
+                # Wait for the next event alone (a fetch of many lingers until its batch is full or its time is out:
+                # seconds of lag on a quiet bus), then take at once whatever else is there already.
+                messages = await subscription.fetch(batch=1, timeout=5)
+            except TimeoutError:  # nats-py raises its own and asyncio's: both are TimeoutError
                 continue
             except asyncio.CancelledError:
                 raise
@@ -504,7 +510,18 @@ class Consumer:
                 log.warning("consumer fetch failed", consumer=self.durable, error=repr(error))
                 await asyncio.sleep(0.5)
                 continue
-            await self.deliver_batch(js, messages)
+            try:
+                messages += await subscription.fetch(batch=FETCH_BATCH - 1, timeout=FETCH_MORE_SECS)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # nothing more at once (a timeout), or the connection lost: the first goes on alone
+                pass
+            try:
+                await self.deliver_batch(js, messages)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # an ack or a nak lost with the connection: those come again after ack_wait
+                log.warning("consumer could not settle its batch", consumer=self.durable, error=repr(error))
 
     async def deliver_batch(self, js: JetStreamContext, messages: list[Msg]) -> None:
         """A fetched batch applied in one transaction (one commit for many events: under load the consumer keeps
