@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from prometheus_client import Counter, Gauge
 
 from shared.bus import BusConfig, connect
@@ -65,6 +66,7 @@ class Listener:
         self._frames: deque[bytes] = deque(maxlen=size)
         self._dropped = 0
         self._status: FeedStatus | None = status  # a change not yet sent: the first frame of every stream
+        self.live = status.live  # what this page was last told
         self._wake = asyncio.Event()
         self._wake.set()
 
@@ -79,6 +81,7 @@ class Listener:
 
     def tell(self, status: FeedStatus) -> None:
         self._status = status
+        self.live = status.live
         self._wake.set()
 
     async def next_frames(self, wait_secs: float) -> list[bytes]:
@@ -99,7 +102,10 @@ class Listener:
 
 
 class LiveFeed:
-    """The gateway's one subscription to `events.>` (None config: the bus is not configured, never live)."""
+    """The gateway's one subscription to `events.>` (None config: the bus is not configured, never live).
+
+    The connection is kept from start to stop; the subscription only while a page listens: a gateway nobody watches
+    through the dashboard receives no event (each would cost it a message to parse, every event of the fleet)."""
 
     def __init__(self, config: BusConfig | None, *, queue_events: int = QUEUE_EVENTS,
                  heartbeat_secs: float = HEARTBEAT_SECS) -> None:
@@ -108,16 +114,19 @@ class LiveFeed:
         self.heartbeat_secs = heartbeat_secs
         self.listeners: set[Listener] = set()
         self.nc: NATS | None = None
-        self._subscribed = False
+        self._subscription: Subscription | None = None
+        self._lock = asyncio.Lock()
         self._detail = "connecting to the bus" if config else "the bus is not configured (NATS_URL)"
         self._task: asyncio.Task[None] | None = None
 
     @property
     def status(self) -> FeedStatus:
-        if self._subscribed and self.nc is not None and self.nc.is_connected:
+        if self._subscription is not None and self.nc is not None and self.nc.is_connected:
             return FeedStatus(True, "")
-        if self._subscribed:
+        if self._subscription is not None:
             return FeedStatus(False, "the bus connection was lost: reconnecting")
+        if self.nc is not None and self.nc.is_connected:
+            return FeedStatus(False, "subscribing to the bus")
         return FeedStatus(False, self._detail)
 
     def start(self) -> None:
@@ -134,7 +143,11 @@ class LiveFeed:
             with contextlib.suppress(Exception):
                 await self.nc.close()
             self.nc = None
-        self._subscribed = False
+        self._subscription = None
+
+    async def wanted(self) -> None:
+        """A page is about to listen: subscribe now if the bus is there (so its first frame can say live)."""
+        await self._follow_listeners(wanted=True)
 
     @contextlib.contextmanager
     def listen(self, families: frozenset[str] = frozenset()) -> Iterator[Listener]:
@@ -148,35 +161,44 @@ class LiveFeed:
             self.listeners.discard(listener)
             CLIENTS.dec()
 
+    async def _follow_listeners(self, wanted: bool = False) -> None:
+        """One subscription while anyone listens (or is about to), none otherwise."""
+        async with self._lock:
+            listened = wanted or bool(self.listeners)
+            if listened and self._subscription is None and self.nc is not None and self.nc.is_connected:
+                try:
+                    # One subscription for every page; nats-py subscribes again by itself after a reconnect.
+                    self._subscription = await self.nc.subscribe(f"{SUBJECT_ROOT}.>", cb=self._deliver)
+                    await self.nc.flush(timeout=5)
+                    log.info("dashboard live feed subscribed", user=self.config.user if self.config else "")
+                except Exception as error:  # refused, or the connection lost meanwhile: the watch tries again
+                    log.warning("dashboard live feed cannot subscribe", error=repr(error))
+                    self._subscription = None
+            elif not listened and self._subscription is not None:
+                subscription, self._subscription = self._subscription, None
+                with contextlib.suppress(Exception):
+                    await subscription.unsubscribe()
+
     async def _run(self, config: BusConfig) -> None:
         delay = 0.5
-        while not self._subscribed:
+        while self.nc is None:
             try:
                 self.nc = await connect(config, on_error=self._bus_error)
-                # One subscription for every page; nats-py subscribes again by itself after a reconnect.
-                await self.nc.subscribe(f"{SUBJECT_ROOT}.>", cb=self._deliver)
-                await self.nc.flush(timeout=5)
-                self._subscribed = True
-                log.info("dashboard live feed subscribed", url=config.url, user=config.user)
+                log.info("dashboard live feed connected", url=config.url, user=config.user)
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # the server not up yet, or refusing the user: try again
                 self._detail = f"the bus is unreachable: {type(error).__name__}"
-                log.warning("dashboard live feed cannot subscribe", url=config.url, error=repr(error))
-                if self.nc is not None:
-                    with contextlib.suppress(Exception):
-                        await self.nc.close()
-                    self.nc = None
+                log.warning("dashboard live feed cannot connect", url=config.url, error=repr(error))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        shown = FeedStatus(False, "")
         while True:
+            await self._follow_listeners()
             status = self.status
-            if status.live != shown.live:
-                # Back from a reconnect, a page reloads what it shows (core NATS kept nothing for it meanwhile).
-                for listener in self.listeners:
+            for listener in self.listeners:
+                if listener.live != status.live:
+                    # Back from a reconnect, a page reloads what it shows (core NATS kept nothing for it meanwhile).
                     listener.tell(status)
-                shown = status
             await asyncio.sleep(WATCH_SECS)
 
     async def _bus_error(self, error: Exception) -> None:

@@ -163,6 +163,7 @@ async def event_stream(
 async def _frames(feed: LiveFeed, families: frozenset[str], verifier: TokenVerifier,
                   token: str) -> AsyncIterator[bytes]:
     yield f"retry: {RECONNECT_MS}\n\n".encode()
+    await feed.wanted()
     with feed.listen(families) as listener:
         while True:
             frames = await listener.next_frames(feed.heartbeat_secs)

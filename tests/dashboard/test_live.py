@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -250,14 +250,31 @@ async def test_one_subscription_serves_every_page(bus_dashboard: Dashboard, nats
         for reader in readers:
             await reader.until(live)
         assert len(bus_dashboard.feed.listeners) == 3
-        async with httpx.AsyncClient(timeout=5) as monitor:
-            connz = await monitor.get(f"{nats_server.monitor_url}/connz", params={"subs": "detail", "auth": "true"})
-        connections = connz.json()["connections"]
-        gateway = [c for c in connections if c.get("authorized_user") == GATEWAY_USER]
-        assert len(gateway) == 1
-        assert [sub["subject"] for sub in gateway[0]["subscriptions_list_detail"]
-                if not sub["subject"].startswith("_INBOX")] == ["events.>"]
+        assert await gateway_subscriptions(nats_server) == ["events.>"]
     await _until(lambda: not bus_dashboard.feed.listeners)  # every page gone: every queue freed
+    # ... and nobody listening, the gateway takes no event off the bus at all.
+    await _until_async(lambda: _none(gateway_subscriptions(nats_server)))
+
+
+async def gateway_subscriptions(server: NatsServer) -> list[str]:
+    """The gateway's subscriptions on the server (its inboxes left out), from the monitoring port."""
+    async with httpx.AsyncClient(timeout=5) as monitor:
+        connz = await monitor.get(f"{server.monitor_url}/connz", params={"subs": "detail", "auth": "true"})
+    gateway = [c for c in connz.json()["connections"] if c.get("authorized_user") == GATEWAY_USER]
+    assert len(gateway) == 1
+    return [sub["subject"] for sub in gateway[0].get("subscriptions_list_detail") or []
+            if not sub["subject"].startswith("_INBOX")]
+
+
+async def _none(subscriptions: Awaitable[list[str]]) -> bool:
+    return not await subscriptions
+
+
+async def _until_async(probe: Callable[[], Awaitable[bool]], within: float = 10) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not await probe():
+        assert asyncio.get_running_loop().time() < deadline, "not within the time"
+        await asyncio.sleep(0.05)
 
 
 async def test_a_page_that_leaves_frees_its_queue(bus_dashboard: Dashboard) -> None:
@@ -273,7 +290,10 @@ async def test_a_slow_page_loses_its_oldest_events_and_is_told_to_resync(nats_se
     feed = LiveFeed(nats_server.bus_config(GATEWAY_USER), queue_events=4)
     feed.start()
     try:
-        await _until(lambda: feed.status.live)
+        await _until(lambda: feed.nc is not None and feed.nc.is_connected)
+        assert not feed.status.live  # connected, but nobody listens: no subscription
+        await feed.wanted()  # a page is about to listen
+        assert feed.status.live
         orchestrator = await connect_as("saga_orchestrator")
         with feed.listen() as listener:
             assert [json.loads(f.split(b"data: ", 1)[1])["live"] for f in await listener.next_frames(0)] == [True]
