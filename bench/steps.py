@@ -24,7 +24,7 @@ import httpx
 import psycopg
 
 from bench.procstats import cpu_secs
-from shared.metrics import DB_STATEMENTS
+from shared.db import DB_STATEMENTS
 from tests.fleet import DB_SUFFIX, PG_ADMIN_DSN
 from tests.inprocess import ADMIN, SERVICE, fresh_database_url, running_app
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
 import structlog
 from fastapi import FastAPI, Request
@@ -14,8 +14,9 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
-if TYPE_CHECKING:
-    from shared.db import Tx
+# What a refusal keeps (DomainError.keeping): work on the route's transaction, a shared.db.Tx (not imported here:
+# the errors sit below the data path, which raises them).
+KeptWork = Callable[[Any], Awaitable[None]]
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://customer-service.example/problems/"
@@ -33,9 +34,9 @@ class DomainError(Exception):
         super().__init__(detail)
         self.detail = detail
         self.extra = extra
-        self.kept: Callable[[Tx], Awaitable[None]] | None = None
+        self.kept: KeptWork | None = None
 
-    def keeping(self, work: Callable[[Tx], Awaitable[None]]) -> Self:
+    def keeping(self, work: KeptWork) -> Self:
         """This refusal, with work to commit although it rolls back the request's transaction (a declined
         charge attempt is kept on file); the route's unit of work (shared/idempotency.py) runs it afterwards."""
         self.kept = work

@@ -19,8 +19,6 @@ LATENCY = Histogram(
     ["service", "method", "route"],
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
-# Round trips to the database are a step's largest cost: counted at the driver (BEGIN/COMMIT not included).
-DB_STATEMENTS = Counter("db_statements_total", "SQL statements sent to the service's database")
 
 
 # labels() validates, builds a key and takes a lock on every call; the children it returns are kept here instead.

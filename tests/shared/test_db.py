@@ -9,8 +9,7 @@ import pytest
 from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 
-from shared.db import Database, UTCDateTime, conflict_insert, new_id, utc_now
-from shared.metrics import DB_STATEMENTS
+from shared.db import DB_STATEMENTS, Database, UTCDateTime, conflict_insert, new_id, utc_now
 from shared.paging import visible_page
 from tests.inprocess import BACKENDS, backend_database_url
 
