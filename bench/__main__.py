@@ -55,9 +55,10 @@ from bench.stack import (
     service_token,
     start_fleet,
 )
-from customer_cli.fleet import METRICS_HEADERS, SERVICES, free_port
+from customer_cli.fleet import METRICS_HEADERS, SERVICES
 from customer_cli.invariants import check_invariants
 from customer_cli.nats import OPERATOR_USER
+from customer_cli.processes import free_port
 from shared.bus import BusConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from sqlalchemy import Integer, bindparam, select, text
 from bench.load import closed_loop
 from bench.procstats import cpu_secs
 from bench.stack import POSTGRES
+from customer_cli.processes import free_port
 from shared.db import Database
 
 DB_NAME = "cs_bench_floor"
@@ -40,14 +40,10 @@ HOPS_PER_SAGA = 11
 RULER_SHAPE = {"hops": 11, "statements": 29, "transactions": 12}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def http_floor(clients: int, seconds: float) -> dict[str, Any]:
-    port = _free_port()
+    port = free_port()
     server = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "uvicorn", "bench.floor_app:app", "--host", "127.0.0.1", "--port", str(port),
         "--no-access-log", "--log-level", "warning", stdout=subprocess.DEVNULL)

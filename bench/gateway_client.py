@@ -36,6 +36,8 @@ from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 
+from customer_cli.processes import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 AUTH = {"Authorization": "Bearer bench-token"}
 ITEM = json.dumps({"id": "o-1", "status": "PENDING", "lines": [{"sku": "sku-1", "quantity": 2}]}).encode()
@@ -125,10 +127,6 @@ def serve(role: str, port: int, upstream: str) -> None:
 
 # ---------------------------------------------------------------- the driver
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start(role: str, upstream: str = "") -> tuple[subprocess.Popen[bytes], str]:

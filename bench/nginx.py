@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from customer_cli.processes import free_port
+
 CONFIG = """\
 daemon off;
 worker_processes {workers};
@@ -79,10 +81,6 @@ def ensure_installed() -> str:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Nginx:
@@ -90,7 +88,7 @@ class Nginx:
         self.binary = ensure_installed()
         self.dir = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
         self.dir.chmod(0o755)
-        self.port = _free_port()
+        self.port = free_port()
         config = CONFIG.format(workers=workers, dir=self.dir, port=self.port, auth=urlsplit(auth_url).netloc,
                                orders=urlsplit(orders_url).netloc)
         (self.dir / "nginx.conf").write_text(config)

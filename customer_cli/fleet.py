@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -24,7 +23,7 @@ import httpx
 
 from customer_cli import local_secrets
 from customer_cli.nats import NatsServer, generate_passwords
-from customer_cli.processes import spawn
+from customer_cli.processes import free_port, spawn
 from shared.bus import BusConfig
 
 
@@ -72,10 +71,6 @@ METRICS_TOKEN = "fleet-metrics-token"
 METRICS_HEADERS = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _as_list(value: object) -> list[dict[str, object]]:

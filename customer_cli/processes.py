@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -30,3 +31,9 @@ def spawn(command: str | list[str], env: dict[str, str], log_path: Path) -> subp
     with log_path.open("ab") as log:
         return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 preexec_fn=_die_with_parent)
+
+def free_port() -> int:
+    """A port free on the loopback now (the tests' and the bench's processes take one each)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

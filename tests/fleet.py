@@ -20,11 +20,10 @@ from customer_cli.fleet import (
     TEST_ADMIN_PASSWORD,
     Fleet,
     ServiceProcess,
-    free_port,
     postgres_fleet,
     recreate_fleet_databases,
 )
-from customer_cli.processes import ROOT
+from customer_cli.processes import ROOT, free_port
 from tests.postgres import suite_server
 
 # Re-exported for the tests (with POSTGRES, PG_ADMIN_DSN and PG_URL_BASE from __getattr__ below).

@@ -19,7 +19,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from customer_cli.fleet import PostgresServer, free_port
+from customer_cli.fleet import PostgresServer
+from customer_cli.processes import free_port
 
 # The fleet of one test run keeps ~250 connections open (eight services and their replicas, pools of 8).
 MAX_CONNECTIONS = 1000

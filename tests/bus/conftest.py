@@ -15,8 +15,8 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from customer_cli.fleet import free_port
 from customer_cli.nats import OPERATOR_USER, NatsServer
+from customer_cli.processes import free_port
 from shared.events import EVENTS_STREAM
 
 

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route as StarletteRoute
 
+from customer_cli.processes import free_port
 from gateway.app import create_app
 from gateway.routes import DEFAULT_ROUTES, Route
 from gateway.settings import Settings
@@ -26,10 +26,6 @@ from gateway.settings import Settings
 CHUNK = 64 * 1024
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def pattern_bytes(size: int) -> Iterator[bytes]:

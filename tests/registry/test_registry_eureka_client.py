@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ import httpx
 import pytest
 from py_eureka_client.eureka_client import EurekaClient, WalkNodeException
 
+from customer_cli.processes import free_port
 from registry.app import create_app
 from registry.settings import RegistrySettings
 from shared.registry_client import harden_eureka_client, stop_eureka_client
@@ -54,11 +54,6 @@ asyncio.run(main())
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")
