@@ -180,12 +180,6 @@ async def emit(tx: Tx, data: EventData, *, subject: str, order_id: str | None = 
     return event
 
 
-async def backlog(db: Database) -> int:
-    """The outbox's rows: events not yet published."""
-    async with db.autocommit() as tx:
-        return int(await tx.fetchval(_BACKLOG) or 0)
-
-
 # --- the connection --------------------------------------------------------------------------------------------
 
 
